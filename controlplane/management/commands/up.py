@@ -1,0 +1,130 @@
+"""`manage.py up`: the whole control plane on one machine, with no services to install.
+
+Starts the embedded Redis (unless REDIS_URL is set), migrates, seeds the defaults and the README's login, then runs
+the ASGI web server and a Celery worker until Ctrl-C, and stops all of them cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from controlplane import embedded_redis
+from runs.roles import ADMIN, OPERATOR, VIEWER
+from runs.services.seed import seed_defaults
+
+DEFAULT_USERS = [
+    # (username, password, role): the README states these; change them on any shared machine.
+    ("admin", "admin-pass-123", ADMIN),
+    ("operator", "operator-pass-123", OPERATOR),
+    ("viewer", "viewer-pass-123", VIEWER),
+]
+
+
+def ensure_default_users(stdout) -> None:
+    User = get_user_model()
+    for username, password, role in DEFAULT_USERS:
+        if User.objects.filter(username=username).exists():
+            continue
+        user = User.objects.create_user(username=username, password=password)
+        if role == ADMIN:
+            user.is_staff = True
+            user.is_superuser = True
+            user.save(update_fields=["is_staff", "is_superuser"])
+        user.groups.add(Group.objects.get(name=role))
+        stdout.write(f"created login {username} / {password} ({role})")
+
+
+class Command(BaseCommand):
+    help = "Run web (ASGI) + Celery worker (+ embedded Redis on SQLite by default) until interrupted."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker.")
+
+    def handle(self, *args, host: str, port: int, no_worker: bool, **options):
+        redis_proc = None
+        children: list[subprocess.Popen] = []
+        stopping = False
+
+        def stop(signum=None, frame=None):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            if settings.EMBEDDED_REDIS:
+                redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET, workdir=str(settings.VAR_DIR))
+                self.stdout.write(f"embedded Redis on {settings.EMBEDDED_REDIS_SOCKET}")
+            call_command("migrate", interactive=False, verbosity=0)
+            seed_defaults()
+            ensure_default_users(self.stdout)
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "controlplane.asgi:application",
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--no-access-log",
+                        "--timeout-graceful-shutdown",
+                        "5",
+                    ],
+                    env=env,
+                )
+            )
+            if not no_worker:
+                children.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "controlplane",
+                            "worker",
+                            "--loglevel",
+                            "INFO",
+                            "--concurrency",
+                            str(settings.CP_WORKER_CONCURRENCY),
+                            "--without-gossip",
+                            "--without-mingle",
+                        ],
+                        env=env,
+                    )
+                )
+            self.stdout.write(self.style.SUCCESS(f"control plane on http://{host}:{port}/  (Ctrl-C stops it)"))
+            while not stopping:
+                for child in children:
+                    if child.poll() is not None:
+                        self.stderr.write(f"{child.args[2]} exited with {child.returncode}; stopping")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            if redis_proc is not None:
+                embedded_redis.stop(redis_proc, settings.EMBEDDED_REDIS_SOCKET)
+            self.stdout.write("stopped")

@@ -1,0 +1,225 @@
+"""One env-driven settings module.
+
+With no environment at all the project runs on one machine: SQLite under var/ and an embedded Redis on a unix
+socket (started by `manage.py up` or the test session). DATABASE_URL and REDIS_URL select real services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off.")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
+
+
+VAR_DIR = Path(os.environ.get("CP_VAR_DIR") or BASE_DIR / "var").resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+RUNS_DIR = Path(os.environ.get("CP_RUNS_DIR") or VAR_DIR / "runs").resolve()
+
+
+def _secret_key() -> str:
+    key = os.environ.get("CP_SECRET_KEY", "")
+    if key:
+        return key
+    # A per-install key kept beside the embedded database: nothing secret ships in the repository.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _env_bool("CP_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("CP_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CP_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "controlplane",
+    "runs",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "controlplane.middleware.LoginRequiredEverywhere",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+ASGI_APPLICATION = "controlplane.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "runs.roles.role_context",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(VAR_DIR / "controlplane.sqlite3"),
+            # IMMEDIATE makes every atomic block take the write lock up front, so the audit chain's
+            # read-then-append cannot interleave between two writers.
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+        }
+    scheme = urlparse(url).scheme
+    if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL has scheme {scheme or '(none)'!r}; use postgres://USER@HOST:PORT/NAME "
+            "or sqlite:////absolute/path.sqlite3."
+        )
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60)
+    except Exception as exc:  # dj-database-url raises several types for malformed URLs
+        raise ImproperlyConfigured(  # noqa: B904 - the message carries the cause
+            f"DATABASE_URL could not be parsed ({exc}); expected postgres://USER@HOST:PORT/NAME."
+        )
+    if config["ENGINE"].endswith("postgresql") and not config.get("NAME"):
+        raise ImproperlyConfigured(
+            "DATABASE_URL names no database: add it after the host, e.g. postgres://u@h:5432/cp."
+        )
+    if config["ENGINE"].endswith("sqlite3"):
+        config["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _redis() -> tuple[bool, str, str, dict]:
+    """(embedded, celery broker URL, plain redis URL for clients, channels-redis host spec)."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        sock = str(VAR_DIR / "redis.sock")
+        return True, f"redis+socket://{sock}", f"unix://{sock}", {"address": f"unix://{sock}"}
+    parsed = urlparse(url)
+    if parsed.scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(
+            f"REDIS_URL has scheme {parsed.scheme or '(none)'!r}; use redis://HOST:PORT/DB or unix:///path/redis.sock."
+        )
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise ImproperlyConfigured("REDIS_URL=unix:// needs a socket path, e.g. unix:///run/redis.sock.")
+        return False, f"redis+socket://{parsed.path}", url, {"address": url}
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ImproperlyConfigured(f"REDIS_URL {url!r} has a malformed port; expected redis://HOST:6379/0.") from None
+    if not parsed.hostname:
+        raise ImproperlyConfigured(f"REDIS_URL {url!r} names no host; expected redis://HOST:6379/0.")
+    return False, url, url, {"address": url}
+
+
+EMBEDDED_REDIS, CELERY_BROKER_URL, REDIS_CLIENT_URL, _CHANNELS_HOST = _redis()
+EMBEDDED_REDIS_SOCKET = str(VAR_DIR / "redis.sock")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [_CHANNELS_HOST], "capacity": 2000, "expiry": 30},
+    }
+}
+
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = _env_bool("CP_CELERY_EAGER", False)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = _env_bool("CP_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+CP_PLAN_MFU = float(os.environ.get("CP_PLAN_MFU", "0.40"))
+CP_BASE_URL = os.environ.get("CP_BASE_URL", "http://127.0.0.1:8000")
+CP_WORKER_CONCURRENCY = _env_int("CP_WORKER_CONCURRENCY", 2)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("CP_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

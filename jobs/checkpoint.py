@@ -1,0 +1,125 @@
+"""Checkpoints: DeepSpeed save/load plus the run directory's ``checkpoints/index.json`` and retention.
+
+One folder per step (``step_000100``) written by ``engine.save_checkpoint``. The trainer's own state (step,
+data-sampler state and RNG state of every rank) travels in DeepSpeed's ``client_state``: rank 0 gathers the
+per-rank states, so the one model-states file holds all of them and each rank takes its own back on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+INDEX = "index.json"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def read_index(ckpt_dir: str | Path) -> list[dict]:
+    path = Path(ckpt_dir) / INDEX
+    if not path.exists():
+        return []
+    return json.loads(path.read_text())
+
+
+def _write_index(ckpt_dir: Path, entries: list[dict]) -> None:
+    tmp = ckpt_dir / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(entries, indent=1) + "\n")
+    os.replace(tmp, ckpt_dir / INDEX)
+
+
+def resolve_tag(ckpt_dir: str | Path, which: str) -> str:
+    """'latest' -> the newest indexed checkpoint (DeepSpeed's ``latest`` file if there is no index); else ``which``."""
+    ckpt_dir = Path(ckpt_dir)
+    if which != "latest":
+        if not (ckpt_dir / which).is_dir():
+            raise FileNotFoundError(f"checkpoint {which!r} not found in {ckpt_dir}")
+        return which
+    entries = read_index(ckpt_dir)
+    if entries:
+        return max(entries, key=lambda e: e["step"])["tag"]
+    latest = ckpt_dir / "latest"
+    if latest.exists():
+        return latest.read_text().strip()
+    raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir}")
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state: dict, metrics: dict,
+         keep: int) -> dict | None:  # fmt: skip
+    """Collective: every rank calls it. Returns the index entry on rank 0, None elsewhere.
+
+    ``rank_state`` differs per rank (data sampler, RNG); ``shared_state`` is the same everywhere (counters).
+    """
+    import torch.distributed as dist
+
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_for(step)
+    world = dist.get_world_size()
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, rank_state)
+    started = time.time()
+    client_state = {"trainer": {**shared_state, "step": step}, "ranks": gathered, "world_size": world}
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
+    dist.barrier()
+    if dist.get_rank() != 0:
+        return None
+    path = ckpt_dir / tag
+    entry = {
+        "step": step,
+        "tag": tag,
+        "path": str(path.resolve()),
+        "bytes": _folder_bytes(path),
+        "time": time.time(),
+        "seconds": round(time.time() - started, 3),
+        "metrics": metrics,
+    }
+    entries = [e for e in read_index(ckpt_dir) if e["step"] != step] + [entry]
+    entries.sort(key=lambda e: e["step"])
+    for old in entries[:-keep]:
+        shutil.rmtree(ckpt_dir / old["tag"], ignore_errors=True)
+    _write_index(ckpt_dir, entries[-keep:])
+    return entry
+
+
+def load(engine, ckpt_dir: str | Path, tag: str) -> tuple[dict, dict]:
+    """Collective. Returns (shared trainer state, this rank's state)."""
+    import torch.distributed as dist
+
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
+    world = dist.get_world_size()
+    if client_state.get("world_size") != world:
+        raise ValueError(
+            f"checkpoint {tag} was written by {client_state.get('world_size')} ranks; this job has {world}: "
+            "the data sampler's per-rank positions cannot be remapped"
+        )
+    return client_state["trainer"], client_state["ranks"][dist.get_rank()]

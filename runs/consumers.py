@@ -1,0 +1,60 @@
+"""Websocket consumers: logged-in users with the view role only; they relay group messages as JSON."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from runs.services.broadcast import RUN_LIST_GROUP, run_group
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class _Base(AsyncJsonWebsocketConsumer):
+    group: str = ""
+
+    async def _allowed(self) -> bool:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        if not await database_sync_to_async(user.has_perm)("runs.view_run"):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return False
+        return True
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def run_status(self, event):
+        await self.send_json(event)
+
+    async def run_created(self, event):
+        await self.send_json(event)
+
+
+class RunConsumer(_Base):
+    async def connect(self):
+        if not await self._allowed():
+            return
+        run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        from runs.models import Run
+
+        if not await database_sync_to_async(Run.objects.filter(pk=run_id).exists)():
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.group = run_group(run_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+
+class RunListConsumer(_Base):
+    async def connect(self):
+        if not await self._allowed():
+            return
+        self.group = RUN_LIST_GROUP
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from runs.models import DataSource
+
+
+class RecipeForm(forms.Form):
+    """Name and notes, plus one weight field per data source (weights in percent, summing to 100)."""
+
+    name = forms.SlugField(max_length=64, help_text="Letters, digits, - and _; versions share the name.")
+    notes = forms.CharField(max_length=300, required=False)
+
+    def __init__(self, *args: Any, fixed_name: str | None = None, weights: dict[str, float] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.sources = list(DataSource.objects.order_by("name"))
+        for source in self.sources:
+            self.fields[f"w_{source.name}"] = forms.DecimalField(
+                required=False,
+                min_value=0,
+                max_value=100,
+                decimal_places=2,
+                label=f"{source.name}" + (f" ({source.language})" if source.language else ""),
+                help_text=source.description,
+            )
+            if weights and source.name in weights:
+                self.initial[f"w_{source.name}"] = weights[source.name]
+        if fixed_name:
+            self.fields["name"].disabled = True
+            self.initial["name"] = fixed_name
+
+    def weight_fields(self) -> list:
+        return [self[f"w_{s.name}"] for s in self.sources]
+
+    def weights(self) -> dict[str, Any]:
+        return {s.name: self.cleaned_data.get(f"w_{s.name}") for s in self.sources}

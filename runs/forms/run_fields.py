@@ -1,0 +1,153 @@
+"""The run form's config fields: one line each, keyed by their dotted path in the frozen config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    path: str
+    label: str
+    kind: str  # int | float | bool | choice
+    help: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
+    min_value: float | None = None
+    max_value: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.replace(".", "__")
+
+    def build(self) -> forms.Field:
+        common: dict[str, Any] = {"label": self.label, "help_text": self.help}
+        if self.kind == "int":
+            return forms.IntegerField(min_value=self.min_value, max_value=self.max_value, **common)
+        if self.kind == "float":
+            return forms.FloatField(min_value=self.min_value, max_value=self.max_value, **common)
+        if self.kind == "bool":
+            return forms.BooleanField(required=False, **common)
+        numeric = all(value.isdigit() for value, _ in self.choices)
+        return forms.TypedChoiceField(choices=self.choices, coerce=int if numeric else str, **common)
+
+
+GROUPS: list[tuple[str, list[ConfigField]]] = [
+    (
+        "Model",
+        [
+            ConfigField(
+                "model.arch", "Architecture", "choice", choices=(("moe", "Mixture of experts"), ("dense", "Dense"))
+            ),
+            ConfigField(
+                "model.attention",
+                "Attention",
+                "choice",
+                choices=(("mla", "Multi-head latent attention"), ("mha", "Multi-head attention")),
+            ),
+            ConfigField("model.num_layers", "Layers", "int", min_value=1, max_value=512),
+            ConfigField("model.hidden_size", "Hidden size", "int", min_value=8, max_value=65536),
+            ConfigField("model.num_heads", "Attention heads", "int", min_value=1, max_value=1024),
+            ConfigField("model.vocab_size", "Vocabulary", "int", min_value=32, max_value=1_000_000),
+            ConfigField("model.max_seq_len", "Max sequence length", "int", min_value=8, max_value=1_048_576),
+            ConfigField("model.q_lora_rank", "Query LoRA rank (MLA, 0 = none)", "int", min_value=0, max_value=65536),
+            ConfigField("model.kv_lora_rank", "KV LoRA rank (MLA)", "int", min_value=1, max_value=65536),
+            ConfigField("model.qk_nope_head_dim", "QK no-rope head dim", "int", min_value=1, max_value=1024),
+            ConfigField("model.qk_rope_head_dim", "QK rope head dim", "int", min_value=0, max_value=1024),
+            ConfigField("model.v_head_dim", "Value head dim", "int", min_value=1, max_value=1024),
+            ConfigField("model.intermediate_size", "Dense MLP width", "int", min_value=1, max_value=1_000_000),
+            ConfigField("model.moe_intermediate_size", "Expert MLP width", "int", min_value=1, max_value=1_000_000),
+            ConfigField("model.num_routed_experts", "Routed experts", "int", min_value=0, max_value=4096),
+            ConfigField("model.num_shared_experts", "Shared experts", "int", min_value=0, max_value=64),
+            ConfigField("model.top_k", "Experts per token (top-k)", "int", min_value=1, max_value=64),
+            ConfigField("model.first_k_dense", "Leading dense layers", "int", min_value=0, max_value=512),
+        ],
+    ),
+    (
+        "Parallel layout",
+        [
+            ConfigField("parallel.tp", "Tensor parallel", "int", min_value=1, max_value=64),
+            ConfigField("parallel.pp", "Pipeline parallel", "int", min_value=1, max_value=512),
+            ConfigField("parallel.ep", "Expert parallel", "int", min_value=1, max_value=4096),
+            ConfigField("parallel.sp", "Sequence parallel", "bool"),
+            ConfigField(
+                "parallel.zero_stage",
+                "ZeRO stage",
+                "choice",
+                choices=(
+                    ("0", "0 (none)"),
+                    ("1", "1 optimizer states"),
+                    ("2", "2 + gradients"),
+                    ("3", "3 + parameters"),
+                ),
+            ),
+            ConfigField("parallel.offload_optimizer", "Offload optimizer to CPU (ZeRO-Offload)", "bool"),
+            ConfigField("parallel.offload_param", "Offload parameters to CPU (ZeRO-3)", "bool"),
+            ConfigField("parallel.activation_checkpointing", "Activation checkpointing", "bool"),
+        ],
+    ),
+    (
+        "Batch",
+        [
+            ConfigField("batch.global_batch_tokens", "Global batch (tokens per step)", "int", min_value=1),
+            ConfigField("batch.micro_batch", "Micro-batch (sequences per GPU)", "int", min_value=1, max_value=65536),
+            ConfigField("batch.grad_accum", "Gradient accumulation", "int", min_value=1, max_value=65536),
+            ConfigField("batch.seq_len", "Sequence length (final stage)", "int", min_value=8, max_value=1_048_576),
+            ConfigField("batch.tolerance_pct", "Batch tolerance (%)", "float", min_value=0, max_value=50),
+        ],
+    ),
+    (
+        "Optimizer and schedule",
+        [
+            ConfigField("optimizer.lr", "Peak learning rate", "float", min_value=0),
+            ConfigField("optimizer.min_lr", "Final learning rate", "float", min_value=0),
+            ConfigField("optimizer.warmup_steps", "Warm-up steps", "int", min_value=0),
+            ConfigField(
+                "optimizer.schedule",
+                "Schedule",
+                "choice",
+                choices=(("cosine", "Cosine"), ("linear", "Linear"), ("constant", "Constant")),
+            ),
+            ConfigField("optimizer.weight_decay", "Weight decay", "float", min_value=0, max_value=1),
+            ConfigField("optimizer.grad_clip", "Gradient clipping", "float", min_value=0),
+            ConfigField("precision", "Precision", "choice", choices=(("bf16", "bf16"), ("fp32", "fp32"))),
+        ],
+    ),
+    (
+        "Training",
+        [
+            ConfigField("training.token_budget", "Token budget", "int", min_value=1),
+            ConfigField("training.checkpoint_interval", "Checkpoint every (steps)", "int", min_value=1),
+            ConfigField("training.keep_checkpoints", "Checkpoints kept", "int", min_value=1, max_value=1000),
+            ConfigField("training.seed", "Seed", "int", min_value=0, max_value=2**31 - 1),
+            ConfigField(
+                "training.nan_policy",
+                "On NaN/Inf loss",
+                "choice",
+                choices=(("abort", "Abort the job"), ("skip", "Skip the batch")),
+            ),
+        ],
+    ),
+    (
+        "Alerts and remediation",
+        [
+            ConfigField("alerts.loss_spike_z", "Loss spike threshold (robust z)", "float", min_value=1, max_value=100),
+            ConfigField("alerts.grad_norm_max", "Grad-norm ceiling", "float", min_value=0),
+            ConfigField("alerts.hang_timeout_s", "Hang timeout (s)", "int", min_value=10, max_value=86400),
+            ConfigField("alerts.throughput_drop_pct", "Throughput drop alert (%)", "float", min_value=1, max_value=100),
+            ConfigField("remediation.max_attempts", "Automatic relaunches at most", "int", min_value=0, max_value=10),
+            ConfigField(
+                "remediation.on_spike",
+                "On loss spike / NaN",
+                "choice",
+                choices=(("alert", "Alert only"), ("rollback", "Roll back to the last good checkpoint")),
+            ),
+        ],
+    ),
+]
+
+ALL_FIELDS: list[ConfigField] = [f for _, fields in GROUPS for f in fields]
+BY_PATH: dict[str, ConfigField] = {f.path: f for f in ALL_FIELDS}

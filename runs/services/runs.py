@@ -1,0 +1,225 @@
+"""Create, edit, launch and cancel runs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from runs.capabilities import trainer_capabilities
+from runs.models import Cluster, DataMixRecipe, Run, RunStatus, Trainer
+from runs.models.run import ACTIVE_STATUSES
+from runs.planning import PlanError
+from runs.planning import plan as compute_plan
+from runs.services.audit import audit_record
+from runs.services.broadcast import RUN_LIST_GROUP, broadcast_on_commit
+from runs.services.diff import config_diff
+from runs.services.enqueue import enqueue_on_commit
+from runs.services.transitions import IllegalTransition, transition
+from runs.validation import FieldIssue, validate_config
+
+
+class RunInvalid(Exception):
+    def __init__(self, issues: list[FieldIssue]):
+        super().__init__("; ".join(f"{i.field}: {i.message}" for i in issues))
+        self.issues = issues
+
+
+class RunActionRefused(Exception):
+    """A launch/cancel the run's state or setup does not allow; the message says why and what to do."""
+
+
+def tokens_per_step(cfg: dict) -> int:
+    par, batch, cluster = cfg["parallel"], cfg["batch"], cfg["cluster"]
+    world = cluster["nodes"] * cluster["gpus_per_node"]
+    dp = max(1, world // max(1, par["tp"] * par["pp"]))
+    return int(batch["micro_batch"] * batch["grad_accum"] * dp * batch["seq_len"])
+
+
+def assemble_config(*, base: dict, cluster: Cluster, recipe: DataMixRecipe, trainer: str) -> dict:
+    """The frozen config: the form's choices plus the cluster and recipe they point at, and derived figures."""
+    cfg = copy.deepcopy(base)
+    cfg["schema_version"] = 1
+    cfg["cluster"] = cluster.spec()
+    cfg.setdefault("data", {})
+    cfg["data"]["recipe"] = recipe.spec()
+    cfg["data"].setdefault("shards_dir", None)
+    cfg["data"].setdefault("tokenizer", None)
+    training = cfg.setdefault("training", {})
+    try:
+        per_step = tokens_per_step(cfg)
+        budget = training.get("token_budget")
+        if per_step > 0 and budget:
+            training["total_steps"] = max(1, math.ceil(budget / per_step))
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass  # validate_config names the missing or malformed field
+    cfg.setdefault("run", {})["trainer"] = trainer
+    return cfg
+
+
+@dataclass
+class Checked:
+    config: dict
+    issues: list[FieldIssue]
+    plan: dict | None
+
+
+def run_check(
+    *,
+    base: dict,
+    cluster: Cluster,
+    recipe: DataMixRecipe,
+    trainer: str,
+    script_path: str = "",
+    preset: str | None = None,
+) -> Checked:
+    """Validate and plan without saving: what the form shows as fields change."""
+    cfg = assemble_config(base=base, cluster=cluster, recipe=recipe, trainer=trainer)
+    caps = trainer_capabilities() if trainer == Trainer.REFERENCE else None
+    issues = list(validate_config(cfg, capabilities=caps, trainer=trainer))
+    if trainer == Trainer.OWN_SCRIPT:
+        if not script_path:
+            issues.append(
+                FieldIssue(
+                    "script_path", "A run of your own script needs its path; enter the absolute path of the .py file."
+                )
+            )
+        elif not os.path.isabs(script_path) or not script_path.endswith(".py"):
+            issues.append(
+                FieldIssue(
+                    "script_path",
+                    f"{script_path!r} is not an absolute path to a .py file; give e.g. /home/me/train.py.",
+                )
+            )
+    plan_dict: dict | None = None
+    try:
+        plan_dict = compute_plan(cfg, mfu=settings.CP_PLAN_MFU, preset=preset).to_dict()
+    except PlanError:
+        plan_dict = None  # the validator's issues above already name the fields the plan needs
+    return Checked(cfg, issues, plan_dict)
+
+
+def run_create(
+    *,
+    owner: Any,
+    name: str,
+    preset: str,
+    trainer: str,
+    cluster: Cluster,
+    recipe: DataMixRecipe,
+    config: dict,
+    script_path: str = "",
+    parent: Run | None = None,
+) -> Run:
+    checked = run_check(
+        base=config, cluster=cluster, recipe=recipe, trainer=trainer, script_path=script_path, preset=preset
+    )
+    if checked.issues:
+        raise RunInvalid(checked.issues)
+    with transaction.atomic():
+        run = Run.objects.create(
+            name=name,
+            owner=owner,
+            preset=preset,
+            trainer=trainer,
+            script_path=script_path,
+            config=checked.config,
+            plan=checked.plan or {},
+            recipe=recipe,
+            cluster=cluster,
+            parent=parent,
+            attempt=(parent.attempt + 1) if parent else 1,
+        )
+        run.config["run"].update({"id": run.pk, "name": name, "attempt": run.attempt})
+        Run.objects.filter(pk=run.pk).update(config=run.config)
+        audit_record(actor=owner, action="run.create", obj=run, diff=config_diff({}, run.config))
+        broadcast_on_commit(RUN_LIST_GROUP, {"type": "run.created", "run_id": run.pk})
+    return run
+
+
+def run_update(
+    *,
+    actor: Any,
+    run: Run,
+    name: str,
+    trainer: str,
+    cluster: Cluster,
+    recipe: DataMixRecipe,
+    config: dict,
+    script_path: str = "",
+) -> Run:
+    if run.status != RunStatus.DRAFT:
+        raise RunActionRefused(f"Run #{run.pk} is {run.status}; only a draft can be edited. Fork it instead.")
+    checked = run_check(
+        base=config, cluster=cluster, recipe=recipe, trainer=trainer, script_path=script_path, preset=run.preset
+    )
+    if checked.issues:
+        raise RunInvalid(checked.issues)
+    new_cfg = checked.config
+    new_cfg["run"].update({"id": run.pk, "name": name, "attempt": run.attempt})
+    with transaction.atomic():
+        before = Run.objects.select_for_update().get(pk=run.pk)
+        if before.status != RunStatus.DRAFT:
+            raise RunActionRefused(f"Run #{run.pk} was launched meanwhile; it can no longer be edited.")
+        diff = config_diff(before.config, new_cfg)
+        for field, value in (("name", name), ("trainer", trainer), ("script_path", script_path)):
+            if getattr(before, field) != value:
+                diff[field] = [getattr(before, field), value]
+        if before.cluster_id != cluster.pk:
+            diff["cluster"] = [str(before.cluster), str(cluster)]
+        if before.recipe_id != recipe.pk:
+            diff["recipe"] = [str(before.recipe), str(recipe)]
+        Run.objects.filter(pk=run.pk).update(
+            name=name,
+            trainer=trainer,
+            script_path=script_path,
+            cluster=cluster,
+            recipe=recipe,
+            config=new_cfg,
+            plan=checked.plan or {},
+        )
+        audit_record(actor=actor, action="run.edit", obj=before, diff=diff)
+    run.refresh_from_db()
+    return run
+
+
+def launch_blocker(run: Run) -> str | None:
+    """Why this run cannot be launched here, or None."""
+    if run.trainer == Trainer.PLAN_ONLY:
+        return "This run is plan only. Fork it with the reference trainer or your own script to launch it."
+    if not run.cluster.runnable:
+        return (
+            f"Cluster {run.cluster} is kept for planning only (no machines behind it here). "
+            "Fork the run onto a runnable cluster."
+        )
+    return None
+
+
+def run_launch(*, actor: Any, run: Run) -> Run:
+    blocker = launch_blocker(run)
+    if blocker:
+        raise RunActionRefused(blocker)
+    try:
+        run = transition(run=run, to=RunStatus.QUEUED, actor=actor, action="run.launch")
+    except IllegalTransition as exc:
+        raise RunActionRefused(str(exc)) from None
+    enqueue_on_commit("workers.launch_run", run_id=run.pk)
+    return run
+
+
+def run_cancel(*, actor: Any, run: Run, reason: str = "cancelled by user") -> Run:
+    if run.status not in ACTIVE_STATUSES and run.status != RunStatus.DRAFT:
+        raise RunActionRefused(f"Run #{run.pk} is already {run.status}; there is nothing to cancel.")
+    was_active = run.status in ACTIVE_STATUSES
+    try:
+        run = transition(run=run, to=RunStatus.CANCELLED, actor=actor, action="run.cancel", reason=reason)
+    except IllegalTransition as exc:
+        raise RunActionRefused(str(exc)) from None
+    if was_active:
+        enqueue_on_commit("workers.stop_run", run_id=run.pk)
+    return run

@@ -1,0 +1,92 @@
+"""Suite-wide fixtures: an embedded Redis when REDIS_URL is unset, Chromium for Playwright, users per role."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in-thread
+
+import pytest
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_for_tests(tmp_path_factory):
+    """The embedded Redis the settings point at when REDIS_URL is unset, started once per session."""
+    from django.conf import settings
+
+    if not settings.EMBEDDED_REDIS:
+        yield
+        return
+    from controlplane import embedded_redis
+
+    proc = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET, workdir=str(settings.VAR_DIR))
+    try:
+        yield
+    finally:
+        embedded_redis.stop(proc, settings.EMBEDDED_REDIS_SOCKET)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """On SQLite, let Django's per-test flush empty the audit table (PostgreSQL flushes with TRUNCATE)."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        with django_db_blocker.unblock():
+            with connection.cursor() as cursor:
+                cursor.execute("UPDATE runs_audit_guard SET locked = 0")
+    yield
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {
+        **browser_type_launch_args,
+        "executable_path": os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"),
+        "args": [*browser_type_launch_args.get("args", []), *CHROMIUM_ARGS],
+    }
+
+
+@pytest.fixture
+def seeded(db):
+    from runs.services.seed import seed_defaults
+
+    seed_defaults()
+
+
+def _user(django_user_model, username: str, role: str | None):
+    from django.contrib.auth.models import Group
+
+    from runs.roles import ensure_roles
+
+    ensure_roles()
+    user = django_user_model.objects.create_user(username=username, password="pw-for-tests-1")
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def viewer(db, django_user_model):
+    return _user(django_user_model, "vera", "viewer")
+
+
+@pytest.fixture
+def operator(db, django_user_model):
+    return _user(django_user_model, "otto", "operator")
+
+
+@pytest.fixture
+def admin_user_role(db, django_user_model):
+    return _user(django_user_model, "ada", "admin")

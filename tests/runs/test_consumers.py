@@ -1,0 +1,68 @@
+"""Websockets: logged-in users with a role only; status changes arrive as JSON."""
+
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+
+from runs.routing import websocket_urlpatterns
+from runs.services.runs import run_launch
+from tests.runs.factories import tiny_run
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+app = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+
+
+class _WithUser:
+    """Put a user in the scope the way AuthMiddlewareStack would after a session login."""
+
+    def __init__(self, inner, user):
+        self.inner, self.user = inner, user
+
+    async def __call__(self, scope, receive, send):
+        return await self.inner({**scope, "user": self.user}, receive, send)
+
+
+def _communicator(user, path):
+    return WebsocketCommunicator(_WithUser(URLRouter(websocket_urlpatterns), user), path)
+
+
+async def test_anonymous_connection_is_refused(seeded):
+    comm = _communicator(AnonymousUser(), "/ws/runs/")
+    connected, code = await comm.connect(timeout=3)
+    assert not connected and code == 4401
+
+
+async def test_a_user_without_a_role_is_refused(seeded, django_user_model):
+    nobody = await database_sync_to_async(django_user_model.objects.create_user)(
+        username="n", password="pw-for-tests-1"
+    )
+    comm = _communicator(nobody, "/ws/runs/")
+    connected, code = await comm.connect(timeout=3)
+    assert not connected and code == 4403
+
+
+async def test_unknown_run_is_refused(seeded, viewer):
+    comm = _communicator(viewer, "/ws/runs/999999/")
+    connected, code = await comm.connect(timeout=3)
+    assert not connected and code == 4404
+
+
+async def test_viewer_receives_status_changes(seeded, viewer, operator):
+    run = await database_sync_to_async(tiny_run)(owner=operator)
+    comm = _communicator(viewer, f"/ws/runs/{run.pk}/")
+    connected, _ = await comm.connect(timeout=3)
+    assert connected
+    await database_sync_to_async(run_launch)(actor=operator, run=run)
+    message = await comm.receive_json_from(timeout=3)
+    assert message["status"] == "queued" and message["run_id"] == run.pk
+    await comm.disconnect()
+
+
+async def test_session_cookie_is_required_by_the_real_stack(seeded):
+    comm = WebsocketCommunicator(app, "/ws/runs/")
+    connected, code = await comm.connect(timeout=3)
+    assert not connected and code == 4401

@@ -12,6 +12,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from runs.routing import websocket_urlpatterns  # noqa: E402
+from runs.warmup import warm_up_in_background  # noqa: E402
+
+warm_up_in_background()
 
 application = ProtocolTypeRouter(
     {

@@ -80,8 +80,10 @@ class Transformer(nn.Module):
     def moe_layers(self) -> list[DecoderLayer]:
         return [layer for layer in self.layers if layer.is_moe]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_aux(input_ids)[0]
+    def forward(self, input_ids: torch.Tensor, with_aux: bool = False):
+        """Logits [B, T, V]; with_aux=True returns forward_with_aux's triple (the DeepSpeed engine passes kwargs)."""
+        out = self.forward_with_aux(input_ids)
+        return out if with_aux else out[0]
 
     def forward_with_aux(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> (logits [B, T, V], summed MoE balance loss, per-expert routed-token counts [n_moe_layers, E] or None)."""

@@ -27,6 +27,12 @@ _SCHEMA: dict[str, tuple[str, type]] = {
 _LIST_ITEM_TYPES: dict[str, type] = {"tp": int, "pp": int, "zero_stages": int, "archs": str, "precisions": str}
 
 
+_REGENERATE = (
+    "regenerate it with `python -m jobs.train --capabilities > jobs/capabilities.json`, or choose the plan_only or "
+    "own_script trainer."
+)
+
+
 class CapabilitiesUnavailable(RuntimeError):
     """The capabilities file is missing or malformed; the message says which and how to produce it."""
 
@@ -61,13 +67,13 @@ def parse_capabilities(*, text: str, source: str = "capabilities") -> dict[str, 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CapabilitiesUnavailable(f"{source} is not valid JSON ({exc}); regenerate it with the trainer.") from None
+        raise CapabilitiesUnavailable(f"{source} is not valid JSON ({exc}); {_REGENERATE}") from None
     return check_capabilities(caps=data, source=source)
 
 
 def check_capabilities(*, caps: Any, source: str = "capabilities") -> dict[str, Any]:
     if not isinstance(caps, dict):
-        raise CapabilitiesUnavailable(f"{source} must hold a JSON object, not {type(caps).__name__}.")
+        raise CapabilitiesUnavailable(f"{source} must hold a JSON object, not {type(caps).__name__}; {_REGENERATE}")
     problems = []
     for key, (wording, kind) in _SCHEMA.items():
         value = caps.get(key)
@@ -80,5 +86,5 @@ def check_capabilities(*, caps: Any, source: str = "capabilities") -> dict[str, 
     if not isinstance(reasons, dict) or not all(isinstance(v, str) for v in reasons.values()):
         problems.append("'reasons' must map keys to sentences")
     if problems:
-        raise CapabilitiesUnavailable(f"{source} is malformed: {'; '.join(problems)}.")
+        raise CapabilitiesUnavailable(f"{source} is malformed ({'; '.join(problems)}); {_REGENERATE}")
     return {**caps, "reasons": dict(reasons)}

@@ -206,7 +206,6 @@ def _layer_activation_elements(
 class Activations:
     full: float
     checkpointed: float
-    logits: float
     layers_per_stage: int
     in_flight: int
 
@@ -243,7 +242,6 @@ def _activations(cfg: dict[str, Any], counts: ParamCounts, *, flash_attention: b
     return Activations(
         full=max(full_first, full_last) if pp > 1 else full_last,
         checkpointed=max(ckpt_first, ckpt_last) if pp > 1 else ckpt_last,
-        logits=logits,
         layers_per_stage=layers_per_stage,
         in_flight=in_flight,
     )
@@ -289,7 +287,7 @@ class Memory:
         return self.offloaded_per_rank * self.ranks_per_node
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             "weights": _gib(self.weights),
             "gradients": _gib(self.gradients),
             "optimizer_states": _gib(self.optimizer_states),
@@ -306,7 +304,6 @@ class Memory:
             "cpu_memory_per_node": None if self.cpu_capacity_per_node is None else _gib(self.cpu_capacity_per_node),
             "cpu_fits": None if self.cpu_capacity_per_node is None else self.cpu_per_node <= self.cpu_capacity_per_node,
         }
-        return out
 
 
 def _gib(value: float) -> float:

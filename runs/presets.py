@@ -365,7 +365,7 @@ H200_USABLE_GIB = 139.0
 
 
 def single_h200_config() -> dict[str, Any]:
-    """About 300 M total / 120 M active MLA + MoE parameters, bf16 and ZeRO-1 on one H200."""
+    """About 297 M total / 116 M active MLA + MoE parameters, bf16 and ZeRO-1 on one H200."""
     micro, accum = 8, 16
     tokens_per_step = micro * accum * H200_SEQ_LEN
     return {

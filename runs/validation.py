@@ -361,7 +361,7 @@ def _check_cluster(r: _Reader) -> dict[str, Any]:
     if gpu_type is not _MISSING and (not isinstance(gpu_type, str) or not gpu_type.strip()):
         r.add(
             "cluster.gpu_type",
-            f"cluster.gpu_type must name the accelerator (e.g. H100, A100, H200, CPU), not {gpu_type!r}.",
+            f"cluster.gpu_type must name the accelerator (e.g. H100, A100, H200, CPU), not {gpu_type!r}; enter its type.",
         )
     if c["backend"] == "local" and c["nodes"] is not None and c["nodes"] != 1:
         r.add(
@@ -619,7 +619,7 @@ def _check_optimizer(r: _Reader, *, training: dict[str, Any]) -> None:
         if not isinstance(betas, list) or len(betas) != 2:
             r.add(
                 "optimizer.betas",
-                f"optimizer.betas must be a pair [beta1, beta2] such as [0.9, 0.95], not {betas!r}.",
+                f"optimizer.betas must be a pair [beta1, beta2], not {betas!r}; enter two values such as [0.9, 0.95].",
                 {"optimizer.betas": [0.9, 0.95]},
             )
         else:
@@ -815,7 +815,8 @@ def _check_capabilities(r: _Reader, *, capabilities: dict[str, Any] | None) -> N
     try:
         caps = trainer_capabilities() if capabilities is None else check_capabilities(caps=capabilities)
     except CapabilitiesUnavailable as exc:
-        r.add("run.trainer", f"run.trainer is reference, but {exc}")
+        reason = str(exc)
+        r.add("run.trainer", f"run.trainer is reference, but {reason[:1].lower()}{reason[1:]}")
         return
     reasons = caps["reasons"]
     alternatives = "or plan it with the plan_only trainer, or run your own DeepSpeed script"
@@ -855,7 +856,7 @@ def _check_capabilities(r: _Reader, *, capabilities: dict[str, Any] | None) -> N
         r.add(
             "parallel.zero_stage",
             f"The reference trainer cannot run ZeRO stage {zero}"
-            f"{why('zero_stages', 'zero_stage', 'zero')}; use stage "
+            f"{why('zero_stages', 'zero_stage', 'zero')}; set parallel.zero_stage to "
             f"{_listing(sorted(caps['zero_stages']))}, {alternatives}.",
             {"parallel.zero_stage": _nearest(caps["zero_stages"], zero)} if caps["zero_stages"] else None,
         )

@@ -127,7 +127,8 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        if self.errors or not data.get("cluster") or not data.get("recipe"):
+        # The name does not change the plan; any other broken field would make the plan describe the preset instead.
+        if set(self.errors) - {"name"} or not data.get("cluster") or not data.get("recipe"):
             return data
         self.checked = run_check(
             base=self.config(),

@@ -165,7 +165,7 @@ def test_windows_are_consecutive_slices_of_the_source_stream(synthetic):
     for step in range(20):
         tokens, source_ids = b.next_batch(step, 8, 16)
         for row, src in zip(tokens.numpy(), source_ids.numpy()):
-            assert row[0] // 20000 == src or (row[0] - 10) // 20000 == src
+            assert (row[0] - 10) // 20000 == src
             if src in last_end:
                 assert row[0] == last_end[src]  # last target of one window is the next window's first input
             last_end[src] = row[-1]
@@ -227,15 +227,20 @@ def test_ranks_draw_disjoint_windows_and_count_their_own_tokens(synthetic):
     assert total == {n: int(own[0][i] + own[1][i]) * 16 for i, n in enumerate("abc")}
 
 
-def test_epochs_wrap_without_crossing_the_end(synthetic):
+def test_epochs_restart_the_stream_instead_of_wrapping_a_window(synthetic):
     synthetic["data"]["recipe"]["sources"] = [{"name": "a", "weight": 1.0}]
     b = MixedBatcher(synthetic, rank=0, world=1, seed=1)
-    seen = []
+    rows = []
     for step in range(60):
         tokens, _ = b.next_batch(step, 16, 48)
-        seen.extend(tokens[:, 0].tolist())
-    assert b.epochs()["a"] > 2
-    assert len(seen) == 960
+        rows.extend(tokens.numpy())
+    # 20,001 tokens (with the final eos) hold (20001 - 49) // 48 + 1 = 416 windows; the chain of windows
+    # (each starting on its predecessor's last token) breaks exactly where a new epoch starts.
+    breaks = [i for i in range(1, len(rows)) if rows[i][0] != rows[i - 1][-1]]
+    assert breaks == [416, 832]
+    assert len({r[0] for r in rows[:416]}) == 416
+    assert not np.array_equal(np.stack(rows[:416]), np.stack(rows[416:832]))
+    assert b.epochs()["a"] == pytest.approx(2 + (960 - 832) * 48 / 20001)
     assert b.consumed_tokens() == {"a": 960 * 48}
 
 

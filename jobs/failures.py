@@ -1,0 +1,60 @@
+"""Failures the trainer reports by name: out-of-memory and non-finite loss; exit codes; fault injection for tests.
+
+Exit codes (docs/run-config.md): 0 succeeded, 1 error, 3 out of memory, 4 NaN/Inf abort.
+
+Fault injection, for tests only, through environment variables read once at start:
+- ``CP_INJECT_OOM_AT_STEP=N``: during step N's first forward pass, allocate a tensor larger than any memory (2**62
+  bytes) on the training device, so the real allocator raises its real error (torch.OutOfMemoryError on CUDA,
+  "DefaultCPUAllocator: can't allocate memory" on CPU).
+- ``CP_INJECT_NAN_AT_STEP=N``: multiply step N's first micro-batch loss by NaN (its gradients become NaN too).
+- ``CP_INJECT_RANK=R``: inject on rank R only (default: every rank).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_OOM = 3
+EXIT_NAN = 4
+
+_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _OOM_MARKERS)
+
+
+class NonFiniteLoss(Exception):
+    """A step's loss was NaN/Inf on some rank and nan_policy is 'abort'."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+class FaultInjector:
+    def __init__(self, rank: int) -> None:
+        target = _env_int("CP_INJECT_RANK")
+        active = target is None or target == rank
+        self.oom_step = _env_int("CP_INJECT_OOM_AT_STEP") if active else None
+        self.nan_step = _env_int("CP_INJECT_NAN_AT_STEP") if active else None
+
+    def maybe_oom(self, step: int, micro_step: int, device: torch.device) -> None:
+        if step == self.oom_step and micro_step == 0:
+            torch.empty(1 << 62, dtype=torch.uint8, device=device)
+
+    def poison(self, loss: torch.Tensor, step: int, micro_step: int) -> torch.Tensor:
+        if step == self.nan_step and micro_step == 0:
+            return loss * float("nan")
+        return loss

@@ -147,7 +147,9 @@ class Reporter:
             if key not in self._good_keys and not self._check_key(key):
                 continue
             if not math.isfinite(number):
-                self._warn_once(f"nan:{key}", f"metric {key!r} is {number} at step {step}; non-finite values are not sent")
+                self._warn_once(
+                    f"nan:{key}", f"metric {key!r} is {number} at step {step}; non-finite values are not sent"
+                )
             else:
                 clean[key] = number
         if clean:
@@ -215,7 +217,9 @@ class Reporter:
             return 0
         size = os.path.getsize(self.metrics_path)
         if not 0 <= acked <= size:
-            _stderr(f"{self.acked_path} says {acked} bytes but {self.metrics_path} has {size}; resending from the start")
+            _stderr(
+                f"{self.acked_path} says {acked} bytes but {self.metrics_path} has {size}; resending from the start"
+            )
             return 0
         return acked
 
@@ -351,7 +355,8 @@ class Reporter:
             self._deadline = time.monotonic() + max(0.0, timeout)
             self._hurry.set()
             self._wake.set()
-            self._thread.join(max(0.0, timeout) + 0.5)
+            # A request still hanging at the deadline is abandoned to the daemon thread; its records stay unacked.
+            self._thread.join(max(0.0, timeout) + 0.05)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -122,7 +122,7 @@ def attention_head_dims(model: dict[str, Any]) -> tuple[int, int]:
 
 
 def count_params(model: dict[str, Any]) -> ParamCounts:
-    """Exact parameter counts for the trainer's architecture (DeepSeek-V3's, as `transformers` defines it).
+    """Exact parameter counts of jobs.model.Transformer (the same as transformers' DeepseekV3ForCausalLM).
 
     No biases; RMSNorm has one weight vector. MLA: q_a (+ its norm) and q_b, or a plain q projection when
     q_lora_rank is 0; kv_a (with the shared rotary key), its norm, kv_b, o. MHA: q, k, v, o, each hidden x hidden.
@@ -136,7 +136,7 @@ def count_params(model: dict[str, Any]) -> ParamCounts:
         q_rank, kv_rank, rope = model["q_lora_rank"], model["kv_lora_rank"], model["qk_rope_head_dim"]
         q_mats = [h * q_rank, q_rank * heads * qk] if q_rank else [h * heads * qk]
         mats = [*q_mats, h * (kv_rank + rope), kv_rank * heads * (model["qk_nope_head_dim"] + v), heads * v * h]
-        attention = sum(mats) + (q_rank if q_rank else 0) + kv_rank
+        attention = sum(mats) + q_rank + kv_rank
     else:
         mats = [h * h] * 4
         attention = sum(mats)

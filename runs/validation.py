@@ -6,6 +6,7 @@ Every issue is reported, not just the first. Field names are dotted paths into t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ TRAINERS = ("reference", "plan_only", "own_script")
 ARCHS = ("moe", "dense")
 ATTENTIONS = ("mla", "mha")
 PRECISIONS = ("fp32", "bf16")
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw",)
 SCHEDULES = ("cosine", "linear", "constant")
-NAN_POLICIES = ("abort",)
+NAN_POLICIES = ("abort", "skip")
 BACKENDS = ("local", "slurm", "hostfile")
 ACCELERATORS = ("cpu", "cuda")
 OOM_REMEDIES = ("halve_micro_batch", "activation_checkpointing", "offload_optimizer")
@@ -27,7 +28,9 @@ SPIKE_ACTIONS = ("alert", "rollback")
 # The tokenizer that ships in jobs/assets/, used when data.tokenizer is null.
 BUNDLED_TOKENIZER_VOCAB = 4096
 RECIPE_SUM_TOLERANCE = 0.01
-# How far the batch search looks: micro-batches up to max(64, twice the current one), accumulation up to this.
+# How far the batch search looks: micro-batches up to max(64, twice the current one) but at most MAX_SEARCH_MICRO,
+# so the form stays responsive; accumulation up to its own range.
+MAX_SEARCH_MICRO = 4096
 MAX_GRAD_ACCUM = 65_536
 
 
@@ -109,7 +112,8 @@ RANGES: dict[str, Range] = {
     "curriculum.*.seq_len": Range(int, 1, 1_048_576),
     "training.total_steps": Range(int, 1, 1_000_000_000),
     "training.token_budget": Range(int, 1, 10**15),
-    "training.checkpoint_interval": Range(int, 1, 1_000_000_000),
+    # 0 saves only at the end of the run.
+    "training.checkpoint_interval": Range(int, 0, 1_000_000_000),
     "training.keep_checkpoints": Range(int, 1, 1000),
     "training.seed": Range(int, 0, 2**32 - 1),
     "training.log_interval": Range(int, 1, 1_000_000),
@@ -513,7 +517,7 @@ def nearest_batch_pair(
     log scale (doubling either costs 1), ties going to the smaller token error, then the smaller micro-batch.
     """
     best: tuple[float, float, int, int] | None = None
-    for micro in range(1, max(64, 2 * micro_batch) + 1):
+    for micro in range(1, min(max(64, 2 * micro_batch), MAX_SEARCH_MICRO) + 1):
         ideal = target_tokens / (micro * tokens_per_sequence)
         for accum in {math.floor(ideal), math.ceil(ideal)}:
             if not 1 <= accum <= MAX_GRAD_ACCUM:
@@ -521,7 +525,9 @@ def nearest_batch_pair(
             error = abs(micro * accum * tokens_per_sequence - target_tokens) / target_tokens * 100
             if error > tolerance_pct + 1e-9:
                 continue
-            key = (abs(math.log2(micro / micro_batch)) + abs(math.log2(accum / grad_accum)), error, micro, accum)
+            # Rounded so that equal distances tie exactly and the next criteria decide.
+            distance = round(abs(math.log2(micro / micro_batch)) + abs(math.log2(accum / grad_accum)), 9)
+            key = (distance, round(error, 9), micro, accum)
             if best is None or key < best:
                 best = key
     return None if best is None else (best[2], best[3])
@@ -811,6 +817,37 @@ def _check_alerts_and_remediation(r: _Reader) -> None:
 # --- what the reference trainer can run ----------------------------------------------------------------------------
 
 
+# Capability keys that list the values the trainer runs: (key, config path, reason keys). The last four are optional;
+# a trainer that omits one runs every value of that field.
+_CAPABILITY_LISTS = (
+    ("tp", "parallel.tp", ("tp",)),
+    ("pp", "parallel.pp", ("pp",)),
+    ("zero_stages", "parallel.zero_stage", ("zero_stages", "zero_stage", "zero")),
+    ("archs", "model.arch", ("archs", "arch")),
+    ("precisions", "precision", ("precisions", "precision")),
+    ("attentions", "model.attention", ("attentions", "attention")),
+    ("nan_policies", "training.nan_policy", ("nan_policies", "nan_policy")),
+    ("accelerators", "cluster.accelerator", ("accelerators", "accelerator")),
+    ("schedules", "optimizer.schedule", ("schedules", "schedule")),
+)
+# Capability flags that say whether a feature runs at all; absent means it does.
+_CAPABILITY_FLAGS = (
+    ("sp", "parallel.sp"),
+    ("offload_optimizer", "parallel.offload_optimizer"),
+    ("offload_param", "parallel.offload_param"),
+    ("activation_checkpointing", "parallel.activation_checkpointing"),
+)
+
+
+def _peek(cfg: dict[str, Any], path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _check_capabilities(r: _Reader, *, capabilities: dict[str, Any] | None) -> None:
     try:
         caps = trainer_capabilities() if capabilities is None else check_capabilities(caps=capabilities)
@@ -819,58 +856,35 @@ def _check_capabilities(r: _Reader, *, capabilities: dict[str, Any] | None) -> N
         r.add("run.trainer", f"run.trainer is reference, but {reason[:1].lower()}{reason[1:]}")
         return
     reasons = caps["reasons"]
-    alternatives = "or plan it with the plan_only trainer, or run your own DeepSpeed script"
 
-    def why(*keys: str) -> str:
-        for key in keys:
-            if reasons.get(key):
-                return f" ({reasons[key].rstrip('.')})"
-        return ""
+    def refuse(path: str, value: Any, fix: str, reason_keys: Sequence[str], suggestion: Any = None) -> None:
+        why = next((f" ({reasons[k].rstrip('.')})" for k in reason_keys if reasons.get(k)), "")
+        r.add(
+            path,
+            f"The reference trainer cannot run {path} = {json.dumps(value)}{why}; {fix}, or plan it with the "
+            "plan_only trainer, or run your own DeepSpeed script.",
+            None if suggestion is None else {path: suggestion},
+        )
 
-    cfg = r.cfg
-    par = cfg.get("parallel") if isinstance(cfg.get("parallel"), dict) else {}
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    for key in ("tp", "pp"):
-        value = par.get(key)
-        if isinstance(value, int) and value not in caps[key]:
-            r.add(
-                f"parallel.{key}",
-                f"The reference trainer cannot run {key.upper()} {value}{why(key)}; set "
-                f"parallel.{key} to {_listing(sorted(caps[key]))}, {alternatives}.",
-                {f"parallel.{key}": _nearest(caps[key], value)} if caps[key] else None,
+    for key, path, reason_keys in _CAPABILITY_LISTS:
+        allowed, value = caps.get(key), _peek(r.cfg, path)
+        if isinstance(allowed, list) and value is not None and not isinstance(value, bool) and value not in allowed:
+            nearest = _nearest(allowed, value) if isinstance(value, int) and allowed else None
+            shown = ", ".join(str(v) for v in sorted(allowed, key=str)) or "nothing"
+            refuse(path, value, f"set {path} to {shown}", reason_keys, nearest)
+    for key, path in _CAPABILITY_FLAGS:
+        if _peek(r.cfg, path) is True and caps.get(key, True) is False:
+            refuse(path, True, f"turn {path} off", (key,), False)
+    ep, zero = _peek(r.cfg, "parallel.ep"), _peek(r.cfg, "parallel.zero_stage")
+    if isinstance(ep, int) and ep > 1:
+        max_zero = caps.get("ep_max_zero_stage", 3)
+        if not caps["ep"]:
+            refuse("parallel.ep", ep, "set parallel.ep to 1", ("ep",), 1)
+        elif isinstance(zero, int) and isinstance(max_zero, int) and zero > max_zero:
+            refuse(
+                "parallel.zero_stage",
+                zero,
+                f"with expert parallelism set parallel.zero_stage to at most {max_zero} (or parallel.ep to 1)",
+                ("ep_zero3", "ep_max_zero_stage", "ep"),
+                max_zero,
             )
-    if par.get("sp") is True and not caps["sp"]:
-        r.add(
-            "parallel.sp",
-            f"The reference trainer cannot run sequence parallelism{why('sp')}; turn parallel.sp off, {alternatives}.",
-            {"parallel.sp": False},
-        )
-    if isinstance(par.get("ep"), int) and par["ep"] > 1 and not caps["ep"]:
-        r.add(
-            "parallel.ep",
-            f"The reference trainer cannot run expert parallelism{why('ep')}; set parallel.ep to 1, {alternatives}.",
-            {"parallel.ep": 1},
-        )
-    zero = par.get("zero_stage")
-    if isinstance(zero, int) and zero not in caps["zero_stages"]:
-        r.add(
-            "parallel.zero_stage",
-            f"The reference trainer cannot run ZeRO stage {zero}"
-            f"{why('zero_stages', 'zero_stage', 'zero')}; set parallel.zero_stage to "
-            f"{_listing(sorted(caps['zero_stages']))}, {alternatives}.",
-            {"parallel.zero_stage": _nearest(caps["zero_stages"], zero)} if caps["zero_stages"] else None,
-        )
-    arch = model.get("arch")
-    if arch in ARCHS and arch not in caps["archs"]:
-        r.add(
-            "model.arch",
-            f"The reference trainer cannot train the {arch} arch{why('archs', 'arch')}; set model.arch to "
-            f"{' or '.join(caps['archs'])}, {alternatives}.",
-        )
-    precision = cfg.get("precision")
-    if precision in PRECISIONS and precision not in caps["precisions"]:
-        r.add(
-            "precision",
-            f"The reference trainer cannot train in {precision}{why('precisions', 'precision')}; "
-            f"set precision to {' or '.join(caps['precisions'])}, {alternatives}.",
-        )

@@ -1,7 +1,7 @@
 """Regenerate the bundled sample corpus, tokenizer and shards in jobs/assets/, byte for byte.
 
-    python -m jobs.data.build_assets            # rewrite jobs/assets/
-    python -m jobs.data.build_assets --check    # rebuild in a temporary folder and compare with jobs/assets/
+python -m jobs.data.build_assets            # rewrite jobs/assets/
+python -m jobs.data.build_assets --check    # rebuild in a temporary folder and compare with jobs/assets/
 """
 
 import argparse

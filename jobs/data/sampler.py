@@ -117,10 +117,12 @@ class MixedBatcher:
         self._draw = 0
 
     def _check_compatible(self, cfg: dict, shards: list[SourceShards]) -> None:
-        tokenizer_hash = file_sha256(self.tokenizer_path) if os.path.isfile(self.tokenizer_path) else None
+        if not os.path.isfile(self.tokenizer_path):
+            raise FileNotFoundError(f"tokenizer {self.tokenizer_path} (data.tokenizer) does not exist")
+        tokenizer_hash = file_sha256(self.tokenizer_path)
         model_vocab = (cfg.get("model") or {}).get("vocab_size")
         for s in shards:
-            if tokenizer_hash is not None and s.tokenizer_sha256 != tokenizer_hash:
+            if s.tokenizer_sha256 != tokenizer_hash:
                 raise ValueError(
                     f"shards of source {s.source!r} in {s.directory} were made with tokenizer sha256 "
                     f"{s.tokenizer_sha256[:12]}..., not with {self.tokenizer_path} ({tokenizer_hash[:12]}...)"
@@ -175,7 +177,9 @@ class MixedBatcher:
             windows = self._allocate(src, int(slots.size), seq_len)
             ranks = slots // n_seqs
             self._consumed[src] += np.bincount(ranks, minlength=self.world) * seq_len
-            for slot, (epoch, pos) in zip(slots[ranks == self.rank], np.asarray(windows)[ranks == self.rank]):
+            for slot, (epoch, pos) in zip(
+                slots[ranks == self.rank], np.asarray(windows)[ranks == self.rank], strict=True
+            ):
                 tokens[slot % n_seqs] = self._streams[src].read(int(epoch), int(pos), seq_len + 1)
         return torch.from_numpy(tokens), torch.from_numpy(choices[self.rank].astype(np.int64))
 
@@ -189,9 +193,7 @@ class MixedBatcher:
 
     def epochs(self) -> dict[str, float]:
         """How many passes over each source have been made, fractional."""
-        return {
-            n: self._epoch[i] + self._cursor[i] / self._streams[i].total for i, n in enumerate(self._names)
-        }
+        return {n: self._epoch[i] + self._cursor[i] / self._streams[i].total for i, n in enumerate(self._names)}
 
     def state_dict(self) -> dict:
         """Plain ints, lists and strings (JSON- and torch.save-friendly); identical on every rank."""

@@ -141,8 +141,10 @@ def run_plan(request: HttpRequest) -> JsonResponse:
     """The live pre-flight plan: the same form and checks as a submit, nothing saved."""
     form = RunForm(request.POST)
     valid = form.is_valid()
-    errors = {name: [str(m) for m in msgs] for name, msgs in form.errors.items()}
+    # The plan does not need a name; "required" under an empty name field while typing elsewhere is noise.
+    errors = {name: [str(m) for m in msgs] for name, msgs in form.errors.items() if name != "name"}
     plan = form.checked.plan if form.checked else None
+    valid = valid or (set(form.errors) == {"name"})
     return JsonResponse({"valid": valid, "errors": errors, "plan": plan, "suggestions": form.issue_suggestions()})
 
 

@@ -10,6 +10,8 @@ from jobs.data import (
     MixedBatcher,
     ShardWriter,
     SourceShards,
+    build_assets,
+    corpus,
     curriculum_seq_len,
     default_shards_dir,
     default_tokenizer_path,
@@ -17,7 +19,6 @@ from jobs.data import (
     load_tokenizer,
     read_manifest,
 )
-from jobs.data import build_assets, corpus
 from jobs.data.locations import default_corpus_dir
 from jobs.data.tokenizer import file_sha256
 
@@ -156,7 +157,7 @@ def test_weighted_sampling_proportions_and_consumed_counts():
         counts += np.bincount(source_ids.numpy(), minlength=3)
     share = counts / counts.sum()
     assert np.allclose(share, [0.45, 0.35, 0.20], atol=0.03), share
-    assert b.consumed_tokens() == {n: int(c) * 16 for n, c in zip(b.source_names, counts)}
+    assert b.consumed_tokens() == {n: int(c) * 16 for n, c in zip(b.source_names, counts, strict=True)}
 
 
 def test_windows_are_consecutive_slices_of_the_source_stream(synthetic):
@@ -164,7 +165,7 @@ def test_windows_are_consecutive_slices_of_the_source_stream(synthetic):
     last_end = {}
     for step in range(20):
         tokens, source_ids = b.next_batch(step, 8, 16)
-        for row, src in zip(tokens.numpy(), source_ids.numpy()):
+        for row, src in zip(tokens.numpy(), source_ids.numpy(), strict=True):
             assert (row[0] - 10) // 20000 == src
             if src in last_end:
                 assert row[0] == last_end[src]  # last target of one window is the next window's first input
@@ -186,7 +187,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 def test_exact_resume_from_state_dict_of_any_rank(synthetic):
     ranks = [MixedBatcher(synthetic, rank=r, world=2, seed=5) for r in range(2)]
     for step in range(7):
-        for micro in range(2):  # two draws per step, as with gradient accumulation
+        for _ in range(2):  # two draws per step, as with gradient accumulation
             for b in ranks:
                 b.next_batch(step, 4, 16)
     state = json.loads(json.dumps(ranks[0].state_dict()))
@@ -200,7 +201,7 @@ def test_exact_resume_from_state_dict_of_any_rank(synthetic):
         resumed = MixedBatcher(synthetic, rank=r, world=2, seed=5)
         resumed.load_state_dict(copy.deepcopy(state))
         got = [resumed.next_batch(s, 4, n) for s, n in [(7, 16), (8, 32), (8, 32), (9, 32)]]
-        for (t1, s1), (t2, s2) in zip(expected[r], got):
+        for (t1, s1), (t2, s2) in zip(expected[r], got, strict=True):
             assert t1.equal(t2) and s1.equal(s2)
         assert resumed.consumed_tokens() == ranks[r].consumed_tokens()
 
@@ -221,7 +222,7 @@ def test_ranks_draw_disjoint_windows_and_count_their_own_tokens(synthetic):
     assert len(firsts[0]) == len(firsts[1]) == 240
     assert not firsts[0] & firsts[1]
     for r in range(2):
-        assert ranks[r].consumed_tokens() == {n: int(c) * 16 for n, c in zip("abc", own[r])}
+        assert ranks[r].consumed_tokens() == {n: int(c) * 16 for n, c in zip("abc", own[r], strict=True)}
     total = ranks[0].global_consumed_tokens()
     assert total == ranks[1].global_consumed_tokens()
     assert total == {n: int(own[0][i] + own[1][i]) * 16 for i, n in enumerate("abc")}
@@ -262,6 +263,9 @@ def test_shards_from_another_tokenizer_are_refused(synthetic, tmp_path):
     synthetic["data"]["tokenizer"] = None  # the bundled one does not match either
     with pytest.raises(ValueError, match="tokenizer sha256"):
         MixedBatcher(synthetic, rank=0, world=1, seed=0)
+    synthetic["data"]["tokenizer"] = str(tmp_path / "missing.model")
+    with pytest.raises(FileNotFoundError, match="missing.model"):
+        MixedBatcher(synthetic, rank=0, world=1, seed=0)
 
 
 def test_bad_recipe_weights_and_ranks_are_refused():
@@ -279,7 +283,11 @@ def test_bad_recipe_weights_and_ranks_are_refused():
 def test_curriculum_stages_and_fallback():
     cfg = bundled_cfg()
     assert [curriculum_seq_len(cfg, s) for s in (0, 1, 99, 100, 5000)] == [32, 32, 32, 64, 64]
-    cfg["curriculum"] = [{"start_step": 0, "seq_len": 16}, {"start_step": 10, "seq_len": 32}, {"start_step": 20, "seq_len": 64}]
+    cfg["curriculum"] = [
+        {"start_step": 0, "seq_len": 16},
+        {"start_step": 10, "seq_len": 32},
+        {"start_step": 20, "seq_len": 64},
+    ]
     assert [curriculum_seq_len(cfg, s) for s in (9, 10, 19, 20)] == [16, 32, 32, 64]
     cfg["curriculum"] = []
     assert curriculum_seq_len(cfg, 3) == 64

@@ -63,6 +63,18 @@ def test_param_counts_match_transformers(name):
     assert count_params(preset_config(name)["model"]).total == TRANSFORMERS_COUNTS[name]
 
 
+@pytest.mark.parametrize("name", ["tiny", "single_h200"])
+def test_param_counts_match_the_reference_trainer(name):
+    torch = pytest.importorskip("torch")
+    from jobs.config import parse_run_config
+    from jobs.model import Transformer
+
+    cfg = preset_config(name)
+    with torch.device("meta"):
+        model = Transformer(parse_run_config(cfg).model)
+    assert sum(p.numel() for p in model.parameters()) == count_params(cfg["model"]).total
+
+
 def test_q_lora_adds_its_projections_and_norm():
     model = preset_config("tiny")["model"]
     plain = count_params(model).attention_per_layer

@@ -198,3 +198,14 @@ def test_presets_carry_alerts_and_remediation(name):
     assert cfg["alerts"]["loss_spike_z"] > 0 and cfg["alerts"]["hang_timeout_s"] >= 60
     assert cfg["remediation"]["on_spike"] in ("alert", "rollback")
     assert isinstance(cfg["remediation"]["oom"], list)
+
+
+@pytest.mark.parametrize("name", ["tiny", "single_h200"])
+def test_the_reference_trainer_accepts_its_presets(name):
+    from jobs.config import parse_run_config
+
+    cfg = preset_config(name)
+    parsed = parse_run_config(cfg)
+    world = cfg["cluster"]["nodes"] * cfg["cluster"]["gpus_per_node"]
+    parsed.check_world(world)
+    assert parsed.tokens_per_step(world) == _tokens_per_step(cfg)

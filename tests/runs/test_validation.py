@@ -494,3 +494,36 @@ def test_capabilities_file_is_read_cached_and_reread_on_change(tmp_path, monkeyp
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000))
     with pytest.raises(CapabilitiesUnavailable, match="not valid JSON"):
         trainer_capabilities()
+
+
+@pytest.mark.parametrize(
+    ("caps_change", "cfg_change", "field"),
+    [
+        ({"attentions": ["mla"]}, {"model.attention": "mha"}, "model.attention"),
+        ({"nan_policies": ["abort"]}, {"training.nan_policy": "skip"}, "training.nan_policy"),
+        ({"accelerators": ["cpu"]}, {}, "cluster.accelerator"),
+        ({"schedules": ["cosine", "constant"]}, {"optimizer.schedule": "linear"}, "optimizer.schedule"),
+        (
+            {"activation_checkpointing": False},
+            {"parallel.activation_checkpointing": True},
+            "parallel.activation_checkpointing",
+        ),
+        ({"ep_max_zero_stage": 2}, {"parallel.ep": 2, "parallel.zero_stage": 3}, "parallel.zero_stage"),
+    ],
+)
+def test_optional_capabilities_are_checked_when_declared(caps_change, cfg_change, field):
+    cfg = gpu_cfg()
+    for path, value in cfg_change.items():
+        _set(cfg, path, value)
+    assert validate_config(cfg, capabilities=CAPS, trainer="plan_only") == []
+    assert not issues_on(cfg, field, trainer="reference", caps=CAPS)
+    one(cfg, field, trainer="reference", caps={**CAPS, **caps_change})
+
+
+def test_the_trainers_own_capabilities_file():
+    caps = trainer_capabilities()
+    assert caps["tp"] == [1] and caps["reasons"]["tp"]
+    assert validate_config(preset_config("tiny"), trainer="reference") == []
+    assert validate_config(preset_config("single_h200"), trainer="reference") == []
+    issues = {i.field for i in validate_config(preset_config("r1_guide"), trainer="reference")}
+    assert {"parallel.tp", "parallel.pp", "parallel.sp"} <= issues

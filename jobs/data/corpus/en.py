@@ -116,7 +116,7 @@ CATEGORIES = {
             _verb("install"),
         ],
     },
-}
+}  # fmt: skip
 INTRANSITIVE = [
     _verb("walk"), _verb("sleep", "slept"), _verb("laugh"), _verb("work"), _verb("wait"), _verb("travel"),
     _verb("sing", "sang", "sung"), _verb("rest"), _verb("listen"), _verb("study"), _verb("smile"),

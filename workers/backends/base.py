@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a backend needs to start one run. Commands are argument lists, never shell strings."""
+
+    run_id: int
+    run_dir: Path
+    module_argv: list[str]  # the per-rank program, e.g. ["-m", "jobs.train", "--run-dir", DIR] or [script, args...]
+    env: dict[str, str]  # extra environment for every rank (never secrets other than the run's own token file path)
+    nodes: int
+    gpus_per_node: int  # ranks per node on CPU clusters
+    accelerator: str  # "cpu" | "cuda"
+    python: str  # interpreter on the nodes
+    workdir: Path  # repository root on the nodes (jobs/ importable from here)
+    partition: str = ""
+    time_limit_min: int = 60
+    hostfile: str = ""
+    master_port: int = 29500
+    job_name: str = ""
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    job_id: str  # backend's id: "local:<pgid>:<start_ticks>", a Slurm job id, ...
+    detail: dict = field(default_factory=dict)
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"  # the backend no longer knows the job and left no record of how it ended
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    reason: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in (JobState.PENDING, JobState.RUNNING)
+
+
+class Backend(Protocol):
+    name: str
+
+    def submit(self, spec: LaunchSpec) -> JobHandle:
+        """Start the job; stdout/stderr go to run_dir/stdout.log and run_dir/stderr.log. Raises LaunchError."""
+
+    def poll(self, job_id: str, run_dir: Path) -> JobStatus:
+        """Current state; safe to call from a restarted worker (no in-memory state)."""
+
+    def cancel(self, job_id: str, run_dir: Path) -> None:
+        """Stop the job and every process it started; idempotent."""
+
+
+class LaunchError(RuntimeError):
+    """The backend refused or failed to start the job; the message says why in the user's terms."""

@@ -13,6 +13,7 @@ from the file (never from memory) in batches, and stores how far it got in RUN_D
 One reporter per run directory at a time.
 """
 
+import http.client
 import json
 import math
 import os
@@ -275,7 +276,10 @@ class Reporter:
                 response.read()
                 return "ok", str(response.status), None
         except urllib.error.HTTPError as e:
-            detail = e.read(300).decode("utf-8", "replace").strip()
+            try:
+                detail = e.read(300).decode("utf-8", "replace").strip()
+            except (OSError, http.client.HTTPException):
+                detail = ""
             described = f"HTTP {e.code} from {self.ingest_url}" + (f": {detail}" if detail else "")
             retry_after = None
             try:
@@ -285,10 +289,17 @@ class Reporter:
             if e.code in (408, 429) or e.code >= 500:
                 return "retry", described, retry_after
             return "fatal", described, None
-        except (OSError, ValueError) as e:  # URLError, refused or reset connections, timeouts, bad status lines
+        except (OSError, ValueError, http.client.HTTPException) as e:  # refused, reset, timed out, garbled
             return "retry", f"{self.ingest_url} unreachable ({getattr(e, 'reason', e)})", None
 
     def _run(self) -> None:
+        try:
+            self._send_loop()
+        except Exception as e:  # a broken sender must not take training down; the file keeps every record
+            self.halted = f"sender failed: {e!r}"
+            _stderr(f"{self.halted}; metrics stay in {self.metrics_path} for the next reporter on this run directory")
+
+    def _send_loop(self) -> None:
         failures = 0
         with open(self.metrics_path, "rb") as reader:
             while True:

@@ -28,8 +28,17 @@ def _redis_for_tests(tmp_path_factory):
     if not settings.EMBEDDED_REDIS:
         yield
         return
+    import redis
+
     from controlplane import embedded_redis
 
+    try:
+        redis.Redis(unix_socket_path=settings.EMBEDDED_REDIS_SOCKET).ping()
+    except (redis.ConnectionError, FileNotFoundError):
+        pass
+    else:  # `make up` (or another test session) already serves it: share, and leave it running
+        yield
+        return
     proc = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET, workdir=str(settings.VAR_DIR))
     try:
         yield

@@ -109,7 +109,7 @@ GROUPS: list[tuple[str, list[ConfigField]]] = [
                 "optimizer.schedule",
                 "Schedule",
                 "choice",
-                choices=(("cosine", "Cosine"), ("linear", "Linear"), ("constant", "Constant")),
+                choices=(("cosine", "Warm-up + cosine"), ("constant", "Warm-up + constant")),
             ),
             ConfigField("optimizer.weight_decay", "Weight decay", "float", min_value=0, max_value=1),
             ConfigField("optimizer.grad_clip", "Gradient clipping", "float", min_value=0),

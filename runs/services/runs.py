@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from runs.capabilities import trainer_capabilities
+from runs.capabilities import CapabilitiesUnavailable, trainer_capabilities
 from runs.models import Cluster, DataMixRecipe, Run, RunStatus, Trainer
 from runs.models.run import ACTIVE_STATUSES
 from runs.planning import PlanError
@@ -80,7 +80,12 @@ def run_check(
 ) -> Checked:
     """Validate and plan without saving: what the form shows as fields change."""
     cfg = assemble_config(base=base, cluster=cluster, recipe=recipe, trainer=trainer)
-    caps = trainer_capabilities() if trainer == Trainer.REFERENCE else None
+    caps = None
+    if trainer == Trainer.REFERENCE:
+        try:
+            caps = trainer_capabilities()
+        except CapabilitiesUnavailable as exc:
+            return Checked(cfg, [FieldIssue("trainer", str(exc))], None)
     issues = list(validate_config(cfg, capabilities=caps, trainer=trainer))
     if trainer == Trainer.OWN_SCRIPT:
         if not script_path:

@@ -88,7 +88,8 @@ def free_port() -> int:
 
 
 def trainer_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "CP_INJECT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher_vars)}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env

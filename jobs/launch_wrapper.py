@@ -1,0 +1,59 @@
+"""``python -m jobs.launch_wrapper RUN_DIR -- COMMAND...``: run COMMAND and record how it ended.
+
+A control-plane worker that restarts cannot wait() for a job it did not start, so the job's own session leader
+writes RUN_DIR/exit.json ({"exit_code", "signal", "finished_at"}) when the command ends. The command runs in its
+own process group (recorded in RUN_DIR/child.json); SIGTERM/SIGINT are passed on to that whole group, so
+cancelling the wrapper stops every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m jobs.launch_wrapper RUN_DIR -- COMMAND...", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    command = argv[2:]
+    child = subprocess.Popen(command, start_new_session=True)
+    _write_atomic(run_dir / "child.json", {"pid": child.pid, "pgid": child.pid})
+    stopping = {"signal": None}
+
+    def forward(signum, frame):
+        stopping["signal"] = signum
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = child.wait()
+    # Ranks the launcher left behind (it died first) must not outlive the job.
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _write_atomic(
+        run_dir / "exit.json",
+        {"exit_code": code, "signal": stopping["signal"], "finished_at": time.time()},
+    )
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

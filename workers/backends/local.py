@@ -1,0 +1,89 @@
+"""The local backend: the DeepSpeed launcher as a process group on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
+from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
+
+
+def deepspeed_argv(spec: LaunchSpec) -> list[str]:
+    """`deepspeed --num_gpus N --master_port P [--module] PROGRAM ARGS` for one node."""
+    argv = [spec.python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(spec.gpus_per_node),
+            "--master_port", str(spec.master_port)]
+    program = list(spec.module_argv)
+    if program[:1] == ["-m"]:
+        argv.append("--module")
+        program = program[1:]
+    return argv + program
+
+
+def job_env(spec: LaunchSpec) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **spec.env}
+    if spec.accelerator == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(spec.workdir), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class LocalBackend:
+    name = "local"
+
+    def submit(self, spec: LaunchSpec) -> JobHandle:
+        if spec.nodes != 1:
+            raise LaunchError(f"The local backend runs on this machine only; the cluster has {spec.nodes} nodes.")
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("exit.json", "child.json", "cancel_requested"):
+            (spec.run_dir / stale).unlink(missing_ok=True)
+        argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *deepspeed_argv(spec)]
+        try:
+            record = spawn_group(argv, run_dir=spec.run_dir, env=job_env(spec), cwd=spec.workdir)
+        except OSError as exc:
+            raise LaunchError(f"Could not start the local job: {exc}") from exc
+        return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail=record)
+
+    @staticmethod
+    def _parse(job_id: str) -> tuple[int, int]:
+        try:
+            _, pid, ticks = job_id.split(":")
+            return int(pid), int(ticks)
+        except ValueError:
+            raise LaunchError(f"{job_id!r} is not a local job id") from None
+
+    def poll(self, job_id: str, run_dir: Path) -> JobStatus:
+        pid, ticks = self._parse(job_id)
+        if alive(pid, ticks):
+            return JobStatus(JobState.RUNNING)
+        exit_file = run_dir / "exit.json"
+        cancelled = (run_dir / "cancel_requested").exists()
+        if exit_file.exists():
+            ended = json.loads(exit_file.read_text())
+            code = ended.get("exit_code")
+            if cancelled or ended.get("signal"):
+                return JobStatus(JobState.CANCELLED, code, "cancelled")
+            if code == 0:
+                return JobStatus(JobState.SUCCEEDED, 0)
+            return JobStatus(JobState.FAILED, code, f"the job exited with code {code}")
+        if cancelled:
+            return JobStatus(JobState.CANCELLED, None, "cancelled")
+        return JobStatus(JobState.LOST, None, "the job's processes are gone and left no exit status (killed with SIGKILL?)")
+
+    def cancel(self, job_id: str, run_dir: Path) -> None:
+        pid, ticks = self._parse(job_id)
+        (run_dir / "cancel_requested").write_text(str(time.time()))
+        stop_group(pid, pid=pid, ticks=ticks)
+        child = run_dir / "child.json"
+        if child.exists():
+            pgid = json.loads(child.read_text())["pgid"]
+            if start_ticks(pgid) is not None:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -1,0 +1,68 @@
+"""Process-group jobs on this machine, identified by pid + kernel start time so a reused pid is never mistaken."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses; the fields after the last ')' are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie has finished
+    return int(fields[19])
+
+
+def alive(pid: int, ticks: int) -> bool:
+    return start_ticks(pid) == ticks
+
+
+def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path) -> dict:
+    """Start argv as a new session (its own process group) with logs in run_dir; return the job record."""
+    stdout = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+    stderr = open(run_dir / "stderr.log", "ab")  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    finally:
+        stdout.close()
+        stderr.close()
+    ticks = start_ticks(proc.pid)
+    record = {"pid": proc.pid, "pgid": proc.pid, "start_ticks": ticks, "argv": argv, "started_at": time.time()}
+    tmp = run_dir / "job.json.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, run_dir / "job.json")
+    # Reap the child in the background so it never lingers as a zombie while this worker lives.
+    import threading
+
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return record
+
+
+def stop_group(pgid: int, *, pid: int, ticks: int, grace_s: float = 10.0) -> None:
+    if not alive(pid, ticks):
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not alive(pid, ticks):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

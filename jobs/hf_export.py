@@ -123,17 +123,17 @@ def export(cfg: ModelConfig, state: dict[str, torch.Tensor], out_dir: str | Path
 def checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
     """Full model weights from one DeepSpeed checkpoint folder, experts of every expert-parallel rank merged.
 
-    ZeRO-3 keeps only partitions in the model file, so its weights are rebuilt from the optimizer shards with
-    DeepSpeed's zero_to_fp32; the other stages keep whole non-expert weights in mp_rank_00_model_states.pt and one
+    ZeRO-3 (per-rank ``zero_pp_rank_*_model_states.pt`` files) keeps only partitions, so its weights are rebuilt
+    from the optimizer shards with DeepSpeed's zero_to_fp32; the other stages keep whole non-expert weights in mp_rank_00_model_states.pt and one
     file per (MoE layer, global expert).
     """
     tag_dir = Path(tag_dir)
-    # DeepSpeed checkpoints pickle its config objects next to the tensors; they are our own files.
-    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    if states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 3:
+    if (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").exists():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    # DeepSpeed checkpoints pickle its config objects next to the tensors; they are our own files.
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     merged = dict(states["module"])
     pattern = re.compile(r"layer_\d+_expert_\d+_mp_rank_00_model_states\.pt$")
     for path in sorted(tag_dir.iterdir()):

@@ -35,6 +35,12 @@ class _Base(AsyncJsonWebsocketConsumer):
     async def run_created(self, event):
         await self.send_json(event)
 
+    async def run_points(self, event):
+        await self.send_json(event)
+
+    async def run_alert(self, event):
+        await self.send_json(event)
+
 
 class RunConsumer(_Base):
     async def connect(self):

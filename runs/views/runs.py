@@ -160,6 +160,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "run": run,
             "events": events,
             "alerts": run.alerts.all()[:50],
+        "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
             "checkpoints": run.checkpoints.all()[:50],
             "launch_blocker": launch_blocker(run),
             "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,

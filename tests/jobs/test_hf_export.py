@@ -73,8 +73,7 @@ def test_cli_exports_a_saved_checkpoint(tmp_path):
     model = build_model(cfg, seed=5).eval()
     tag_dir = run_dir / "checkpoints" / "step_000002"
     tag_dir.mkdir(parents=True)
-    torch.save({"module": model.state_dict(), "ds_config": {"zero_optimization": {"stage": 2}}},
-               tag_dir / "mp_rank_00_model_states.pt")  # fmt: skip
+    torch.save({"module": model.state_dict()}, tag_dir / "mp_rank_00_model_states.pt")
     (run_dir / "checkpoints" / "index.json").write_text(json.dumps([{"step": 2, "tag": "step_000002"}]))
     assert export_main(["--run-dir", str(run_dir), "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
     hf = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")

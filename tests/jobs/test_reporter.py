@@ -45,6 +45,9 @@ class IngestServer:
                     status = owner.scripted.pop(0) if owner.scripted else owner.status
                     if status == 200:
                         owner.records.extend(json.loads(body)["records"])
+                if status == "garbage":
+                    self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -223,13 +226,14 @@ def test_401_is_reported_once_and_not_retried(tmp_path, server, capsys):
     assert len(file_records(tmp_path)) == 240 and rep.acked_offset == 0
 
 
-def test_408_429_and_5xx_are_retried(tmp_path, server):
-    server.scripted = [503, 429, 408, 500]
+def test_408_429_5xx_and_garbled_answers_are_retried(tmp_path, server):
+    server.scripted = [503, 429, "garbage", 408, 500]
     rep = Reporter(str(tmp_path), server.url, "t", batch_size=10, **FAST)
     for step in range(25):
         rep.log(step, {"loss": 0.5})
     rep.close(timeout=5)
-    assert server.requests == 4 + 3
+    assert rep.halted is None
+    assert server.requests == 5 + 3
     assert sorted(s for _, s in server.metric_points()) == list(range(25))
 
 

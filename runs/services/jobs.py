@@ -1,0 +1,33 @@
+"""What the launcher and watcher record about a run's job, through the same audited paths as people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from runs.models import Run, RunStatus
+from runs.services.audit import audit_record
+from runs.services.transitions import IllegalTransition, transition
+
+
+def run_record_job(*, run: Run, job_id: str, run_dir: str, backend: str) -> Run:
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk).update(backend_job_id=job_id, run_dir=run_dir)
+        audit_record(actor="system", action="run.submitted", obj=run, message=f"{backend} job {job_id}",
+                     diff={"backend_job_id": [run.backend_job_id, job_id], "run_dir": [run.run_dir, run_dir]})
+    run.refresh_from_db()
+    return run
+
+
+def run_finish(*, run: Run, status: str, reason: str = "", actor: Any = "system") -> Run | None:
+    """Move a launching/running run to its end state; None when someone else already ended it."""
+    run.refresh_from_db()
+    if run.is_terminal:
+        return None
+    try:
+        if status == RunStatus.SUCCEEDED and run.status == RunStatus.LAUNCHING:
+            run = transition(run=run, to=RunStatus.RUNNING, actor=actor)
+        return transition(run=run, to=status, actor=actor, action=f"run.{status}", reason=reason)
+    except IllegalTransition:
+        return None

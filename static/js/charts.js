@@ -1,0 +1,211 @@
+// Live metric charts for one run (or several overlaid): history from the series API, new points over the
+// websocket with Plotly.extendTraces, min/max envelopes when zoomed out, full resolution when zoomed in.
+const CHART_GROUPS = [
+  {id: "loss", title: "Loss", match: (k) => k === "loss" || k.startsWith("loss/")},
+  {id: "lr", title: "Learning rate", match: (k) => k === "lr"},
+  {id: "grad_norm", title: "Grad norm", match: (k) => k === "grad_norm"},
+  {id: "tokens_per_s", title: "Tokens/s", match: (k) => k === "tokens_per_s" || k === "samples_per_s"},
+  {id: "mfu", title: "MFU", match: (k) => k === "mfu"},
+  {id: "mem_gb", title: "Memory (GB)", match: (k) => k === "mem_gb"},
+  {id: "expert_load", title: "MoE expert load", match: (k) => k.startsWith("expert_load/")},
+  {id: "tokens", title: "Tokens consumed per source", match: (k) => k.startsWith("tokens/")},
+];
+const MAX_POINTS = 1500;
+
+function groupOf(key) {
+  return CHART_GROUPS.find((g) => g.match(key)) || {id: "other:" + key, title: key, match: (k) => k === key};
+}
+
+async function fetchJSON(url) {
+  const resp = await fetch(url, {headers: {Accept: "application/json"}});
+  if (!resp.ok) throw new Error(`${url}: ${resp.status}`);
+  return resp.json();
+}
+
+function seriesURL(runId, keys, lo, hi) {
+  const q = new URLSearchParams({keys: keys.join(","), max_points: MAX_POINTS});
+  if (lo != null) q.set("lo", Math.floor(lo));
+  if (hi != null) q.set("hi", Math.ceil(hi));
+  return `/api/v1/runs/${runId}/series/?${q}`;
+}
+
+// Traces for one series: an envelope (max, then min filled up to it) plus the line of last values.
+function tracesFor(name, s, color) {
+  const nul = (v) => (v == null ? null : v);
+  if (s.mode === "envelope") {
+    return [
+      {x: s.steps, y: s.max.map(nul), mode: "lines", line: {width: 0, color}, hoverinfo: "skip", showlegend: false, name: name + " max"},
+      {x: s.steps, y: s.min.map(nul), mode: "lines", line: {width: 0, color}, fill: "tonexty", fillcolor: color + "33", hoverinfo: "skip", showlegend: false, name: name + " min"},
+      {x: s.steps, y: s.last.map(nul), mode: "lines", line: {width: 1.5, color}, name},
+    ];
+  }
+  return [{x: s.steps, y: s.values.map(nul), mode: "lines", line: {width: 1.5, color}, name}];
+}
+
+const PALETTE = ["#2f5bd3", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#0b7285", "#e67700", "#5c940d", "#495057", "#1971c2"];
+
+class RunCharts {
+  constructor(container, runIds, opts = {}) {
+    this.container = container;
+    this.runIds = runIds;
+    this.overlay = runIds.length > 1;
+    this.onlyKeys = opts.keys || null;
+    this.charts = new Map(); // group id -> {div, keys: [{run, key, lineIndex}], zoomed}
+    this.lastStep = new Map(); // run -> last step seen
+    this.alertSteps = [];
+  }
+
+  label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
+
+  async load() {
+    const byGroup = new Map();
+    for (const run of this.runIds) {
+      const info = await fetchJSON(`/api/v1/runs/${run}/keys/`);
+      const keys = (info.keys || []).map((k) => (typeof k === "string" ? k : k.key))
+        .filter((k) => !this.onlyKeys || this.onlyKeys.includes(k));
+      for (const key of keys) {
+        const g = groupOf(key);
+        if (!byGroup.has(g.id)) byGroup.set(g.id, {group: g, items: []});
+        byGroup.get(g.id).items.push({run, key});
+      }
+    }
+    const order = (id) => { const i = CHART_GROUPS.findIndex((g) => g.id === id); return i < 0 ? 99 : i; };
+    const groups = [...byGroup.values()].sort((a, b) => order(a.group.id) - order(b.group.id));
+    if (!groups.length) {
+      this.container.innerHTML = '<p class="muted" id="no-metrics">No metrics yet. They appear here as the job reports them.</p>';
+      return false;
+    }
+    this.container.innerHTML = "";
+    for (const {group, items} of groups) {
+      const div = document.createElement("div");
+      div.className = "chart";
+      div.id = "chart-" + group.id.replace(/[^a-z0-9_-]/gi, "_");
+      this.container.appendChild(div);
+      this.charts.set(group.id, {div, group, items, zoomed: false});
+      await this.draw(group.id);
+      div.on("plotly_relayout", (ev) => this.relayout(group.id, ev));
+    }
+    return true;
+  }
+
+  async draw(groupId, lo = null, hi = null) {
+    const chart = this.charts.get(groupId);
+    const traces = [];
+    let color = 0;
+    for (const item of chart.items) {
+      const data = await fetchJSON(seriesURL(item.run, [item.key], lo, hi));
+      const s = data.keys[item.key];
+      this.lastStep.set(item.run, Math.max(this.lastStep.get(item.run) ?? -1, data.last_step ?? -1));
+      const tr = tracesFor(this.label(item.run, item.key), s, PALETTE[color++ % PALETTE.length]);
+      item.lineIndex = traces.length + tr.length - 1;
+      item.mode = s.mode;
+      traces.push(...tr);
+    }
+    const layout = {
+      title: {text: chart.group.title, font: {size: 13}}, height: 260, margin: {l: 50, r: 10, t: 30, b: 30},
+      xaxis: {title: {text: "step"}, ...(lo != null ? {range: [lo, hi]} : {})},
+      showlegend: chart.items.length > 1, legend: {orientation: "h", y: -0.25}, shapes: this.alertShapes(),
+    };
+    await Plotly.react(chart.div, traces, layout, {displaylogo: false, responsive: true});
+    chart.div.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
+  }
+
+  async relayout(groupId, ev) {
+    const chart = this.charts.get(groupId);
+    if (chart.busy) return;
+    chart.busy = true;
+    try {
+      if (ev["xaxis.autorange"]) {
+        chart.zoomed = false;
+        await this.draw(groupId);
+      } else if (ev["xaxis.range[0]"] != null) {
+        chart.zoomed = true;
+        await this.draw(groupId, ev["xaxis.range[0]"], ev["xaxis.range[1]"]);
+      }
+    } finally {
+      chart.busy = false;
+    }
+  }
+
+  alertShapes() {
+    return this.alertSteps.map((step) => ({type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
+      line: {color: "#b42318", width: 1, dash: "dot"}}));
+  }
+
+  markAlert(step) {
+    if (step == null) return;
+    this.alertSteps.push(step);
+    for (const chart of this.charts.values()) Plotly.relayout(chart.div, {shapes: this.alertShapes()});
+  }
+
+  async extend(runId, points) {
+    let unknown = false;
+    for (const [key, pairs] of Object.entries(points)) {
+      const g = groupOf(key);
+      const chart = this.charts.get(g.id);
+      const item = chart && chart.items.find((i) => i.run === runId && i.key === key);
+      if (!item) { unknown = true; continue; }
+      if (chart.zoomed || !pairs.length) continue;
+      Plotly.extendTraces(chart.div, {x: [pairs.map((p) => p[0])], y: [pairs.map((p) => p[1])]}, [item.lineIndex]);
+      chart.div.dataset.points = String(Number(chart.div.dataset.points || 0) + pairs.length);
+    }
+    for (const pairs of Object.values(points)) {
+      for (const [step] of pairs) this.lastStep.set(runId, Math.max(this.lastStep.get(runId) ?? -1, step));
+    }
+    if (unknown) { this.charts.clear(); await this.load(); }
+  }
+
+  // After a reconnect: fetch what was missed since the last step drawn.
+  async backfill(runId) {
+    if (!this.charts.size) { await this.load(); return; }
+    const since = (this.lastStep.get(runId) ?? -1) + 1;
+    for (const chart of this.charts.values()) {
+      for (const item of chart.items.filter((i) => i.run === runId)) {
+        const data = await fetchJSON(seriesURL(runId, [item.key], since, null));
+        const s = data.keys[item.key];
+        if (!s || !s.steps.length) continue;
+        const ys = s.mode === "envelope" ? s.last : s.values;
+        await this.extend(runId, {[item.key]: s.steps.map((x, i) => [x, ys[i]])});
+      }
+    }
+  }
+}
+
+function liveRun(runId, charts) {
+  let delay = 500, first = true;
+  const banner = document.getElementById("alert-banner");
+  const labels = {draft: "Draft", queued: "Queued", launching: "Launching", running: "Running", remediating: "Remediating",
+    succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled"};
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${proto}//${location.host}/ws/runs/${runId}/`);
+    ws.onopen = async () => {
+      delay = 500;
+      if (!first) await charts.backfill(runId);
+      first = false;
+    };
+    ws.onmessage = async (ev) => {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "run.points") {
+        if (!charts.charts.size) await charts.load(); else await charts.extend(runId, msg.points);
+      } else if (msg.type === "run.alert") {
+        const a = msg.alert;
+        banner.hidden = false;
+        const li = document.createElement("div");
+        li.className = "alert " + (a.severity || "warning");
+        li.textContent = `${a.kind_label || a.kind}${a.step != null ? " at step " + a.step : ""}: ${a.message}${a.evidence ? " — " + a.evidence : ""}`;
+        banner.appendChild(li);
+        charts.markAlert(a.step);
+      } else if (msg.type === "run.status") {
+        const badge = document.getElementById("run-status");
+        if (badge) { badge.className = "badge " + msg.status; badge.textContent = labels[msg.status] || msg.status; }
+      }
+    };
+    ws.onclose = (ev) => {
+      if (ev.code >= 4400 && ev.code < 4500) return;
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 10000);
+    };
+  }
+  connect();
+}

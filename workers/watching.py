@@ -1,0 +1,187 @@
+"""Follow a launched job: backend state, the durable metrics file, logs, hangs; end the run when the job ends.
+
+The watcher complements the job's HTTP pushes: it ingests what the reporter wrote to metrics.jsonl beyond the
+acknowledged offset (so a run is complete even when pushes were lost), reads loss lines and DeepSpeed csv_monitor
+files of scripts that never call us, and classifies failures from the job's own output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import redis
+from django.conf import settings
+
+from runs.models import AlertKind, Run, RunStatus, Severity
+from runs.services.alerts import alert_raise
+from runs.services.jobs import run_finish
+from runs.services.metrics import metrics_record
+from runs.services.transitions import IllegalTransition, transition
+from workers.backends import JobState, get_backend
+from workers.logscan import csv_monitor_records, loss_records, scan_lines
+
+log = logging.getLogger(__name__)
+MAX_READ = 4 * 1024 * 1024  # bytes per file per pass, so one pass stays short
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_CLIENT_URL)
+
+
+class _State:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "watch_state.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def offset(self, name: str) -> int:
+        return int(self.data.get("offsets", {}).get(name, 0))
+
+    def set_offset(self, name: str, value: int) -> None:
+        self.data.setdefault("offsets", {})[name] = value
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+
+def _read_new(path: Path, start: int) -> tuple[list[str], int]:
+    """Complete lines after byte `start`, and the offset after the last complete line."""
+    if not path.exists():
+        return [], start
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        chunk = fh.read(MAX_READ)
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], start
+    return chunk[: end + 1].decode("utf-8", "replace").splitlines(), start + end + 1
+
+
+def _ingest_metrics_file(run: Run, run_dir: Path, state: _State) -> int:
+    acked_path = run_dir / "metrics.acked"
+    acked = int(acked_path.read_text().strip() or 0) if acked_path.exists() else 0
+    start = max(state.offset("metrics"), acked)
+    lines, end = _read_new(run_dir / "metrics.jsonl", start)
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if records:
+        metrics_record(run=run, records=records)
+    state.set_offset("metrics", end)
+    return len(records)
+
+
+def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
+    findings = []
+    for name in ("stdout.log", "stderr.log"):
+        lines, end = _read_new(run_dir / name, state.offset(name))
+        state.set_offset(name, end)
+        if not lines:
+            continue
+        findings.extend(scan_lines(lines))
+        if run.trainer == "own_script":
+            records = loss_records(lines, time_s=time.time())
+            if records:
+                metrics_record(run=run, records=records)
+    if run.trainer == "own_script":
+        for csv in sorted(run_dir.glob("csv_monitor/**/*.csv")):
+            key = csv.stem.removeprefix("Train_Samples_").removeprefix("Train_")
+            lines, end = _read_new(csv, state.offset(str(csv)))
+            state.set_offset(str(csv), end)
+            records = csv_monitor_records(key, lines, time_s=time.time())
+            if records:
+                metrics_record(run=run, records=records)
+    for finding in findings:
+        if finding.kind == "oom":
+            alert_raise(run=run, kind=AlertKind.OOM, severity=Severity.CRITICAL, step=run.last_step,
+                        message="Out of memory", evidence=finding.line)
+        elif finding.kind == "nccl":
+            alert_raise(run=run, kind=AlertKind.NCCL, severity=Severity.CRITICAL, step=run.last_step,
+                        message="Collective communication error", evidence=finding.line)
+        elif finding.kind == "status":
+            state.data["job_status"] = finding.data
+        elif finding.kind == "traceback":
+            state.data["last_exception"] = finding.line
+        if finding.kind == "oom":
+            state.data["oom"] = finding.line
+    return findings
+
+
+def _check_hang(run: Run, run_dir: Path) -> None:
+    timeout = float(run.config.get("alerts", {}).get("hang_timeout_s", 300))
+    newest = max((p.stat().st_mtime for p in (run_dir / "metrics.jsonl", run_dir / "stdout.log") if p.exists()),
+                 default=None)
+    if newest is not None and time.time() - newest > timeout:
+        alert_raise(run=run, kind=AlertKind.HANG, severity=Severity.CRITICAL, step=run.last_step,
+                    message=f"No heartbeat, step or output for {timeout:.0f} s",
+                    evidence=f"last write {time.time() - newest:.0f} s ago")
+
+
+def _end_reason(status, state: _State) -> tuple[str, str]:
+    """(run status, reason) for a finished job."""
+    job_status = (state.data.get("job_status") or {}).get("status")
+    if status.state == JobState.SUCCEEDED and job_status in (None, "succeeded"):
+        return RunStatus.SUCCEEDED, ""
+    if status.state == JobState.CANCELLED:
+        return RunStatus.CANCELLED, "cancelled"
+    if job_status == "oom" or status.exit_code == 3 or state.data.get("oom"):
+        return RunStatus.FAILED, f"out of memory: {state.data.get('oom') or 'the trainer reported OOM'}"
+    if job_status == "nan" or status.exit_code == 4:
+        return RunStatus.FAILED, "NaN/Inf loss: the trainer aborted"
+    if status.state == JobState.LOST:
+        return RunStatus.FAILED, f"job lost: {status.reason}"
+    detail = state.data.get("last_exception") or status.reason or f"exit code {status.exit_code}"
+    return RunStatus.FAILED, detail
+
+
+def watch_once(run_id: int) -> bool:
+    """One pass; True while the run still needs watching."""
+    run = Run.objects.select_related("cluster").filter(pk=run_id).first()
+    if run is None or run.status not in (RunStatus.LAUNCHING, RunStatus.RUNNING):
+        return False
+    if not run.backend_job_id or not run.run_dir:
+        return True  # the launcher has not recorded the job yet
+    lock = _redis().lock(f"cp:watch:{run_id}", timeout=120, blocking=False)
+    if not lock.acquire():
+        return True  # another worker is on it this moment
+    try:
+        run_dir = Path(run.run_dir)
+        state = _State(run_dir)
+        status = get_backend(run.cluster.backend).poll(run.backend_job_id, run_dir)
+        if status.state == JobState.RUNNING and run.status == RunStatus.LAUNCHING:
+            try:
+                run = transition(run=run, to=RunStatus.RUNNING, actor="system")
+            except IllegalTransition:
+                pass
+        _ingest_metrics_file(run, run_dir, state)
+        _scan_logs(run, run_dir, state)
+        if not status.finished:
+            if run.status == RunStatus.RUNNING:
+                _check_hang(run, run_dir)
+            state.save()
+            return True
+        # The job ended: take the last of its output, then settle the run.
+        _ingest_metrics_file(run, run_dir, state)
+        final, reason = _end_reason(status, state)
+        if status.state == JobState.LOST:
+            alert_raise(run=run, kind=AlertKind.JOB_LOST, severity=Severity.CRITICAL, step=run.last_step,
+                        message="Job lost by the backend", evidence=status.reason)
+        elif final == RunStatus.FAILED:
+            alert_raise(run=run, kind=AlertKind.JOB_FAILED, severity=Severity.CRITICAL, step=run.last_step,
+                        message="Job failed", evidence=reason[:2000])
+        state.save()
+        run_finish(run=run, status=final, reason=reason)
+        return False
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass

@@ -401,18 +401,27 @@ class Trainer:
 
     def _step_without_update(self) -> None:
         """Finish a step whose gradients are NaN without changing any weight (nan_policy 'skip')."""
-        optimizer = self.engine.optimizer
-        plain = not hasattr(optimizer, "overflow")
-        if plain:
-            # Without ZeRO or a bf16 wrapper DeepSpeed steps torch's optimizer as is; with no gradients it is a
-            # no-op, and the overflow flag makes the engine count the step as skipped.
+        engine = self.engine
+        optimizer = engine.optimizer
+        if hasattr(optimizer, "overflow"):
+            # ZeRO and DeepSpeed's bf16 optimizers find the NaN gradient norm themselves and skip the update.
+            engine.step()
+        else:
+            # Without ZeRO or a bf16 wrapper DeepSpeed steps torch's optimizer as is: with no gradients that is a
+            # no-op, the overflow flag makes the engine count the step as skipped, and clipping is switched off
+            # for the call because DeepSpeed's clip_grad_norm_ fails on an empty gradient list.
             for p in self.model.parameters():
                 p.grad = None
+            clip = engine._config.gradient_clipping
             optimizer.overflow = True
-        self.engine.step()
-        if plain:
-            optimizer.overflow = False
-        if self.engine.was_step_applied():
+            engine._config.gradient_clipping = 0.0
+            try:
+                engine.step()
+            finally:
+                engine._config.gradient_clipping = clip
+                # Removed, not reset: a later skipped step must take this branch again.
+                del optimizer.overflow
+        if engine.was_step_applied():
             raise RuntimeError("DeepSpeed applied an optimizer step with non-finite gradients")
 
 

@@ -1,10 +1,13 @@
 """Metric storage for bulk ingest: points are kept as packed arrays in blocks, not one row per point.
 
 A series is (run, key). Each ingest batch appends one block per series: steps as little-endian int64 and values
-as little-endian float64, with the block's step range and min/max. Millions of points per run become thousands of
-rows; an ingest is one INSERT per key; a chart read decodes a few blobs with numpy. Idempotence on
-(run, key, step) is enforced at write time: steps already present in an overlapping block are dropped, under a
-row lock on the series so two concurrent writers cannot both add the same step.
+as little-endian float64 (NaN and infinities stored as they are), with the block's step range and its finite
+min/max. Millions of points per run become a few dozen rows: ingest blocks (tier 0) are merged by compaction into
+blocks of tier 1, 2, ... each `COMPACT_FANOUT` times larger, so a series holds O(fanout x log(points)) blocks.
+Compacted blocks carry rollups: per chunk of consecutive points, the first/last step, finite min/max, last value
+and count of non-finite values, so a zoomed-out chart reads kilobytes of summaries instead of every point.
+Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest of a run holds
+the run's row lock, and steps already present in an overlapping block are dropped.
 """
 
 from django.db import models
@@ -16,8 +19,10 @@ class MetricSeries(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="series")
     key = models.CharField(max_length=100)
     points = models.PositiveBigIntegerField(default=0)
-    last_step = models.BigIntegerField(null=True, blank=True)
-    last_value = models.FloatField(null=True, blank=True)
+    last_step = models.BigIntegerField(null=True, blank=True, help_text="Highest step stored.")
+    last_value = models.FloatField(null=True, blank=True, help_text="Value at last_step (null when non-finite).")
+    pending_blocks = models.PositiveIntegerField(default=0, help_text="Tier-0 blocks not yet compacted.")
+    detector_state = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="metric_series_run_key_unique")]
@@ -35,6 +40,10 @@ class MetricBlock(models.Model):
     vmax = models.FloatField(null=True)
     steps = models.BinaryField()
     values = models.BinaryField()
+    tier = models.PositiveSmallIntegerField(default=0)
+    nonfinite = models.PositiveIntegerField(default=0)
+    rollup = models.BinaryField(null=True, help_text="Chunk summaries of ROLLUP_FINE points (compacted blocks).")
+    rollup_coarse = models.BinaryField(null=True, help_text="Chunk summaries of ROLLUP_COARSE points.")
 
     class Meta:
         indexes = [models.Index(fields=["series", "step_hi"]), models.Index(fields=["series", "step_lo"])]

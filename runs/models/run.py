@@ -59,6 +59,12 @@ class Run(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Written by ingest (runs.services.metrics): liveness for the hang watcher and progress for the pages.
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    last_step = models.BigIntegerField(null=True, blank=True)
+    # What an MLflow client logged through the compatibility API (runs.views.mlflow_compat).
+    mlflow_params = models.JSONField(default=dict, blank=True)
+    mlflow_tags = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -121,10 +127,21 @@ class Alert(models.Model):
     evidence = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # An alert is open until its episode ends (resolved_at set); at most one open alert per run, kind and attempt,
+    # which the database enforces so that concurrent detectors in several processes raise it once.
+    attempt = models.PositiveIntegerField(default=1)
+    resolved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["run", "kind"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "kind", "attempt"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="alert_one_open_per_episode",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} at step {self.step}"

@@ -1,0 +1,110 @@
+"""The real stack for end-to-end tests: uvicorn (HTTP + websockets) and a Celery worker, as separate processes,
+on the test database and the suite's Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _database_url(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = settings_dict.get("USER") or "postgres"
+    password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
+
+
+@dataclass
+class Stack:
+    url: str
+    runs_dir: Path
+    procs: list[subprocess.Popen]
+    logs: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+
+def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    from django.conf import settings
+    from django.db import connection
+
+    port = free_port()
+    runs_dir = tmp / "runs"
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(connection.settings_dict),
+        "CP_BASE_URL": f"http://127.0.0.1:{port}",
+        "CP_RUNS_DIR": str(runs_dir),
+        "CP_VAR_DIR": str(settings.VAR_DIR),
+        "OMP_NUM_THREADS": "1",
+        "CP_CELERY_QUEUE": f"e2e-{port}",  # tasks other tests left in Redis never reach this worker
+        **(extra_env or {}),
+    }
+    if not settings.EMBEDDED_REDIS:
+        env["REDIS_URL"] = os.environ["REDIS_URL"]
+    web_log = open(logs / "web.log", "wb")  # noqa: SIM115 - owned by the child
+    worker_log = open(logs / "worker.log", "wb")  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1", "--port",
+             str(port), "--no-access-log"],
+            cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT, start_new_session=True,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--loglevel", "INFO", "--concurrency",
+             "2", "--without-gossip", "--without-mingle", "-n", f"e2e-{port}@%h", "-Q", f"e2e-{port}"],
+            cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+        ),
+    ]
+    stack = Stack(url=f"http://127.0.0.1:{port}", runs_dir=runs_dir, procs=procs, logs=logs)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            stop_stack(stack)
+            pytest.fail("the web server or worker died at start:\n" + stack.log_tail())
+        try:
+            if httpx.get(f"{stack.url}/healthz", timeout=1).status_code == 200:
+                return stack
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    stop_stack(stack)
+    pytest.fail("the web server did not answer within 60 s:\n" + stack.log_tail())
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in stack.procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in stack.procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

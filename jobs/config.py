@@ -40,7 +40,9 @@ def _field(section: dict, path: str, key: str, kind: type | tuple, default: Any 
 
 def _kind_name(kind: type | tuple) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "integer", float: "number", str: "string", bool: "boolean"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {int: "integer", float: "number", str: "string", bool: "boolean"}.get(k, k.__name__) for k in kinds
+    )
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -383,7 +385,9 @@ def _parse_curriculum(raw: dict, batch: BatchConfig) -> tuple[CurriculumStage, .
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
             raise ConfigError(f"curriculum[{i}]: expected an object")
-        stage = CurriculumStage(_field(st, f"curriculum[{i}]", "start_step", int), _field(st, f"curriculum[{i}]", "seq_len", int))
+        stage = CurriculumStage(
+            _field(st, f"curriculum[{i}]", "start_step", int), _field(st, f"curriculum[{i}]", "seq_len", int)
+        )
         _positive(f"curriculum[{i}].seq_len", stage.seq_len)
         if batch.seq_len % stage.seq_len:
             raise ConfigError(f"curriculum[{i}].seq_len: {stage.seq_len} must divide batch.seq_len {batch.seq_len}")

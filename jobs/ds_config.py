@@ -79,7 +79,6 @@ def build_ds_config(cfg: RunConfig, world_size: int, accelerator: str = "cpu") -
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-        "seed": cfg.training.seed,
     }
     if par.offload_optimizer and o.torch_adam:
         # DeepSpeed insists on its compiled CPU Adam for offload unless told that torch's AdamW is wanted.

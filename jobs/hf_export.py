@@ -102,7 +102,8 @@ def hf_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: str =
     want = _DTYPES[dtype]
     # The router runs in fp32 in both implementations (transformers keeps gate.weight in fp32 too).
     return {
-        k: v.detach().to("cpu", torch.float32 if k.endswith(("mlp.gate.weight", "e_score_correction_bias")) else want)
+        k: v.detach()
+        .to("cpu", torch.float32 if k.endswith(("mlp.gate.weight", "e_score_correction_bias")) else want)
         .contiguous()
         .clone()
         for k, v in out.items()

@@ -100,20 +100,33 @@ class _AllToAll(torch.autograd.Function):
 _GROUPED_MM_OK: dict[tuple, bool] = {}
 
 
-def _grouped_mm_usable(x: torch.Tensor, hidden: int, intermediate: int) -> bool:
-    """torch._grouped_mm runs on sm90+ CUDA in bf16 with 16-byte aligned rows; probe once per device and dtype.
+def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch._grouped_mm runs (forward and backward, correctly) here; probed once per device and dtype.
 
-    The probe compares forward and backward against per-expert matmuls because support differs between torch
-    builds; any failure keeps the per-expert loop, which is always correct.
+    It needs sm90+ CUDA and bf16, and support differs between torch builds, so a tiny problem is checked against
+    per-expert matmuls; any failure keeps the per-expert loop, which is always correct. Call it before
+    torch.compile so the compiled graph sees a cached answer.
     """
-    if x.device.type != "cuda" or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
-        return False
-    if hidden % 8 or intermediate % 8 or torch.cuda.get_device_capability(x.device) < (9, 0):
-        return False
-    key = (x.device, x.dtype)
+    key = (torch.device(device), dtype)
     if key not in _GROUPED_MM_OK:
-        _GROUPED_MM_OK[key] = _probe_grouped_mm(x.device, x.dtype)
+        _GROUPED_MM_OK[key] = (
+            key[0].type == "cuda"
+            and dtype == torch.bfloat16
+            and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(key[0]) >= (9, 0)
+            and _probe_grouped_mm(key[0], dtype)
+        )
     return _GROUPED_MM_OK[key]
+
+
+def _grouped_mm_usable(x: torch.Tensor, hidden: int, intermediate: int) -> bool:
+    # Rows must be 16-byte aligned: 8 bf16 values.
+    return (
+        x.device.type == "cuda"
+        and hidden % 8 == 0
+        and intermediate % 8 == 0
+        and grouped_mm_available(x.device, x.dtype)
+    )
 
 
 def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from runs.views import audit, recipes, runs
@@ -18,4 +18,5 @@ urlpatterns = [
     path("recipes/<int:pk>/", recipes.recipe_detail, name="recipe-detail"),
     path("recipes/<int:pk>/edit/", recipes.recipe_edit, name="recipe-edit"),
     path("audit/", audit.audit_list, name="audit-list"),
+    path("", include("runs.urls_api")),
 ]

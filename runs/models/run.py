@@ -62,9 +62,10 @@ class Run(models.Model):
     # Written by ingest (runs.services.metrics): liveness for the hang watcher and progress for the pages.
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_step = models.BigIntegerField(null=True, blank=True)
-    # What an MLflow client logged through the compatibility API (runs.views.mlflow_compat).
+    # What an MLflow client logged through the compatibility API (runs.views.mlflow_compat): its params, and its
+    # run record (tags, status, start/end time, run name) kept apart from this run's own state machine.
     mlflow_params = models.JSONField(default=dict, blank=True)
-    mlflow_tags = models.JSONField(default=dict, blank=True)
+    mlflow_run = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -42,24 +42,63 @@ TINY_RUN = {
         "max_seq_len": 64,
         "tie_embeddings": False,
     },
-    "parallel": {"tp": 1, "pp": 1, "ep": 1, "sp": False, "zero_stage": 2, "offload_optimizer": False,
-                 "offload_param": False, "activation_checkpointing": False},  # fmt: skip
+    "parallel": {
+        "tp": 1,
+        "pp": 1,
+        "ep": 1,
+        "sp": False,
+        "zero_stage": 2,
+        "offload_optimizer": False,
+        "offload_param": False,
+        "activation_checkpointing": False,
+    },  # fmt: skip
     "batch": {"global_batch_tokens": 256, "micro_batch": 4, "grad_accum": 2, "seq_len": 32, "tolerance_pct": 5.0},
-    "optimizer": {"name": "adamw", "lr": 0.003, "min_lr": 0.0003, "betas": [0.9, 0.95], "eps": 1e-08,
-                  "weight_decay": 0.01, "grad_clip": 1.0, "warmup_steps": 2, "schedule": "cosine",
-                  "torch_adam": True},  # fmt: skip
+    "optimizer": {
+        "name": "adamw",
+        "lr": 0.003,
+        "min_lr": 0.0003,
+        "betas": [0.9, 0.95],
+        "eps": 1e-08,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "warmup_steps": 2,
+        "schedule": "cosine",
+        "torch_adam": True,
+    },  # fmt: skip
     "precision": "fp32",
     "curriculum": [{"start_step": 0, "seq_len": 16}, {"start_step": 3, "seq_len": 32}],
-    "training": {"total_steps": 4, "token_budget": 1024, "checkpoint_interval": 2, "keep_checkpoints": 3,
-                 "seed": 1234, "log_interval": 1, "nan_policy": "abort"},  # fmt: skip
-    "data": {"recipe": {"name": "bilingual-demo", "version": 1,
-                        "sources": [{"name": "zh", "weight": 45.0}, {"name": "en", "weight": 35.0},
-                                    {"name": "other", "weight": 20.0}]},
-             "shards_dir": None, "tokenizer": None},  # fmt: skip
+    "training": {
+        "total_steps": 4,
+        "token_budget": 1024,
+        "checkpoint_interval": 2,
+        "keep_checkpoints": 3,
+        "seed": 1234,
+        "log_interval": 1,
+        "nan_policy": "abort",
+    },  # fmt: skip
+    "data": {
+        "recipe": {
+            "name": "bilingual-demo",
+            "version": 1,
+            "sources": [
+                {"name": "zh", "weight": 45.0},
+                {"name": "en", "weight": 35.0},
+                {"name": "other", "weight": 20.0},
+            ],
+        },
+        "shards_dir": None,
+        "tokenizer": None,
+    },  # fmt: skip
     "alerts": {"loss_spike_z": 6.0, "grad_norm_max": 100.0, "hang_timeout_s": 300, "throughput_drop_pct": 50.0},
     "remediation": {"oom": ["halve_micro_batch"], "max_attempts": 3, "on_spike": "alert"},
-    "cluster": {"backend": "local", "nodes": 1, "gpus_per_node": 1, "accelerator": "cpu", "gpu_type": "CPU",
-                "gpu_memory_gb": 8.0},  # fmt: skip
+    "cluster": {
+        "backend": "local",
+        "nodes": 1,
+        "gpus_per_node": 1,
+        "accelerator": "cpu",
+        "gpu_type": "CPU",
+        "gpu_memory_gb": 8.0,
+    },  # fmt: skip
     "reporter": {"ingest_url": None, "every_n_steps": 1, "batch_size": 50, "flush_interval_s": 0.2},
 }
 

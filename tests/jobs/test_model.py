@@ -74,7 +74,8 @@ def test_routed_experts_compute_the_weighted_sum_of_chosen_experts():
 def test_expert_parallel_dispatch_matches_local_computation(tmp_path):
     """Two gloo ranks, 2 experts each: outputs and gradients equal the unsharded layer's."""
     script = tmp_path / "ep.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, sys, torch, torch.distributed as dist
         from jobs.moe import RoutedExperts
         dist.init_process_group("gloo")
@@ -101,7 +102,8 @@ def test_expert_parallel_dispatch_matches_local_computation(tmp_path):
                 torch.testing.assert_close(p.grad, q.grad)
         assert all(getattr(p, "allreduce", True) is False for p in ep.parameters())
         print("ok", rank)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     torchrun = os.path.join(os.path.dirname(PYTHON), "torchrun")
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],

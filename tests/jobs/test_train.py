@@ -103,8 +103,14 @@ def _srun_like(run_dir, nproc: int) -> list[subprocess.Popen]:
         env = trainer_env(SLURM_PROCID=str(rank), SLURM_NTASKS=str(nproc), SLURM_LOCALID=str(rank),
                           SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242", MASTER_PORT=port)  # fmt: skip
         procs.append(
-            subprocess.Popen([PYTHON, "-m", "jobs.train", "--run-dir", str(run_dir)], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            subprocess.Popen(
+                [PYTHON, "-m", "jobs.train", "--run-dir", str(run_dir)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
         )
     return procs
 
@@ -127,7 +133,9 @@ def test_expert_parallel_two_ranks_under_srun_env_matches_unsharded(tmp_path, si
     assert {k for k in load if k.startswith("expert_load/")} == {f"expert_load/{i}" for i in range(4)}
 
     tag_dir = run_dir / "checkpoints" / "step_000004"
-    assert sorted(p.name for p in tag_dir.glob("layer_*")) == [f"layer_0_expert_{i}_mp_rank_00_model_states.pt" for i in range(4)]
+    assert sorted(p.name for p in tag_dir.glob("layer_*")) == [
+        f"layer_0_expert_{i}_mp_rank_00_model_states.pt" for i in range(4)
+    ]
     # Expert i of the EP run equals expert i of the unsharded run: rank 1 held experts 2 and 3.
     merged = checkpoint_state_dict(tag_dir)
     reference = checkpoint_state_dict(single_rank_run / "checkpoints" / "step_000004")
@@ -171,9 +179,16 @@ def test_zero3_bf16_activation_checkpointing_and_offload(tmp_path):
     """The other memory-saving layouts run end to end: ZeRO-3 + bf16 + activation checkpointing + param offload."""
     run_dir = write_run(
         tmp_path / "run",
-        tiny_run(precision="bf16", training={"total_steps": 2},
-                 parallel={"zero_stage": 3, "activation_checkpointing": True, "offload_param": True,
-                           "offload_optimizer": True}),  # fmt: skip
+        tiny_run(
+            precision="bf16",
+            training={"total_steps": 2},
+            parallel={
+                "zero_stage": 3,
+                "activation_checkpointing": True,
+                "offload_param": True,
+                "offload_optimizer": True,
+            },
+        ),  # fmt: skip
     )
     proc = run_trainer(run_dir, launcher="none")
     assert proc.returncode == 0, describe(proc)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Reads its rank the way the reference trainer does (torchrun/DeepSpeed variables, else Slurm's), accepts DeepSpeed's
 # --local_rank, records what it saw per rank, and all-reduces one tensor over gloo; rank 0 writes result.json.
-GLOO_PROGRAM = '''
+GLOO_PROGRAM = """
 import argparse
 import json
 import os
@@ -55,7 +55,7 @@ if rank == 0:
     (out / "result.json").write_text(json.dumps({"sum": value.item(), "world_size": world}))
 dist.destroy_process_group()
 print(f"rank {rank} all-reduced {value.item()}", flush=True)
-'''
+"""
 
 
 def write_gloo_program(directory: Path) -> Path:

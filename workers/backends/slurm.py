@@ -175,7 +175,9 @@ class SlurmBackend:
         if not isinstance(spec.time_limit_min, int) or spec.time_limit_min < 1:
             raise LaunchError(f"time_limit_min must be at least 1 minute, got {spec.time_limit_min!r}")
         if not 0 <= spec.master_port <= 65535:
-            raise LaunchError(f"master_port must be 0 (derive from the job id) or a port number, got {spec.master_port}")
+            raise LaunchError(
+                f"master_port must be 0 (derive from the job id) or a port number, got {spec.master_port}"
+            )
         if not NAME.match(job_name):
             raise LaunchError(f"job name {job_name!r} may only use letters, digits, '_', '.' and '-'")
         if spec.partition and not NAME.match(spec.partition):
@@ -220,7 +222,7 @@ class SlurmBackend:
         lines += [
             # The first host of the allocation hosts rank 0's rendezvous.
             'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-            'export MASTER_ADDR="${hosts%%$\'\\n\'*}"',
+            "export MASTER_ADDR=\"${hosts%%$'\\n'*}\"",
         ]
         if spec.master_port:
             lines.append(f"export MASTER_PORT={spec.master_port}")

@@ -44,6 +44,29 @@ def ensure_default_users(stdout) -> None:
         stdout.write(f"created login {username} / {password} ({role})")
 
 
+def start_demo_run():
+    """A tiny-preset run on the local backend, so a newcomer watches a real DeepSpeed job within minutes.
+
+    Skipped while an earlier demo is still in flight (the worker re-attaches to it instead)."""
+    from runs.models import Cluster, DataMixRecipe, Run
+    from runs.models.run import ACTIVE_STATUSES
+    from runs.presets import preset_config
+    from runs.services.runs import run_create, run_launch
+
+    if Run.objects.filter(name__startswith="demo-tiny", status__in=ACTIVE_STATUSES).exists():
+        return None
+    owner = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
+    if owner is None:
+        return None
+    run = run_create(
+        owner=owner, name="demo-tiny", preset="tiny", trainer="reference",
+        cluster=Cluster.objects.get(name="local-cpu"),
+        recipe=DataMixRecipe.objects.filter(name="bilingual-demo").order_by("version").first(),
+        config=preset_config("tiny"),
+    )
+    return run_launch(actor=owner, run=run)
+
+
 class Command(BaseCommand):
     help = "Run web (ASGI) + Celery worker (+ embedded Redis on SQLite by default) until interrupted."
 
@@ -51,8 +74,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-worker", action="store_true", help="Do not start a Celery worker.")
+        parser.add_argument("--no-demo", action="store_true", help="Do not start the demo run of the tiny preset.")
 
-    def handle(self, *args, host: str, port: int, no_worker: bool, **options):
+    def handle(self, *args, host: str, port: int, no_worker: bool, no_demo: bool, **options):
         redis_proc = None
         children: list[subprocess.Popen] = []
         stopping = False
@@ -110,6 +134,10 @@ class Command(BaseCommand):
                     )
                 )
             self.stdout.write(self.style.SUCCESS(f"control plane on http://{host}:{port}/  (Ctrl-C stops it)"))
+            if not no_worker and not no_demo:
+                demo = start_demo_run()
+                if demo is not None:
+                    self.stdout.write(f"demo run #{demo.pk} ({demo.name}) launched: http://{host}:{port}/runs/{demo.pk}/")
             while not stopping:
                 for child in children:
                     if child.poll() is not None:

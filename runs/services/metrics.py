@@ -1,0 +1,809 @@
+"""Metric ingest, storage and reads.
+
+Ingest (`metrics_record`) validates a batch of run-directory records (docs/run-config.md), then in one
+transaction: locks the run's row (every writer of a run's series takes it first, so concurrent posts of the same
+batch serialise and the second finds its steps present), drops (key, step) pairs already stored, appends one
+packed block per key, runs the streaming detectors, applies heartbeats and events, and on commit pushes the new
+points to the run's websocket group. Small blocks are merged later by `metrics_compact` (triggered by ingest when a
+series has COMPACT_FANOUT uncompacted blocks), which also writes the rollups that zoomed-out reads use.
+
+Reads (`series_read`) return every point when the requested range holds at most `max_points`, else a min/max/last
+envelope per step bucket in which every spike survives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from django.db import connection, transaction
+from django.utils import timezone
+
+from runs.models import Checkpoint, MetricSeries, Run
+from runs.services import rollups as ru
+from runs.services.alerts import alert_raise, alert_resolve
+from runs.services.audit import SYSTEM, audit_record
+from runs.services.broadcast import broadcast_on_commit, run_group
+from runs.services.detectors import WATCHED_KEYS, Thresholds, detect
+
+KEY_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_RECORDS = 5000
+MAX_POINTS = 100_000
+MAX_STEP = 2**53  # rollups keep steps as float64, exact up to here
+MAX_ERRORS = 20
+MAX_PUSH_POINTS = 2000  # per key and message; a client that needs more reads the series API
+NONFINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf}
+NONFINITE |= {"-inf": -math.inf, "-infinity": -math.inf}
+EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+ALERT_EVENTS = {"oom": ("oom", "Out of memory"), "nan": ("nan", "NaN/Inf loss")}
+
+COMPACT_FANOUT = 16  # this many blocks of one tier are merged into one block of the next
+MAX_BLOCK_POINTS = 262_144  # a merge larger than this is cut into final blocks of this size
+FINAL_TIER = 99
+MAX_SERIES_PER_REQUEST = 2000
+
+
+# Validation
+
+
+class IngestInvalid(Exception):
+    """The batch is refused whole; `errors` name each offending record index and field."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors
+        super().__init__("; ".join(_describe(e) for e in errors[:3]))
+
+    def as_json(self) -> dict:
+        return {"error": str(self), "errors": self.errors}
+
+
+def _describe(error: dict) -> str:
+    where = "body" if error.get("index") is None else f"records[{error['index']}]"
+    if error.get("field"):
+        where += f".{error['field']}"
+    return f"{where}: {error['message']}"
+
+
+def _error(index: int | None, field_name: str, message: str) -> dict:
+    return {"index": index, "field": field_name, "message": message}
+
+
+def ingest_parse(body: bytes) -> Any:
+    """The `records` list of a request body. NaN/Infinity literals are tolerated (Python's json writes them)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise IngestInvalid([_error(None, "", f"is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes")])
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IngestInvalid([_error(None, "", f"is not JSON ({exc})")]) from None
+    if not isinstance(doc, dict) or "records" not in doc:
+        raise IngestInvalid([_error(None, "records", 'missing: send {"records": [...]}')])
+    return doc["records"]
+
+
+def _step_of(raw: Any) -> int | None:
+    if type(raw) is int:
+        return raw if 0 <= raw <= MAX_STEP else None
+    if type(raw) is float and raw.is_integer() and 0 <= raw <= MAX_STEP:
+        return int(raw)
+    return None
+
+
+def _number(raw: Any) -> float | None:
+    kind = type(raw)
+    if kind is float or kind is int:
+        return float(raw)
+    if kind is str:
+        return NONFINITE.get(raw.strip().lower())
+    return None
+
+
+@dataclass
+class Batch:
+    metrics: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    events: list[tuple[int, str, int, dict]] = field(default_factory=list)  # (index, type, step, record)
+    heartbeat_time: float | None = None
+    heartbeats: int = 0
+    max_step: int | None = None
+    points: int = 0
+
+
+def ingest_validate(records: Any) -> Batch:
+    """Check every record (the whole batch is refused on any error) and group metric points by key."""
+    if not isinstance(records, list):
+        raise IngestInvalid([_error(None, "records", "must be a list of records")])
+    if len(records) > MAX_RECORDS:
+        raise IngestInvalid(
+            [_error(None, "records", f"has {len(records)} records; send at most {MAX_RECORDS} per request")]
+        )
+    batch = Batch()
+    errors: list[dict] = []
+    metrics = batch.metrics
+    max_step = -1
+    for i, rec in enumerate(records):
+        if len(errors) >= MAX_ERRORS:
+            break
+        if type(rec) is not dict:
+            errors.append(_error(i, "", "must be an object"))
+            continue
+        kind = rec.get("kind")
+        step = _step_of(rec.get("step"))
+        if step is None:
+            if "step" not in rec:
+                errors.append(_error(i, "step", "missing"))
+            else:
+                errors.append(_error(i, "step", f"{rec['step']!r} is not an integer between 0 and 2**53"))
+            continue
+        if step > max_step:
+            max_step = step
+        if kind == "metrics":
+            values = rec.get("values")
+            if type(values) is not dict or not values:
+                errors.append(_error(i, "values", "must be a non-empty object of key: number"))
+                continue
+            for key, raw in values.items():
+                number = _number(raw)
+                pair = metrics.get(key)
+                if pair is None:
+                    if not KEY_RE.match(key):
+                        errors.append(_error(i, f"values.{key}", "key must match [A-Za-z0-9_./-]{1,100}"))
+                        continue
+                    if len(metrics) >= MAX_SERIES_PER_REQUEST:
+                        errors.append(_error(i, "values", f"more than {MAX_SERIES_PER_REQUEST} keys in one request"))
+                        break
+                    pair = metrics[key] = ([], [])
+                if number is None:
+                    errors.append(
+                        _error(i, f"values.{key}", f"{raw!r} is not a number (NaN/Infinity may be sent as strings)")
+                    )
+                    continue
+                pair[0].append(step)
+                pair[1].append(number)
+            batch.points += len(values)
+        elif kind == "heartbeat":
+            batch.heartbeats += 1
+            when = rec.get("time")
+            if when is not None and (type(when) not in (int, float) or not math.isfinite(when)):
+                errors.append(_error(i, "time", f"{when!r} is not a Unix time in seconds"))
+                continue
+            if when is not None and (batch.heartbeat_time is None or when > batch.heartbeat_time):
+                batch.heartbeat_time = float(when)
+            elif when is None:
+                batch.heartbeat_time = math.inf
+        elif kind == "event":
+            etype = rec.get("type")
+            if not isinstance(etype, str) or not EVENT_TYPE_RE.match(etype):
+                errors.append(_error(i, "type", "must be an event name such as checkpoint_saved, oom, nan"))
+                continue
+            problem = _event_problem(etype, rec)
+            if problem:
+                errors.append(_error(i, problem[0], problem[1]))
+                continue
+            batch.events.append((i, etype, step, rec))
+        else:
+            errors.append(_error(i, "kind", f"{kind!r} is not one of metrics, event, heartbeat"))
+    if batch.points > MAX_POINTS and not errors:
+        errors.append(_error(None, "records", f"hold {batch.points} points; send at most {MAX_POINTS} per request"))
+    if errors:
+        raise IngestInvalid(errors)
+    batch.max_step = max_step if max_step >= 0 else None
+    return batch
+
+
+def _event_problem(etype: str, rec: dict) -> tuple[str, str] | None:
+    if etype != "checkpoint_saved":
+        return None
+    if not isinstance(rec.get("tag", ""), str) or not isinstance(rec.get("path", ""), str):
+        return "path", "tag and path must be strings"
+    size = rec.get("bytes", 0)
+    if type(size) is not int or size < 0:
+        return "bytes", f"{size!r} is not a non-negative integer"
+    if not isinstance(rec.get("metrics", {}), dict):
+        return "metrics", "must be an object of metric: value"
+    return None
+
+
+# Writing
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    events: int = 0
+    heartbeats: int = 0
+    last_step: int | None = None
+    alerts: list[int] = field(default_factory=list)
+    compact: list[int] = field(default_factory=list)  # series now due for compaction
+
+    def as_json(self) -> dict:
+        return {
+            "ok": True,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "events": self.events,
+            "heartbeats": self.heartbeats,
+            "last_step": self.last_step,
+            "alerts": self.alerts,
+        }
+
+
+class RunGone(Exception):
+    """The run was deleted after its token was checked."""
+
+
+def metrics_record(*, run: Run, records: Any, compact: bool = True) -> IngestResult:
+    """Validate and store a batch of records for `run`; idempotent on (run, key, step).
+
+    With compact=False the caller runs `metrics_compact_due(result.compact)` itself (the ASGI ingest path does
+    it after the response is sent).
+    """
+    batch = ingest_validate(records)
+    result = _store(run=run, batch=batch)
+    if compact and result.compact:
+        metrics_compact_due(result.compact)
+    return result
+
+
+def _heartbeat_at(batch: Batch, now: datetime.datetime) -> datetime.datetime | None:
+    # A heartbeat replayed from a backlog must not make a hung job look alive: its own time counts, never later
+    # than now (a node clock running ahead cannot push liveness into the future).
+    if not batch.heartbeats:
+        return None
+    when = batch.heartbeat_time
+    if when is None or not math.isfinite(when) or when >= now.timestamp():
+        return now
+    return datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+
+
+_TOUCH_RUN = (
+    "UPDATE runs_run SET "
+    "last_step = CASE WHEN %s IS NULL THEN last_step WHEN last_step IS NULL OR last_step < %s THEN %s "
+    "ELSE last_step END, "
+    "last_heartbeat_at = CASE WHEN %s IS NULL THEN last_heartbeat_at "
+    "WHEN last_heartbeat_at IS NULL OR last_heartbeat_at < %s THEN %s ELSE last_heartbeat_at END "
+    "WHERE id = %s RETURNING last_step"
+)
+_SERIES_UPDATE = (
+    "UPDATE runs_metricseries SET points = points + %s, last_step = %s, last_value = %s, "
+    "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state) WHERE id = %s"
+)
+
+
+def _store(*, run: Run, batch: Batch) -> IngestResult:
+    result = IngestResult(events=len(batch.events), heartbeats=batch.heartbeats)
+    now = timezone.now()
+    hb = _heartbeat_at(batch, now)
+    hb_db = connection.ops.adapt_datetimefield_value(hb) if hb is not None else None
+    thresholds = Thresholds.from_config(run.config)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            ms = batch.max_step
+            cursor.execute(_TOUCH_RUN, [ms, ms, ms, hb_db, hb_db, hb_db, run.pk])
+            row = cursor.fetchone()
+            if row is None:
+                raise RunGone(f"run {run.pk} no longer exists")
+            result.last_step = row[0]
+            pushed: dict[str, list] = {}
+            if batch.metrics:
+                _store_points(cursor, run, batch, thresholds, result, pushed)
+        for index, etype, step, rec in batch.events:
+            _apply_event(run, etype, step, rec, result)
+        if pushed or batch.events or batch.heartbeats:
+            broadcast_on_commit(
+                run_group(run.pk),
+                {"type": "run.points", "run_id": run.pk, "points": pushed, "last_step": result.last_step},
+            )
+    return result
+
+
+def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
+    rows: dict[str, list] = {}
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        cursor.execute(
+            "SELECT id, key, last_step, last_value, pending_blocks, detector_state FROM runs_metricseries "
+            f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})",
+            [run_id, *part],
+        )
+        for sid, key, last_step, last_value, pending, state in cursor.fetchall():
+            rows[key] = [sid, last_step, last_value, pending, state]
+    return rows
+
+
+def _store_points(cursor, run: Run, batch: Batch, thresholds: Thresholds, result: IngestResult, pushed) -> None:
+    keys = sorted(batch.metrics)
+    series = _series_rows(cursor, run.pk, keys)
+    missing = [k for k in keys if k not in series]
+    if missing:
+        MetricSeries.objects.bulk_create(
+            [MetricSeries(run_id=run.pk, key=k) for k in missing], ignore_conflicts=True
+        )
+        series.update(_series_rows(cursor, run.pk, missing))
+    blocks: list[list] = []
+    updates: list[list] = []
+    for key in keys:
+        sid, last_step, last_value, pending, state = series[key]
+        raw_steps, raw_values = batch.metrics[key]
+        steps = np.array(raw_steps, dtype=np.int64)
+        values = np.array(raw_values, dtype=np.float64)
+        submitted = steps.size
+        if submitted > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+            steps, first = np.unique(steps, return_index=True)  # sorted; a step repeated in the batch: first wins
+            values = values[first]
+        if last_step is not None and steps.size and steps[0] <= last_step:
+            present = _present_steps(cursor, sid, int(steps[0]), min(int(steps[-1]), last_step))
+            if present.size:
+                keep = ~np.isin(steps, present, assume_unique=True)
+                steps, values = steps[keep], values[keep]
+        result.duplicates += submitted - steps.size
+        if steps.size == 0:
+            continue
+        result.accepted += steps.size
+        new_state = None
+        if key in WATCHED_KEYS:
+            current = json.loads(state) if isinstance(state, str) else (state or {})
+            verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
+            new_state = json.dumps(verdict.state, allow_nan=False)
+            for kind in verdict.resolved:
+                alert_resolve(run=run, kind=kind)
+            for finding in verdict.findings:
+                alert = alert_raise(
+                    run=run,
+                    kind=finding.kind,
+                    severity=finding.severity,
+                    step=finding.step,
+                    message=finding.message,
+                    evidence=finding.evidence,
+                )
+                if alert is not None:
+                    result.alerts.append(alert.pk)
+        vmin, vmax, bad = ru.finite_min_max(values)
+        top = int(steps[-1])
+        if last_step is None or top > last_step:
+            last_step, last_value = top, (float(values[-1]) if math.isfinite(values[-1]) else None)
+        blocks.append(
+            [sid, int(steps[0]), top, int(steps.size), vmin, vmax, ru.pack_steps(steps), ru.pack_values(values), bad]
+        )
+        updates.append([int(steps.size), last_step, last_value, new_state, sid])
+        if pending + 1 >= COMPACT_FANOUT:
+            result.compact.append(sid)
+        pushed[key] = _push_points(steps, values)
+    if not blocks:
+        return
+    values_col = connection.ops.quote_name("values")
+    for start in range(0, len(blocks), 200):
+        part = blocks[start : start + 200]
+        cursor.execute(
+            "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
+            f"{values_col}, nonfinite, tier) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(part)),
+            [v for row in part for v in row],
+        )
+    cursor.executemany(_SERIES_UPDATE, updates)
+
+
+def _present_steps(cursor, series_id: int, lo: int, hi: int) -> np.ndarray:
+    cursor.execute(
+        "SELECT steps FROM runs_metricblock WHERE series_id = %s AND step_hi >= %s AND step_lo <= %s",
+        [series_id, lo, hi],
+    )
+    found = [ru.unpack_steps(bytes(blob)) for (blob,) in cursor.fetchall()]
+    if not found:
+        return np.empty(0, dtype=np.int64)
+    steps = np.concatenate(found)
+    return steps[(steps >= lo) & (steps <= hi)]
+
+
+def _push_points(steps: np.ndarray, values: np.ndarray) -> list:
+    """[[step, value], ...] for the websocket; a non-finite value is [step, null, "nan" | "inf" | "-inf"]."""
+    if steps.size > MAX_PUSH_POINTS:
+        steps, values = steps[-MAX_PUSH_POINTS:], values[-MAX_PUSH_POINTS:]
+    out = [[s, v] for s, v in zip(steps.tolist(), values.tolist(), strict=True)]
+    if not np.isfinite(values).all():
+        for pair in out:
+            if not math.isfinite(pair[1]):
+                pair.append(nonfinite_name(pair[1]))
+                pair[1] = None
+    return out
+
+
+def nonfinite_name(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return nonfinite_name(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _apply_event(run: Run, etype: str, step: int, rec: dict, result: IngestResult) -> None:
+    fields = {k: v for k, v in rec.items() if k not in ("kind", "type", "step", "time")}
+    if etype == "checkpoint_saved":
+        tag = rec.get("tag") or f"step_{step:06d}"
+        checkpoint, created = Checkpoint.objects.update_or_create(
+            run_id=run.pk,
+            step=step,
+            defaults={
+                "tag": tag[:100],
+                "path": (rec.get("path") or "")[:500],
+                "size_bytes": rec.get("bytes", 0),
+                "metrics": _json_safe(rec.get("metrics") or {}),
+            },
+        )
+        if created:
+            audit_record(actor=SYSTEM, action="checkpoint.saved", obj=checkpoint, run_id=run.pk, message=tag)
+        return
+    if etype in ALERT_EVENTS:
+        kind, label = ALERT_EVENTS[etype]
+        detail = fields.get("message") or fields.get("error") or fields.get("detail") or ""
+        message = f"{label} reported by the job at step {step}" + (f": {detail}" if detail else ".")
+        alert = alert_raise(
+            run=run, kind=kind, severity="critical", step=step, message=str(message), evidence=_json_safe(fields)
+        )
+        if alert is not None:
+            result.alerts.append(alert.pk)
+
+
+# Compaction
+
+
+def metrics_compact_due(series_ids: Iterable[int]) -> int:
+    return sum(metrics_compact(series_id=sid) for sid in series_ids)
+
+
+def _try_compaction_lock(cursor, series_id: int) -> bool:
+    if connection.vendor != "postgresql":
+        return True  # SQLite transactions here are IMMEDIATE: one writer at a time already
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [0x6D657472, series_id % 2**31])
+    return bool(cursor.fetchone()[0])
+
+
+def metrics_compact(*, series_id: int) -> int:
+    """Merge each tier of a series that holds COMPACT_FANOUT blocks into the next tier; returns blocks merged.
+
+    Safe beside ingest (the set of stored steps is the same before and after each merge's commit) and beside
+    another compaction of the same series (an advisory lock on PostgreSQL; the second one leaves).
+    """
+    merged = 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tier, COUNT(*) FROM runs_metricblock WHERE series_id = %s AND tier < %s GROUP BY tier",
+            [series_id, FINAL_TIER],
+        )
+        counts = dict(cursor.fetchall())
+    for tier in sorted(counts):
+        if counts.get(tier, 0) < COMPACT_FANOUT:
+            continue
+        with transaction.atomic(), connection.cursor() as cursor:
+            if not _try_compaction_lock(cursor, series_id):
+                return merged
+            done = _merge_tier(cursor, series_id, tier)
+        merged += done
+        if done:
+            counts[tier + 1] = counts.get(tier + 1, 0) + 1
+    return merged
+
+
+def _merge_tier(cursor, series_id: int, tier: int) -> int:
+    values_col = connection.ops.quote_name("values")
+    cursor.execute(
+        f"SELECT id, steps, {values_col} FROM runs_metricblock WHERE series_id = %s AND tier = %s ORDER BY step_lo, id",
+        [series_id, tier],
+    )
+    rows = cursor.fetchall()
+    if len(rows) < COMPACT_FANOUT:
+        return 0
+    steps = np.concatenate([ru.unpack_steps(bytes(r[1])) for r in rows])
+    values = np.concatenate([ru.unpack_values(bytes(r[2])) for r in rows])
+    order = np.argsort(steps, kind="stable")
+    steps, values = steps[order], values[order]
+    if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+        steps, first = np.unique(steps, return_index=True)
+        values = values[first]
+    pieces = []
+    for start in range(0, steps.size, MAX_BLOCK_POINTS):
+        piece_steps, piece_values = steps[start : start + MAX_BLOCK_POINTS], values[start : start + MAX_BLOCK_POINTS]
+        final = piece_steps.size == MAX_BLOCK_POINTS
+        pieces.append(_block_row(series_id, piece_steps, piece_values, FINAL_TIER if final else tier + 1))
+    cursor.execute(
+        "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
+        f"{values_col}, nonfinite, tier, rollup, rollup_coarse) VALUES "
+        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(pieces)),
+        [v for row in pieces for v in row],
+    )
+    ids = [r[0] for r in rows]
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(part))})", part)
+    if tier == 0:
+        cursor.execute(
+            "UPDATE runs_metricseries SET pending_blocks = CASE WHEN pending_blocks > %s THEN pending_blocks - %s "
+            "ELSE 0 END WHERE id = %s",
+            [len(rows), len(rows), series_id],
+        )
+    return len(rows)
+
+
+def _block_row(series_id: int, steps: np.ndarray, values: np.ndarray, tier: int) -> list:
+    vmin, vmax, bad = ru.finite_min_max(values)
+    return [
+        series_id,
+        int(steps[0]),
+        int(steps[-1]),
+        int(steps.size),
+        vmin,
+        vmax,
+        ru.pack_steps(steps),
+        ru.pack_values(values),
+        bad,
+        tier,
+        ru.pack_rollup(ru.rollup(steps, values, ru.ROLLUP_FINE)),
+        ru.pack_rollup(ru.rollup(steps, values, ru.ROLLUP_COARSE)),
+    ]
+
+
+# Reading
+
+
+def series_keys(*, run_id: int) -> list[dict]:
+    return [
+        {"key": key, "points": points, "last_step": last_step, "last_value": last_value}
+        for key, points, last_step, last_value in MetricSeries.objects.filter(run_id=run_id)
+        .order_by("key")
+        .values_list("key", "points", "last_step", "last_value")
+    ]
+
+
+@dataclass
+class _Block:
+    id: int
+    lo: int
+    hi: int
+    n: int
+    coarse: np.ndarray | None  # rollup rows, compacted blocks only
+
+
+def series_read(
+    *, run_id: int, keys: list[str], lo: int | None = None, hi: int | None = None, max_points: int = 1500
+) -> dict:
+    """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape."""
+    found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
+    out = {key: read_series(series_id=found[key], lo=lo, hi=hi, max_points=max_points) if key in found
+           else _full(np.empty(0, np.int64), np.empty(0)) for key in keys}
+    last_step = Run.objects.filter(pk=run_id).values_list("last_step", flat=True).first()
+    return {"keys": out, "last_step": last_step}
+
+
+def _full(steps: np.ndarray, values: np.ndarray) -> dict:
+    bad = np.flatnonzero(~np.isfinite(values))
+    return {
+        "mode": "full",
+        "steps": steps,
+        "values": values,  # orjson writes NaN/inf as null; "nonfinite" says which and what they were
+        "nonfinite": bad,
+        "nonfinite_kinds": [nonfinite_name(float(values[i])) for i in bad[:MAX_PUSH_POINTS]],
+    }
+
+
+def read_series(*, series_id: int, lo: int | None, hi: int | None, max_points: int) -> dict:
+    """Every point of [lo, hi] if there are at most max_points, else a min/max/last envelope of max_points buckets.
+
+    Numpy arrays in the answer are meant for orjson with OPT_SERIALIZE_NUMPY (NaN becomes null).
+    """
+    blocks = _overlapping_blocks(series_id, lo, hi)
+    if not blocks:
+        return _full(np.empty(0, np.int64), np.empty(0))
+    lo = min(b.lo for b in blocks) if lo is None else lo
+    hi = max(b.hi for b in blocks) if hi is None else hi
+    if sum(_points_bound(b, lo, hi) for b in blocks) <= max_points:
+        steps, values = _raw_points(blocks, lo, hi)
+        return _full(steps, values)
+    width = max(1, -(-(hi - lo + 1) // max_points))
+    parts: list[np.ndarray] = []
+    raw_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for block in blocks:
+        _envelope_rows(block, lo, hi, width, parts, raw_parts)
+    raw_steps = np.concatenate([p[0] for p in raw_parts]) if raw_parts else np.empty(0, np.int64)
+    raw_values = np.concatenate([p[1] for p in raw_parts]) if raw_parts else np.empty(0)
+    inside = (raw_steps >= lo) & (raw_steps <= hi)
+    raw_steps, raw_values = raw_steps[inside], raw_values[inside]
+    if not parts and raw_steps.size <= max_points:
+        order = np.argsort(raw_steps, kind="stable")
+        return _full(raw_steps[order], raw_values[order])
+    parts.append(ru.points_as_rows(raw_steps, raw_values))
+    env = ru.envelope(np.concatenate(parts), lo=lo, hi=hi, buckets=max_points)
+    return {
+        "mode": "envelope",
+        "bucket": env.bucket,
+        "steps": env.steps,
+        "min": env.min.astype(np.float32),  # 7 significant digits draw the same; halves the answer's size
+        "max": env.max.astype(np.float32),
+        "last": env.last,
+        "nonfinite": env.nonfinite,
+    }
+
+
+def _overlapping_blocks(series_id: int, lo: int | None, hi: int | None) -> list[_Block]:
+    sql = "SELECT id, step_lo, step_hi, n, rollup_coarse FROM runs_metricblock WHERE series_id = %s"
+    params: list[Any] = [series_id]
+    if lo is not None:
+        sql += " AND step_hi >= %s"
+        params.append(lo)
+    if hi is not None:
+        sql += " AND step_lo <= %s"
+        params.append(hi)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [
+            _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None)
+            for bid, blo, bhi, n, coarse in cursor.fetchall()
+        ]
+
+
+def _chunk_range(rows: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """Indexes [first, last) of the rollup chunks that overlap [lo, hi] (rows are in step order)."""
+    overlap = np.flatnonzero((rows[:, ru.S1] >= lo) & (rows[:, ru.S0] <= hi))
+    if overlap.size == 0:
+        return 0, 0
+    return int(overlap[0]), int(overlap[-1]) + 1
+
+
+def _points_bound(block: _Block, lo: int, hi: int) -> int:
+    """An upper bound on the block's points within [lo, hi]."""
+    if (block.lo >= lo and block.hi <= hi) or block.coarse is None:
+        return block.n
+    first, last = _chunk_range(block.coarse, lo, hi)
+    return max(0, min(block.n, last * ru.ROLLUP_COARSE) - first * ru.ROLLUP_COARSE)
+
+
+def _slice_points(block_id: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    values_col = connection.ops.quote_name("values")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT substr(steps, %s, %s), substr({values_col}, %s, %s) FROM runs_metricblock WHERE id = %s",
+            [start * 8 + 1, (stop - start) * 8, start * 8 + 1, (stop - start) * 8, block_id],
+        )
+        row = cursor.fetchone()
+    if row is None:  # compacted away since the metadata was read
+        return np.empty(0, np.int64), np.empty(0)
+    return ru.unpack_steps(bytes(row[0])).copy(), ru.unpack_values(bytes(row[1])).copy()
+
+
+def _whole_points(block_ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    if not block_ids:
+        return []
+    values_col = connection.ops.quote_name("values")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT steps, {values_col} FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(block_ids))})",
+            block_ids,
+        )
+        return [(ru.unpack_steps(bytes(s)), ru.unpack_values(bytes(v))) for s, v in cursor.fetchall()]
+
+
+def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    whole, parts = [], []
+    for block in blocks:
+        if (block.lo >= lo and block.hi <= hi) or block.coarse is None:
+            whole.append(block.id)
+        else:
+            first, last = _chunk_range(block.coarse, lo, hi)
+            if last > first:
+                parts.append(
+                    _slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE))
+                )
+    parts.extend(_whole_points(whole))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0)
+    steps = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    inside = (steps >= lo) & (steps <= hi)
+    steps, values = steps[inside], values[inside]
+    order = np.argsort(steps, kind="stable")
+    return steps[order], values[order]
+
+
+def _fine_rows(block_id: int, first: int, last: int) -> np.ndarray:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT substr(rollup, %s, %s) FROM runs_metricblock WHERE id = %s",
+            [first * ru.ROLLUP_ROW_BYTES + 1, (last - first) * ru.ROLLUP_ROW_BYTES, block_id],
+        )
+        row = cursor.fetchone()
+    return ru.unpack_rollup(bytes(row[0])) if row and row[0] is not None else ru.unpack_rollup(b"")
+
+
+def _envelope_rows(block: _Block, lo: int, hi: int, width: int, parts: list, raw_parts: list) -> None:
+    """Add the block's contribution: rollup rows where chunks are at most a quarter of a bucket wide, raw
+    points elsewhere and for the chunks that straddle lo or hi."""
+    coarse = block.coarse
+    if coarse is None or coarse.size == 0:
+        raw_parts.extend(_whole_points([block.id]))
+        return
+    span_per_point = (block.hi - block.lo + 1) / block.n
+    first, last = _chunk_range(coarse, lo, hi)
+    if last <= first:
+        return
+    if span_per_point * ru.ROLLUP_COARSE * 4 <= width:
+        rows, chunk, offset = coarse[first:last], ru.ROLLUP_COARSE, first
+    elif span_per_point * ru.ROLLUP_FINE * 4 <= width:
+        per = ru.ROLLUP_COARSE // ru.ROLLUP_FINE
+        fine_first, fine_last = first * per, min(-(-block.n // ru.ROLLUP_FINE), last * per)
+        fine = _fine_rows(block.id, fine_first, fine_last)
+        a, b = _chunk_range(fine, lo, hi)
+        rows, chunk, offset = fine[a:b], ru.ROLLUP_FINE, fine_first + a
+    else:
+        raw_parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
+        return
+    straddle = (rows[:, ru.S0] < lo) | (rows[:, ru.S1] > hi)
+    parts.append(rows[~straddle])
+    for i in np.flatnonzero(straddle):
+        start = (offset + int(i)) * chunk
+        raw_parts.append(_slice_points(block.id, start, min(block.n, start + chunk)))
+
+
+def series_json(payload: dict) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# MLflow client records (runs.views.mlflow_compat)
+
+
+class MlflowParamConflict(Exception):
+    """MLflow params are write-once: logging a different value for a logged key is refused, as MLflow does."""
+
+
+MLFLOW_PARAM_MAX = 6000  # MLflow's own limit on a param value
+
+
+def run_mlflow_record(
+    *,
+    run: Run,
+    params: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    delete_tags: Iterable[str] = (),
+    info: dict[str, Any] | None = None,
+) -> Run:
+    """Merge what an MLflow client logged (params, tags, its run status and times) into the run's record."""
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        stored_params = dict(locked.mlflow_params or {})
+        for key, value in (params or {}).items():
+            value = str(value)[:MLFLOW_PARAM_MAX]
+            if key in stored_params and stored_params[key] != value:
+                raise MlflowParamConflict(
+                    f"Changing param values is not allowed. Param with key={key!r} was already logged with "
+                    f"value={stored_params[key]!r} for run ID={run.pk!r}. Attempted logging new value {value!r}."
+                )
+            stored_params[key] = value
+        record = dict(locked.mlflow_run or {})
+        stored_tags = dict(record.get("tags") or {})
+        stored_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        for key in delete_tags:
+            stored_tags.pop(key, None)
+        record["tags"] = stored_tags
+        record.update({k: v for k, v in (info or {}).items() if v is not None})
+        Run.objects.filter(pk=run.pk).update(mlflow_params=stored_params, mlflow_run=record)
+    run.mlflow_params, run.mlflow_run = stored_params, record
+    return run
+
+
+def series_latest(*, run_id: int) -> list[tuple[str, float | None, int | None]]:
+    """(key, value at the highest step, that step) per series."""
+    return list(MetricSeries.objects.filter(run_id=run_id).order_by("key").values_list("key", "last_value", "last_step"))

@@ -1,0 +1,360 @@
+"""The ingest API and service: tokens, validation, idempotence, heartbeats, events, live push, concurrency."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from channels.layers import get_channel_layer
+from django.db import connection, connections
+from django.test import Client
+
+from jobs.reporter import Reporter
+from runs.models import Alert, AuditEvent, Checkpoint, MetricSeries, Run, RunStatus
+from runs.services.broadcast import run_group
+from runs.services.metrics import MAX_RECORDS, metrics_record, series_read
+from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
+from runs.services.transitions import transition
+from runs.views.ingest import IngestFastPath
+from tests.runs.factories import tiny_run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def run_and_token(seeded, operator):
+    token_cache_clear()
+    run = tiny_run(owner=operator)
+    return run, run_token_issue(run=run)
+
+
+def metrics(step: int, **values) -> dict:
+    return {"kind": "metrics", "step": step, "time": 1.7e9 + step, "values": values}
+
+
+def post(run_id: int, records, token: str | None, client: Client | None = None):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    body = records if isinstance(records, bytes | str) else json.dumps({"records": records})
+    return (client or Client()).post(
+        f"/api/v1/ingest/{run_id}/", data=body, content_type="application/json", **headers
+    )
+
+
+def points(run_id: int, key: str) -> int:
+    return MetricSeries.objects.filter(run_id=run_id, key=key).values_list("points", flat=True).first() or 0
+
+
+# Tokens
+
+
+def test_token_is_stored_as_a_hash_and_audited_without_the_secret(run_and_token):
+    run, token = run_and_token
+    run.refresh_from_db()
+    assert token not in run.ingest_token_hash and len(run.ingest_token_hash) == 64
+    event = AuditEvent.objects.get(action="run.token_issued", run_id=run.pk)
+    assert token not in json.dumps([event.message, event.diff])
+    assert run_token_check(run_id=run.pk, token=token).pk == run.pk
+    assert run_token_check(run_id=run.pk, token=token + "x") is None
+    assert run_token_check(run_id=run.pk + 999, token=token) is None
+
+
+def test_reissuing_a_token_retires_the_old_one(run_and_token):
+    run, old = run_and_token
+    new = run_token_issue(run=run)
+    assert post(run.pk, [metrics(1, loss=1.0)], old).status_code == 401
+    assert post(run.pk, [metrics(1, loss=1.0)], new).status_code == 200
+
+
+# Authentication: one answer for a wrong token and for a run that does not exist
+
+
+def test_wrong_token_missing_token_and_unknown_run_get_the_same_401(run_and_token):
+    run, token = run_and_token
+    answers = [
+        post(run.pk, [metrics(1, loss=1.0)], None),
+        post(run.pk, [metrics(1, loss=1.0)], "not-the-token"),
+        post(run.pk + 1000, [metrics(1, loss=1.0)], token),
+    ]
+    assert {a.status_code for a in answers} == {401}
+    assert len({a.content for a in answers}) == 1
+    assert points(run.pk, "loss") == 0
+
+
+# Validation: the batch is refused whole, the error names the record and the field
+
+
+@pytest.mark.parametrize(
+    ("records", "index", "field"),
+    [
+        ([metrics(1, loss=1.0), metrics(2, **{"bad key!": 1.0})], 1, "values.bad key!"),
+        ([metrics(1, loss="high")], 0, "values.loss"),
+        ([metrics(1, loss=None)], 0, "values.loss"),
+        ([metrics(1, loss=True)], 0, "values.loss"),
+        ([{"kind": "metrics", "values": {"loss": 1.0}}], 0, "step"),
+        ([{"kind": "metrics", "step": -3, "values": {"loss": 1.0}}], 0, "step"),
+        ([{"kind": "metrics", "step": 1.5, "values": {"loss": 1.0}}], 0, "step"),
+        ([{"kind": "metrics", "step": 1, "values": {}}], 0, "values"),
+        ([{"kind": "gossip", "step": 1}], 0, "kind"),
+        ([metrics(1, loss=1.0), "not a record"], 1, ""),
+        ([{"kind": "event", "type": "checkpoint_saved", "step": 5, "bytes": -1}], 0, "bytes"),
+        ([{"kind": "heartbeat", "step": 5, "time": "noon"}], 0, "time"),
+    ],
+)
+def test_invalid_records_are_refused_with_index_and_field(run_and_token, records, index, field):
+    run, token = run_and_token
+    answer = post(run.pk, records, token)
+    assert answer.status_code == 400
+    error = answer.json()["errors"][0]
+    assert (error["index"], error["field"]) == (index, field)
+    assert f"records[{index}]" in answer.json()["error"]
+    assert points(run.pk, "loss") == 0
+
+
+def test_body_errors_too_many_records_and_bad_json(run_and_token):
+    run, token = run_and_token
+    too_many = [metrics(s, loss=1.0) for s in range(MAX_RECORDS + 1)]
+    answer = post(run.pk, too_many, token)
+    assert answer.status_code == 400 and f"at most {MAX_RECORDS}" in answer.json()["error"]
+    assert post(run.pk, b"{not json", token).status_code == 400
+    answer = post(run.pk, b'{"rows": []}', token)
+    assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "records"
+
+
+# Idempotence, late and out-of-order points, terminal runs
+
+
+def test_a_replayed_batch_adds_nothing(run_and_token):
+    run, token = run_and_token
+    batch = [metrics(s, loss=2.0 - s / 100, lr=1e-3) for s in range(50)]
+    first = post(run.pk, batch, token).json()
+    again = post(run.pk, batch, token).json()
+    assert (first["accepted"], first["duplicates"]) == (100, 0)
+    assert (again["accepted"], again["duplicates"]) == (0, 100)
+    assert points(run.pk, "loss") == 50 and points(run.pk, "lr") == 50
+
+
+def test_late_and_out_of_order_points_are_accepted_once(run_and_token):
+    run, token = run_and_token
+    post(run.pk, [metrics(s, loss=float(s)) for s in range(100, 150)], token)
+    late = [metrics(s, loss=float(s)) for s in (7, 3, 149, 120, 5, 3, 200)]
+    answer = post(run.pk, late, token).json()
+    assert (answer["accepted"], answer["duplicates"]) == (4, 3)  # 3 twice, 149 and 120 already stored
+    series = series_read(run_id=run.pk, keys=["loss"], max_points=1000)["keys"]["loss"]
+    assert series["steps"].tolist() == [3, 5, 7, *range(100, 150), 200]
+    assert series["values"].tolist() == [float(s) for s in series["steps"].tolist()]
+
+
+def test_the_first_value_of_a_step_wins(run_and_token):
+    run, token = run_and_token
+    post(run.pk, [metrics(1, loss=1.0), metrics(1, loss=9.0)], token)
+    post(run.pk, [metrics(1, loss=5.0)], token)
+    assert series_read(run_id=run.pk, keys=["loss"])["keys"]["loss"]["values"].tolist() == [1.0]
+
+
+def test_a_finished_run_still_takes_its_backlog(run_and_token, operator):
+    run, token = run_and_token
+    transition(run=run, to=RunStatus.CANCELLED, actor=operator)
+    answer = post(run.pk, [metrics(s, loss=1.0) for s in range(10)], token)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 10
+
+
+# Non-finite values
+
+
+def test_nan_and_infinity_are_stored_and_read_back_as_null_with_a_flag(run_and_token):
+    run, token = run_and_token
+    body = '{"records": [{"kind": "metrics", "step": 1, "values": {"loss": NaN}},' \
+           '{"kind": "metrics", "step": 2, "values": {"loss": "inf"}},' \
+           '{"kind": "metrics", "step": 3, "values": {"loss": "-Infinity"}},' \
+           '{"kind": "metrics", "step": 4, "values": {"loss": 1.5}}]}'
+    assert post(run.pk, body.encode(), token).status_code == 200
+    series = series_read(run_id=run.pk, keys=["loss"])["keys"]["loss"]
+    values = series["values"].tolist()
+    assert math.isnan(values[0]) and values[1] == math.inf and values[2] == -math.inf and values[3] == 1.5
+    assert series["nonfinite"].tolist() == [0, 1, 2] and series["nonfinite_kinds"] == ["nan", "inf", "-inf"]
+
+
+# Heartbeats and events
+
+
+def test_heartbeats_move_liveness_and_last_step(run_and_token):
+    run, token = run_and_token
+    before = time.time()
+    post(run.pk, [{"kind": "heartbeat", "step": 42, "time": time.time()}], token)
+    run.refresh_from_db()
+    assert run.last_step == 42 and run.last_heartbeat_at.timestamp() >= before - 1
+    # A heartbeat replayed from a backlog keeps its own (older) time and never moves liveness backwards.
+    post(run.pk, [{"kind": "heartbeat", "step": 10, "time": before - 3600}], token)
+    run.refresh_from_db()
+    assert run.last_step == 42 and run.last_heartbeat_at.timestamp() >= before - 1
+    other = tiny_run(owner=run.owner, name="old-backlog")
+    other_token = run_token_issue(run=other)
+    post(other.pk, [{"kind": "heartbeat", "step": 1, "time": before - 3600}], other_token)
+    other.refresh_from_db()
+    assert abs(other.last_heartbeat_at.timestamp() - (before - 3600)) < 1
+
+
+def test_checkpoint_events_create_then_update_a_checkpoint(run_and_token):
+    run, token = run_and_token
+    event = {"kind": "event", "type": "checkpoint_saved", "step": 100, "tag": "step_000100",
+             "path": "/runs/1/checkpoints/step_000100", "bytes": 1234, "metrics": {"loss": 2.1, "ppl": "inf"}}
+    post(run.pk, [event], token)
+    post(run.pk, [{**event, "bytes": 4321}], token)
+    checkpoint = Checkpoint.objects.get(run=run, step=100)
+    assert (checkpoint.tag, checkpoint.size_bytes) == ("step_000100", 4321)
+    assert checkpoint.metrics == {"loss": 2.1, "ppl": "inf"}
+    assert AuditEvent.objects.filter(action="checkpoint.saved", run_id=run.pk).count() == 1
+
+
+def test_oom_and_nan_events_raise_one_alert_each(run_and_token):
+    run, token = run_and_token
+    oom = {"kind": "event", "type": "oom", "step": 7, "message": "CUDA out of memory"}
+    post(run.pk, [oom], token)
+    post(run.pk, [{**oom, "step": 8}], token)
+    post(run.pk, [{"kind": "event", "type": "nan", "step": 9}], token)
+    alerts = list(Alert.objects.filter(run=run).order_by("kind").values_list("kind", "step", "severity"))
+    assert alerts == [("nan", 9, "critical"), ("oom", 7, "critical")]
+    assert "CUDA out of memory" in Alert.objects.get(run=run, kind="oom").message
+
+
+def test_unknown_event_types_are_accepted(run_and_token):
+    run, token = run_and_token
+    answer = post(run.pk, [{"kind": "event", "type": "started", "step": 0}, {"kind": "event", "type": "finished",
+                                                                             "step": 300}], token)
+    assert answer.status_code == 200 and answer.json()["events"] == 2
+    run.refresh_from_db()
+    assert run.last_step == 300
+
+
+# Live push
+
+
+def test_points_are_pushed_to_the_run_group_once_per_request(run_and_token):
+    run, token = run_and_token
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(run_group(run.pk), channel)
+    try:
+        post(run.pk, [metrics(1, mfu=2.5, lr=0.1), metrics(2, mfu="nan", lr=0.1)], token)
+        message = async_to_sync(layer.receive)(channel)
+    finally:
+        async_to_sync(layer.group_discard)(run_group(run.pk), channel)
+    assert message["type"] == "run.points" and message["run_id"] == run.pk and message["last_step"] == 2
+    assert message["points"] == {"mfu": [[1, 2.5], [2, None, "nan"]], "lr": [[1, 0.1], [2, 0.1]]}
+
+
+# The ASGI fast path answers like the Django view
+
+
+def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"127.0.0.1:8000"):
+    headers = [(b"host", host), (b"content-type", b"application/json")]
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b"",
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 1)}
+
+    async def call():
+        comm = ApplicationCommunicator(app, scope)
+        await comm.send_input({"type": "http.request", "body": body[: len(body) // 2], "more_body": True})
+        await comm.send_input({"type": "http.request", "body": body[len(body) // 2 :], "more_body": False})
+        start = await comm.receive_output(10)
+        content = await comm.receive_output(10)
+        return start["status"], json.loads(content["body"])
+
+    return async_to_sync(call)()
+
+
+def test_fast_path_stores_and_passes_other_requests_through(run_and_token):
+    run, token = run_and_token
+    passed = []
+
+    async def inner(scope, receive, send):
+        passed.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = IngestFastPath(inner)
+    body = json.dumps({"records": [metrics(s, loss=1.0) for s in range(20)]}).encode()
+    status, answer = _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, token)
+    assert (status, answer["accepted"]) == (200, 20)
+    status, answer = _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, token)
+    assert (status, answer["duplicates"]) == (200, 20)
+    assert _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, "wrong")[0] == 401
+    assert _asgi_post(app, f"/api/v1/ingest/{run.pk}/", b"[1", token)[0] == 400
+    assert _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, token, host=b"evil.example")[0] == 400
+    assert _asgi_post(app, f"/api/v1/ingest/{run.pk}/mlflow/x", body, token)[0] == 204
+    assert passed == [f"/api/v1/ingest/{run.pk}/mlflow/x"]
+    assert points(run.pk, "loss") == 20
+
+
+# The job's own reporter against a real HTTP server
+
+
+def test_the_reporter_delivers_its_file_and_a_restart_resends_nothing_twice(run_and_token, live_server, tmp_path):
+    run, token = run_and_token
+    url = f"{live_server.url}/api/v1/ingest/{run.pk}/"
+    reporter = Reporter(str(tmp_path), url, token, batch_size=25, flush_interval_s=0.05)
+    for step in range(120):
+        reporter.log(step, {"loss": 3.0 - step / 100, "tokens_per_s": 1000.0})
+        if step % 50 == 0:
+            reporter.heartbeat(step)
+    reporter.event("checkpoint_saved", 100, tag="step_000100", path=str(tmp_path / "ck"), bytes=10, metrics={})
+    reporter.close(timeout=20)
+    assert reporter.halted is None
+    # Lose the acknowledgement file: the next reporter sends everything again, and nothing is counted twice.
+    (tmp_path / "metrics.acked").unlink()
+    again = Reporter(str(tmp_path), url, token, batch_size=60, flush_interval_s=0.05)
+    again.close(timeout=20)
+    assert points(run.pk, "loss") == 120 and points(run.pk, "tokens_per_s") == 120
+    assert Checkpoint.objects.filter(run=run, step=100).exists()
+    run.refresh_from_db()
+    assert run.last_step == 119 and run.last_heartbeat_at is not None
+
+
+# Concurrency: two posts of the same batch at once never double-count
+
+
+@pytest.mark.skipif(
+    "sqlite" in __import__("django.conf", fromlist=["settings"]).settings.DATABASES["default"]["ENGINE"],
+    reason="SQLite serialises every writer (IMMEDIATE transactions); the race needs PostgreSQL's row locks",
+)
+def test_concurrent_posts_of_the_same_batch_count_once(run_and_token):
+    run, token = run_and_token
+    batches = [[metrics(s, loss=float(s), lr=1e-3, **{"new/key": 1.0}) for s in range(start, start + 50)]
+               for start in range(0, 200, 50)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(batch):
+        try:
+            barrier.wait(10)
+            metrics_record(run=Run.objects.get(pk=run.pk), records=batch)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(batches[i % 4],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for key in ("loss", "lr", "new/key"):
+        assert points(run.pk, key) == 200
+        steps = series_read(run_id=run.pk, keys=[key], max_points=1000)["keys"][key]["steps"]
+        assert steps.tolist() == list(range(200))
+    assert connection.vendor == "postgresql"
+
+
+def test_late_heartbeat_time_never_in_the_future(run_and_token):
+    run, token = run_and_token
+    post(run.pk, [{"kind": "heartbeat", "step": 1, "time": time.time() + 86400}], token)
+    run.refresh_from_db()
+    assert run.last_heartbeat_at <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)

@@ -93,10 +93,62 @@ def _loss(out, tokens: torch.Tensor, aux_coef: float) -> torch.Tensor:
     return token_losses(logits, tokens[:, 1:]).mean() + aux_coef * aux
 
 
-def time_deepspeed(raw: dict, device: torch.device, args, reporter_dir: str | None = None) -> dict:
+def _loss_fn(args):
+    """The loss, compiled along with the model: eagerly, the fp32 cross-entropy over [tokens, vocab] logits makes
+    several full fp32 copies of them (upcast, log-softmax, their gradients), a few ms per step at this size."""
+    return torch.compile(_loss) if args.compile else _loss
+
+
+def _time_steps(train_step, device: torch.device, args, profile_as: str) -> list[float]:
+    """Wall time of each step after the warm-up; then, if asked, a profile of a few more steps."""
+    times = []
+    for step in range(args.warmup + args.steps):
+        sync(device)
+        t0 = time.perf_counter()
+        train_step(step)
+        sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if profile_as and profile_as in args.profile:
+        _profile(train_step, device, args, profile_as)
+    return times
+
+
+def _profile(train_step, device: torch.device, args, label: str, steps: int = 3) -> None:
+    """Print GPU busy time against wall time per step, Dynamo's graph and graph-break counts, and the top kernels."""
+    from torch._dynamo.utils import counters
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    first = args.warmup + args.steps
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for step in range(first, first + steps):
+            train_step(step)
+        sync(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / steps
+    events = prof.key_averages()
+    busy_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3 / steps
+    breaks = sum(counters["graph_break"].values())
+    print(f"\n[profile {label}] per step: wall {wall_ms:.1f} ms, GPU kernels {busy_ms:.1f} ms; Dynamo graphs "
+          f"{counters['stats'].get('unique_graphs', 0)}, graph breaks {breaks} {dict(counters['graph_break'])}")  # fmt: skip
+    print(events.table(sort_by="self_device_time_total", row_limit=args.profile_rows, max_name_column_width=90))
+
+
+def time_deepspeed(raw: dict, device: torch.device, args, reporter_dir: str | None = None,
+                   profile_as: str = "") -> dict:  # fmt: skip
+    cfg = parse_run_config(raw)
+    # The engine and model live in the helper's frame only, so they are gone before the memory is released.
+    times, mem = _run_deepspeed(cfg, device, args, reporter_dir, profile_as)
+    _free(device)
+    return _result(cfg.model, args, times, mem)
+
+
+def _run_deepspeed(cfg, device: torch.device, args, reporter_dir: str | None, profile_as: str):
     import deepspeed
 
-    cfg = parse_run_config(raw)
     model = build_model(cfg.model, seed=0)
     ds = build_ds_config(cfg, 1, device.type)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
@@ -109,12 +161,11 @@ def time_deepspeed(raw: dict, device: torch.device, args, reporter_dir: str | No
         reporter = Reporter(reporter_dir, None, None, enabled=True)
     batches = _batches(cfg.model, args.micro_batch, args.seq_len, device, 4)
     aux_coef = cfg.model.aux_loss_coef if cfg.model.is_moe else 0.0
-    times = []
-    for step in range(args.warmup + args.steps):
-        sync(device)
-        t0 = time.perf_counter()
+    loss_fn = _loss_fn(args)
+
+    def train_step(step: int) -> None:
         tokens = batches[step % len(batches)]
-        loss = _loss(engine(tokens[:, :-1], with_aux=True), tokens, aux_coef)
+        loss = loss_fn(engine(tokens[:, :-1], with_aux=True), tokens, aux_coef)
         engine.backward(loss)
         engine.step()
         loss_value = loss.item()
@@ -124,20 +175,23 @@ def time_deepspeed(raw: dict, device: torch.device, args, reporter_dir: str | No
             values.update({f"tokens/{s}": float(step) for s in ("zh", "en", "other")})
             reporter.heartbeat(step)
             reporter.log(step, values)
-        sync(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
+
+    times = _time_steps(train_step, device, args, profile_as)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     if reporter is not None:
         reporter.close()
-    del engine, model
+    return times, mem
+
+
+def time_plain(raw: dict, device: torch.device, args, profile_as: str = "") -> dict:
+    """Plain PyTorch: fp32 master weights, bf16 autocast, torch.compile, fused AdamW; no DeepSpeed."""
+    cfg = parse_run_config(raw)
+    times, mem = _run_plain(cfg, device, args, profile_as)
     _free(device)
     return _result(cfg.model, args, times, mem)
 
 
-def time_plain(raw: dict, device: torch.device, args) -> dict:
-    """Plain PyTorch: fp32 master weights, bf16 autocast, torch.compile, fused AdamW; no DeepSpeed."""
-    cfg = parse_run_config(raw)
+def _run_plain(cfg, device: torch.device, args, profile_as: str):
     model = build_model(cfg.model, seed=0).to(device)
     step_model = torch.compile(model) if args.compile else model
     fused = device.type == "cuda"
@@ -147,25 +201,21 @@ def time_plain(raw: dict, device: torch.device, args) -> dict:
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == torch.bfloat16 else contextlib.nullcontext()
     )
-    times = []
-    for step in range(args.warmup + args.steps):
-        sync(device)
-        t0 = time.perf_counter()
+    loss_fn = _loss_fn(args)
+
+    def train_step(step: int) -> None:
         tokens = batches[step % len(batches)]
         with autocast:
-            loss = _loss(step_model(tokens[:, :-1], with_aux=True), tokens, aux_coef)
+            loss = loss_fn(step_model(tokens[:, :-1], with_aux=True), tokens, aux_coef)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
-        sync(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
+
+    times = _time_steps(train_step, device, args, profile_as)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    del model, step_model, opt
-    _free(device)
-    return _result(cfg.model, args, times, mem)
+    return times, mem
 
 
 def _free(device: torch.device) -> None:
@@ -203,6 +253,8 @@ def main() -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (default: on for GPU, off for --quick)")  # fmt: skip
     parser.add_argument("--only", default="dense,moe,reporter", help="comma list of: dense, plain, moe, reporter")
+    parser.add_argument("--profile", default="", help="comma list of runs (dense, plain, moe) to profile after timing")
+    parser.add_argument("--profile-rows", type=int, default=30, help="rows of the profile's kernel table")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick
@@ -214,6 +266,7 @@ def main() -> int:
     precision = "bf16" if device.type == "cuda" or not quick else "fp32"
     args.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     only = set(args.only.split(","))
+    args.profile = set(filter(None, args.profile.split(",")))
     if "dense" in only:
         only.add("plain")
 
@@ -244,13 +297,13 @@ def main() -> int:
     rows = []
     if "dense" in only:
         raw = run_config(dense, args.micro_batch, args.seq_len, precision, args.steps)
-        rows.append(("(a) dense, DeepSpeed ZeRO-1", time_deepspeed(raw, device, args)))
+        rows.append(("(a) dense, DeepSpeed ZeRO-1", time_deepspeed(raw, device, args, profile_as="dense")))
     if "plain" in only:
         raw = run_config(dense, args.micro_batch, args.seq_len, precision, args.steps)
-        rows.append(("(a) dense, plain PyTorch baseline", time_plain(raw, device, args)))
+        rows.append(("(a) dense, plain PyTorch baseline", time_plain(raw, device, args, profile_as="plain")))
     if "moe" in only:
         raw = run_config(moe, args.micro_batch, args.seq_len, precision, args.steps)
-        rows.append(("(b) MLA+MoE, DeepSpeed ZeRO-1", time_deepspeed(raw, device, args)))
+        rows.append(("(b) MLA+MoE, DeepSpeed ZeRO-1", time_deepspeed(raw, device, args, profile_as="moe")))
     if "reporter" in only:
         raw = run_config(dense, args.micro_batch, args.seq_len, precision, args.steps)
         with tempfile.TemporaryDirectory() as tmp:

@@ -97,6 +97,41 @@ class _AllToAll(torch.autograd.Function):
         return out, None, None, None
 
 
+class _DispatchTokens(torch.autograd.Function):
+    """x[order // k]: each token once per chosen expert, rows in expert order.
+
+    Autograd's gradient of a gather is a scatter-add into x (atomics, or a sort on CUDA). Every token appears exactly
+    k times, so the gradient is instead a gather by the inverse permutation and a sum over the k copies: no atomics,
+    deterministic, and fusable by torch.compile.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x[order // k]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        n = inverse.numel() // ctx.k
+        return grad[inverse].view(n, ctx.k, grad.shape[-1]).sum(dim=1), None, None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    """y[perm] for a permutation perm with inverse inv: the gradient is a gather by inv rather than a scatter-add."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inv)
+        return y[perm]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad[inv], None, None
+
+
 _GROUPED_MM_OK: dict[tuple, bool] = {}
 
 
@@ -107,7 +142,7 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
     per-expert matmuls; any failure keeps the per-expert loop, which is always correct. Call it before
     torch.compile so the compiled graph sees a cached answer.
     """
-    key = (torch.device(device), dtype)
+    key = (_indexed_device(device), dtype)
     if key not in _GROUPED_MM_OK:
         _GROUPED_MM_OK[key] = (
             key[0].type == "cuda"
@@ -117,6 +152,19 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
             and _probe_grouped_mm(key[0], dtype)
         )
     return _GROUPED_MM_OK[key]
+
+
+def _indexed_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index filled in, so that "cuda" and "cuda:0" share one cache entry.
+
+    A tensor's ``.device`` always carries the index. Without this, a probe made for ``torch.device("cuda")`` before
+    torch.compile misses the cache in the forward pass, which then probes again inside the compiled region: Dynamo
+    cannot trace the probe's ``torch.Generator`` and breaks the graph there.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _grouped_mm_usable(x: torch.Tensor, hidden: int, intermediate: int) -> bool:
@@ -198,16 +246,18 @@ class RoutedExperts(nn.Module):
         n, k = idx.shape
         flat = idx.reshape(-1)
         order = flat.argsort(stable=True)
-        token_of = order // k
+        # order is a permutation of the n*k (token, choice) slots; its inverse puts expert outputs back in slot order.
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
         counts = torch.zeros(self.num_experts, dtype=torch.long, device=x.device)
         counts.index_add_(0, flat, torch.ones_like(flat))
-        x_sorted = x[token_of]
+        x_sorted = _DispatchTokens.apply(x, order, inverse, k)
         if self.ep_size == 1:
             y_sorted = self._run_local(x_sorted, counts)
         else:
             y_sorted = self._run_expert_parallel(x_sorted, counts)
-        w_sorted = weights.reshape(-1)[order].to(y_sorted.dtype)
-        return torch.zeros_like(x).index_add(0, token_of, y_sorted * w_sorted.unsqueeze(-1))
+        y = _PermuteRows.apply(y_sorted, inverse, order).view(n, k, -1)
+        # Weighting and the sum over the k choices in fp32, as transformers' DeepseekV3MoE accumulates.
+        return (y * weights.unsqueeze(-1)).sum(dim=1).to(x.dtype)
 
     def _run_expert_parallel(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         p, e_local = self.ep_size, self.num_local_experts
@@ -220,8 +270,9 @@ class RoutedExperts(nn.Module):
         local_ids = torch.arange(e_local, device=x_sorted.device).repeat(p)
         expert_of_row = local_ids.repeat_interleave(recv_counts, output_size=sum(out_splits))
         perm = expert_of_row.argsort(stable=True)
-        y_local = self._run_local(x_recv[perm], recv_counts.view(p, e_local).sum(0))
-        y_recv = y_local[perm.argsort()]
+        inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
+        y_local = self._run_local(_PermuteRows.apply(x_recv, perm, inv), recv_counts.view(p, e_local).sum(0))
+        y_recv = _PermuteRows.apply(y_local, inv, perm)
         return _AllToAll.apply(y_recv, in_splits, out_splits, self.ep_group)
 
     def _run_local(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -120,7 +120,7 @@ class IngestFastPath:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b""
+                return b""  # nothing is stored for an empty body; the closed connection gets no answer
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
@@ -132,7 +132,8 @@ class IngestFastPath:
     @staticmethod
     async def _respond(send, status: int, payload: dict) -> None:
         body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
@@ -158,3 +159,4 @@ class IngestFastPath:
 def with_ingest_fast_path(app):
     """Wrap an ASGI application (controlplane.asgi's ProtocolTypeRouter) with the ingest fast path."""
     return IngestFastPath(app)
+

@@ -242,7 +242,10 @@ def test_points_are_pushed_to_the_run_group_once_per_request(run_and_token):
     async_to_sync(layer.group_add)(run_group(run.pk), channel)
     try:
         post(run.pk, [metrics(1, mfu=2.5, lr=0.1), metrics(2, mfu="nan", lr=0.1)], token)
-        message = async_to_sync(layer.receive)(channel)
+        for _ in range(20):  # another suite sharing this Redis may use the same run id: skip its messages
+            message = async_to_sync(layer.receive)(channel)
+            if message["type"] == "run.points" and "mfu" in message["points"]:
+                break
     finally:
         async_to_sync(layer.group_discard)(run_group(run.pk), channel)
     assert message["type"] == "run.points" and message["run_id"] == run.pk and message["last_step"] == 2
@@ -265,7 +268,7 @@ def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"1
         await comm.send_input({"type": "http.request", "body": body[len(body) // 2 :], "more_body": False})
         start = await comm.receive_output(10)
         content = await comm.receive_output(10)
-        return start["status"], json.loads(content["body"])
+        return start["status"], json.loads(content["body"]) if content["body"] else None
 
     return async_to_sync(call)()
 

@@ -3,10 +3,15 @@ launches a hostfile naming only this machine (locally) and the way it launches o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
+import random
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,8 +24,6 @@ from workers.backends.base import JobState, LaunchError, LaunchSpec
 from workers.backends.hostfile import HostfileBackend, parse_hostfile, proc_stat
 
 REPO = Path(__file__).resolve().parents[2]
-# Loopback, but not a name this machine calls itself: the backend treats it as another machine (pdsh over ssh).
-SSH_HOST = "127.0.0.2"
 
 
 def make_spec(tmp_path: Path, program_args: list[str], *, hostfile: str = "localhost slots=2\n", **extra) -> LaunchSpec:
@@ -142,9 +145,12 @@ def test_a_dead_or_reused_pid_is_never_running(tmp_path):
     assert backend.poll(dead, run_dir).state == JobState.LOST
 
     # The same dead pid with the supervisor's exit record: finished, with the launcher's code.
-    (run_dir / "exit.json").write_text(json.dumps({"returncode": 1, "ended_at": 0}))
+    (run_dir / "exit.json").write_text(json.dumps({"returncode": 1, "pid": gone.pid, "ended_at": 0}))
     status = backend.poll(dead, run_dir)
     assert (status.state, status.exit_code) == (JobState.FAILED, 1)
+    # An exit record left by another launch from the same run directory is not this job's.
+    (run_dir / "exit.json").write_text(json.dumps({"returncode": 0, "pid": gone.pid + 1, "ended_at": 0}))
+    assert backend.poll(dead, run_dir).state == JobState.LOST
 
 
 def test_bad_hostfiles_and_requests_are_refused(tmp_path):
@@ -172,11 +178,25 @@ def test_bad_hostfiles_and_requests_are_refused(tmp_path):
     assert not (spec.run_dir / "job.json").exists()
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Other test sessions on this machine may edit the same file at the same time."""
+    fd = os.open(path.parent, os.O_RDONLY)  # a lock on the directory leaves no lock file behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="session")
 def ssh_to_this_machine(tmp_path_factory):
-    """Passwordless ssh as root to 127.0.0.2, for DeepSpeed's pdsh launcher: a private sshd on a free port with its
-    own host and client keys, and a ``Host 127.0.0.2`` block put first in root's ~/.ssh/config for the session (ssh
-    reads the config from the account's home, not $HOME). The original config is restored afterwards."""
+    """Passwordless ssh as root to a loopback address other than 127.0.0.1, for DeepSpeed's pdsh launcher.
+
+    A private sshd listens on a free port of that address with its own host and client keys, and root's
+    ~/.ssh/config gets a ``Host 127.0.0.N`` block between markers for this session (ssh reads the config of the
+    account's home, not $HOME, and DeepSpeed's own ssh check takes no options). Each session picks its own address
+    and removes only its own block, so concurrent sessions do not disturb each other."""
     if os.geteuid() != 0:
         pytest.skip("ssh to this machine for the pdsh launcher is only set up when the tests run as root")
     if not all(shutil.which(tool) for tool in ("pdsh", "ssh", "ssh-keygen")) or not os.path.exists("/usr/sbin/sshd"):
@@ -189,47 +209,57 @@ def ssh_to_this_machine(tmp_path_factory):
             capture_output=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
+    ssh_dir = Path(pwd.getpwuid(0).pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    config = ssh_dir / "config"
     work = tmp_path_factory.mktemp("sshd")
     for key in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)], check=True)
     shutil.copy(work / "client_key.pub", work / "authorized_keys")
-    port = free_port()
+    marker = f"cp-test-{os.getpid()}-{secrets.token_hex(4)}"
+
+    with _locked(config):
+        text = config.read_text() if config.exists() else ""
+        host = next(f"127.0.0.{n}" for n in random.sample(range(2, 255), 253) if f"Host 127.0.0.{n}\n" not in text)
+        port = free_port()
+        block = (
+            f"# >>> {marker}: added by tests/workers/test_hostfile_backend.py for one test session\n"
+            f"Host {host}\n  Port {port}\n  IdentityFile {work / 'client_key'}\n  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
+            f"# <<< {marker}\n"
+        )
+        # First, because the first value ssh finds for an option wins.
+        config.write_text(block + text)
+        config.chmod(0o600)
     (work / "sshd_config").write_text(
-        f"Port {port}\nListenAddress {SSH_HOST}\nHostKey {work / 'host_key'}\nPidFile {work / 'sshd.pid'}\n"
+        f"Port {port}\nListenAddress {host}\nHostKey {work / 'host_key'}\nPidFile {work / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {work / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    subprocess.run(["/usr/sbin/sshd", "-f", str(work / "sshd_config"), "-E", str(work / "sshd.log")], check=True)
-
-    ssh_dir = Path(pwd.getpwuid(0).pw_dir) / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    config = ssh_dir / "config"
-    original = config.read_bytes() if config.exists() else None
-    block = (
-        f"# Added by tests/workers/test_hostfile_backend.py for one test session; removed when it ends.\n"
-        f"Host {SSH_HOST}\n  Port {port}\n  IdentityFile {work / 'client_key'}\n  IdentitiesOnly yes\n"
-        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n\n"
-    )
-    config.write_bytes(block.encode() + (original or b""))
-    config.chmod(0o600)
     try:
+        subprocess.run(["/usr/sbin/sshd", "-f", str(work / "sshd_config"), "-E", str(work / "sshd.log")], check=True)
         wait_for(
-            lambda: subprocess.run(["ssh", SSH_HOST, "true"], capture_output=True, timeout=10).returncode == 0, 15, 0.5
+            lambda: subprocess.run(["ssh", host, "true"], capture_output=True, timeout=10).returncode == 0, 15, 0.5
         )
-        yield SSH_HOST
+        yield host
     finally:
-        if original is None:
-            config.unlink(missing_ok=True)
-        else:
-            config.write_bytes(original)
+        with _locked(config):
+            text = config.read_text()
+            start, end = text.find(f"# >>> {marker}:"), text.find(f"# <<< {marker}\n")
+            if start >= 0 and end >= 0:
+                rest = text[:start] + text[end + len(f"# <<< {marker}\n") :]
+                if rest:
+                    config.write_text(rest)
+                else:
+                    config.unlink()
         pid_file = work / "sshd.pid"
         if pid_file.exists():
-            os.kill(int(pid_file.read_text().strip()), 15)
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
 def test_two_ranks_through_pdsh_on_another_host(tmp_path, ssh_to_this_machine):
-    host = ssh_to_this_machine
+    host = ssh_to_this_machine  # loopback, but not a name this machine calls itself: launched as another machine
     spec = make_spec(tmp_path, [], hostfile=f"{host} slots=2\n")
     backend = HostfileBackend()
     handle = backend.submit(spec)

@@ -57,7 +57,7 @@ exit_file = sys.argv[1]
 child = subprocess.Popen(sys.argv[2:])
 rc = child.wait()
 with open(exit_file + ".tmp", "w") as f:
-    json.dump({"returncode": rc, "ended_at": time.time()}, f)
+    json.dump({"returncode": rc, "pid": os.getpid(), "ended_at": time.time()}, f)
 os.replace(exit_file + ".tmp", exit_file)
 sys.exit(rc if rc >= 0 else 128 - rc)
 """
@@ -261,8 +261,9 @@ class HostfileBackend:
         # Read after the liveness check: the supervisor writes the record before it exits, so a job that ended
         # in between is seen as ended, never as lost.
         ended = _read_json(run_dir / "exit.json")
-        cancelled = (run_dir / "cancel_requested").exists()
-        if "returncode" in ended:
+        cancelled = _read_text(run_dir / "cancel_requested") == job_id
+        # Records of another launch from the same run directory (a relaunch) say nothing about this one.
+        if "returncode" in ended and ended.get("pid", pid) == pid:
             rc = int(ended["returncode"])
             if rc == 0:
                 return JobStatus(JobState.SUCCEEDED, 0, "")
@@ -313,7 +314,7 @@ class HostfileBackend:
         status = self.poll(job_id, run_dir)
         if status.finished and not group_members(pid, ticks):
             return
-        (run_dir / "cancel_requested").touch()
+        (run_dir / "cancel_requested").write_text(job_id)
         for sig, wait_s in ((signal.SIGTERM, self.term_grace_s), (signal.SIGKILL, self.kill_wait_s)):
             try:
                 os.killpg(pid, sig)
@@ -334,6 +335,13 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _read_json(path: Path) -> dict:

@@ -1,0 +1,87 @@
+"""Launcher and watcher on a real DeepSpeed job: a queued run becomes a job, its metrics, checkpoints and failures
+reach the database even with no HTTP push at all (the watcher reads the run directory)."""
+
+import json
+import textwrap
+import time
+
+import pytest
+from django.test import override_settings
+
+from runs.models import Alert, AlertKind, Checkpoint, MetricSeries, Run, RunStatus
+from runs.presets import preset_config
+from runs.services.runs import run_create, run_launch
+from workers import launching, watching
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# An address nothing listens on: every push fails, so all that arrives comes through the watcher.
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: str = "", **training) -> Run:
+    from runs.models import Cluster, DataMixRecipe
+
+    cfg = preset_config("tiny")
+    cfg["training"]["token_budget"] = 2048 * steps
+    cfg["training"]["checkpoint_interval"] = max(1, steps // 2)
+    cfg["training"].update(training)
+    cfg["optimizer"]["warmup_steps"] = 2
+    cfg["curriculum"] = [{"start_step": 0, "seq_len": 32}, {"start_step": steps // 2, "seq_len": 64}]
+    run = run_create(owner=owner, name=name, preset="tiny", trainer=trainer, script_path=script,
+                     cluster=Cluster.objects.get(name="local-cpu"),
+                     recipe=DataMixRecipe.objects.get(name="bilingual-demo"), config=cfg)
+    return run_launch(actor=owner, run=run)
+
+
+def _follow(run: Run, timeout: float = 240) -> Run:
+    assert launching.launch_run(run.pk).startswith("submitted")
+    deadline = time.monotonic() + timeout
+    while watching.watch_once(run.pk):
+        assert time.monotonic() < deadline, (run.refresh_from_db(), run.status)
+        time.sleep(0.5)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    with override_settings(RUNS_DIR=tmp_path, CP_BASE_URL=UNREACHABLE):
+        yield tmp_path
+
+
+def test_reference_trainer_run_is_followed_to_success(seeded, operator, runs_dir):
+    run = _follow(_tiny(operator, name="watched", steps=6))
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    loss = MetricSeries.objects.get(run=run, key="loss")
+    assert loss.points == 6 and loss.last_step == 6
+    assert set(Checkpoint.objects.filter(run=run).values_list("step", flat=True)) == {3, 6}
+    run_json = json.loads((runs_dir / f"run-{run.pk}" / "run.json").read_text())
+    assert run_json["run"]["id"] == run.pk and run_json["reporter"]["ingest_url"].endswith(f"/ingest/{run.pk}/")
+    assert oct((runs_dir / f"run-{run.pk}" / "token").stat().st_mode)[-3:] == "600"
+    assert not Alert.objects.filter(run=run).exists()
+
+
+def test_injected_oom_fails_the_run_with_an_alert(seeded, operator, runs_dir, monkeypatch):
+    monkeypatch.setenv("CP_INJECT_OOM_AT_STEP", "2")
+    run = _follow(_tiny(operator, name="oom", steps=6))
+    assert run.status == RunStatus.FAILED and "out of memory" in run.failure_reason
+    assert Alert.objects.filter(run=run, kind=AlertKind.OOM).count() == 1
+
+
+def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path):
+    script = tmp_path / "my_train.py"
+    script.write_text(textwrap.dedent("""
+        import argparse, os
+        p = argparse.ArgumentParser(); p.add_argument("--deepspeed_config"); p.add_argument("--local_rank", type=int)
+        args = p.parse_args()
+        assert os.path.exists(args.deepspeed_config)
+        if os.environ.get("RANK", "0") == "0":
+            for step in range(1, 6):
+                print(f"step {step} | loss {4.0 / step:.4f}", flush=True)
+            print("step 6 | loss nan", flush=True)
+    """))
+    run = _follow(_tiny(operator, name="byo", steps=6, trainer="own_script", script=str(script)))
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    assert MetricSeries.objects.get(run=run, key="loss").points == 6
+    assert Alert.objects.filter(run=run, kind=AlertKind.NAN).exists()

@@ -9,6 +9,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 
 import pytest
 
+from tests.slurm_fixture import slurm_cluster  # noqa: F401  (the real one-node Slurm, started on demand)
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from runs.models import Checkpoint, MetricSeries, Run
@@ -275,30 +275,55 @@ _TOUCH_RUN = (
     "WHEN last_heartbeat_at IS NULL OR last_heartbeat_at < %s THEN %s ELSE last_heartbeat_at END "
     "WHERE id = %s RETURNING last_step"
 )
+_SERIES_COLUMNS = "id, key, last_step, last_value, pending_blocks, detector_state"
+_BLOCK_COLUMNS = "series_id, step_lo, step_hi, n, vmin, vmax, steps, {values}, nonfinite, tier"
 _SERIES_UPDATE = (
     "UPDATE runs_metricseries SET points = points + %s, last_step = %s, last_value = %s, "
     "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state) WHERE id = %s"
 )
 
+# Series known to exist, per process: a batch whose keys are all here skips the create step. Series are only
+# ever deleted with their run, and a stale entry costs one retry of the create step (see _lock_series_pg).
+_known_series: set[tuple[int, str]] = set()
+_KNOWN_SERIES_MAX = 200_000
+
+
+def _touch_params(run_id: int, batch: Batch, hb_db: Any) -> list:
+    ms = batch.max_step
+    return [ms, ms, ms, hb_db, hb_db, hb_db, run_id]
+
 
 def _store(*, run: Run, batch: Batch) -> IngestResult:
+    """One transaction per batch. Every writer of a run's series holds the series rows' locks (PostgreSQL) or the
+    database's single write lock (SQLite) while it checks which steps are present and appends its block."""
     result = IngestResult(events=len(batch.events), heartbeats=batch.heartbeats)
     now = timezone.now()
     hb = _heartbeat_at(batch, now)
     hb_db = connection.ops.adapt_datetimefield_value(hb) if hb is not None else None
     thresholds = Thresholds.from_config(run.config)
+    pushed: dict[str, list] = {}
+    keys = sorted(batch.metrics)
     with transaction.atomic():
         with connection.cursor() as cursor:
-            ms = batch.max_step
-            cursor.execute(_TOUCH_RUN, [ms, ms, ms, hb_db, hb_db, hb_db, run.pk])
-            row = cursor.fetchone()
-            if row is None:
-                raise RunGone(f"run {run.pk} no longer exists")
-            result.last_step = row[0]
-            pushed: dict[str, list] = {}
-            if batch.metrics:
-                _store_points(cursor, run, batch, thresholds, result, pushed)
-        for index, etype, step, rec in batch.events:
+            if connection.vendor == "postgresql" and keys:
+                series = _lock_series_pg(cursor, run.pk, keys)
+                blocks, updates = _prepare(cursor, run, batch, keys, series, thresholds, result, pushed)
+                result.last_step = _write_pg(cursor, run.pk, batch, hb_db, blocks, updates)
+            else:
+                cursor.execute(_TOUCH_RUN, _touch_params(run.pk, batch, hb_db))
+                row = cursor.fetchone()
+                if row is None:
+                    raise RunGone(f"run {run.pk} no longer exists")
+                result.last_step = row[0]
+                if keys:
+                    series = _series_rows(cursor, run.pk, keys)
+                    missing = [k for k in keys if k not in series]
+                    if missing:
+                        _create_series(cursor, run.pk, missing)
+                        series.update(_series_rows(cursor, run.pk, missing))
+                    blocks, updates = _prepare(cursor, run, batch, keys, series, thresholds, result, pushed)
+                    _write_portable(cursor, blocks, updates)
+        for _index, etype, step, rec in batch.events:
             _apply_event(run, etype, step, rec, result)
         if pushed or batch.events or batch.heartbeats:
             broadcast_on_commit(
@@ -308,13 +333,14 @@ def _store(*, run: Run, batch: Batch) -> IngestResult:
     return result
 
 
-def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
+def _series_rows(cursor, run_id: int, keys: list[str], lock: bool = False) -> dict[str, list]:
     rows: dict[str, list] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         cursor.execute(
-            "SELECT id, key, last_step, last_value, pending_blocks, detector_state FROM runs_metricseries "
-            f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})",
+            f"SELECT {_SERIES_COLUMNS} FROM runs_metricseries "
+            f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})"
+            + (" ORDER BY id FOR UPDATE" if lock else ""),
             [run_id, *part],
         )
         for sid, key, last_step, last_value, pending, state in cursor.fetchall():
@@ -322,15 +348,89 @@ def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
     return rows
 
 
-def _store_points(cursor, run: Run, batch: Batch, thresholds: Thresholds, result: IngestResult, pushed) -> None:
-    keys = sorted(batch.metrics)
-    series = _series_rows(cursor, run.pk, keys)
-    missing = [k for k in keys if k not in series]
-    if missing:
-        MetricSeries.objects.bulk_create(
-            [MetricSeries(run_id=run.pk, key=k) for k in missing], ignore_conflicts=True
+def _create_series(cursor, run_id: int, keys: list[str]) -> None:
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        cursor.execute(
+            "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state) VALUES "
+            + ", ".join(["(%s, %s, 0, 0, %s)"] * len(part))
+            + " ON CONFLICT (run_id, key) DO NOTHING",
+            [v for key in part for v in (run_id, key, "{}")],
         )
-        series.update(_series_rows(cursor, run.pk, missing))
+
+
+def _lock_series_pg(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
+    """Lock the batch's series rows in id order, creating missing ones first.
+
+    Creation comes before any row lock: two batches that both add a new key then wait on each other's insert
+    without holding locks the other needs. Under READ COMMITTED, FOR UPDATE returns each row as last committed,
+    so the steps and detector state read here are current even when this batch waited for another.
+    """
+    if len(_known_series) > _KNOWN_SERIES_MAX:
+        _known_series.clear()
+    if any((run_id, k) not in _known_series for k in keys):
+        _create_series(cursor, run_id, keys)
+    series = _series_rows(cursor, run_id, keys, lock=True)
+    if len(series) < len(keys):
+        # A stale cache entry (the database was emptied or restored): create what is missing after all.
+        missing = [k for k in keys if k not in series]
+        _known_series.difference_update((run_id, k) for k in missing)
+        try:
+            with transaction.atomic():
+                _create_series(cursor, run_id, missing)
+        except IntegrityError:  # the run itself is gone
+            raise RunGone(f"run {run_id} no longer exists") from None
+        series.update(_series_rows(cursor, run_id, missing, lock=True))
+    _known_series.update((run_id, k) for k in keys)
+    return series
+
+
+def _write_pg(cursor, run_id: int, batch: Batch, hb_db: Any, blocks: list, updates: list) -> int | None:
+    """Blocks, series counters and the run's progress in one statement (one round trip)."""
+    values_col = connection.ops.quote_name("values")
+    params: list[Any] = []
+    parts = [f"WITH r AS ({_TOUCH_RUN})"]
+    params += _touch_params(run_id, batch, hb_db)
+    if blocks:
+        parts.append(
+            f", b AS (INSERT INTO runs_metricblock ({_BLOCK_COLUMNS.format(values=values_col)}) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(blocks))
+            + ")"
+        )
+        params += [v for row in blocks for v in row]
+    if updates:
+        parts.append(
+            ", u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, "
+            "last_value = v.lv, pending_blocks = s.pending_blocks + 1, "
+            "detector_state = COALESCE(v.ds::jsonb, s.detector_state) FROM (VALUES "
+            + ", ".join(["(%s::bigint, %s::bigint, %s::double precision, %s::text, %s::bigint)"] * len(updates))
+            + ") AS v(n, ls, lv, ds, id) WHERE s.id = v.id)"
+        )
+        params += [v for row in updates for v in row]
+    parts.append(" SELECT last_step FROM r")
+    cursor.execute("".join(parts), params)
+    row = cursor.fetchone()
+    if row is None:
+        raise RunGone(f"run {run_id} no longer exists")
+    return row[0]
+
+
+def _write_portable(cursor, blocks: list, updates: list) -> None:
+    if not blocks:
+        return
+    values_col = connection.ops.quote_name("values")
+    for start in range(0, len(blocks), 200):
+        part = blocks[start : start + 200]
+        cursor.execute(
+            f"INSERT INTO runs_metricblock ({_BLOCK_COLUMNS.format(values=values_col)}) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(part)),
+            [v for row in part for v in row],
+        )
+    cursor.executemany(_SERIES_UPDATE, updates)
+
+
+def _prepare(cursor, run: Run, batch: Batch, keys, series, thresholds: Thresholds, result: IngestResult, pushed):
+    """Per key: drop steps already stored, run the detectors, and build the block and counter rows to write."""
     blocks: list[list] = []
     updates: list[list] = []
     for key in keys:
@@ -353,22 +453,7 @@ def _store_points(cursor, run: Run, batch: Batch, thresholds: Thresholds, result
         result.accepted += steps.size
         new_state = None
         if key in WATCHED_KEYS:
-            current = json.loads(state) if isinstance(state, str) else (state or {})
-            verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
-            new_state = json.dumps(verdict.state, allow_nan=False)
-            for kind in verdict.resolved:
-                alert_resolve(run=run, kind=kind)
-            for finding in verdict.findings:
-                alert = alert_raise(
-                    run=run,
-                    kind=finding.kind,
-                    severity=finding.severity,
-                    step=finding.step,
-                    message=finding.message,
-                    evidence=finding.evidence,
-                )
-                if alert is not None:
-                    result.alerts.append(alert.pk)
+            new_state = _run_detectors(run, key, steps, values, state, thresholds, result)
         vmin, vmax, bad = ru.finite_min_max(values)
         top = int(steps[-1])
         if last_step is None or top > last_step:
@@ -380,17 +465,26 @@ def _store_points(cursor, run: Run, batch: Batch, thresholds: Thresholds, result
         if pending + 1 >= COMPACT_FANOUT:
             result.compact.append(sid)
         pushed[key] = _push_points(steps, values)
-    if not blocks:
-        return
-    values_col = connection.ops.quote_name("values")
-    for start in range(0, len(blocks), 200):
-        part = blocks[start : start + 200]
-        cursor.execute(
-            "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
-            f"{values_col}, nonfinite, tier) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(part)),
-            [v for row in part for v in row],
+    return blocks, updates
+
+
+def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresholds, result: IngestResult) -> str:
+    current = json.loads(state) if isinstance(state, str) else (state or {})
+    verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
+    for kind in verdict.resolved:
+        alert_resolve(run=run, kind=kind)
+    for finding in verdict.findings:
+        alert = alert_raise(
+            run=run,
+            kind=finding.kind,
+            severity=finding.severity,
+            step=finding.step,
+            message=finding.message,
+            evidence=finding.evidence,
         )
-    cursor.executemany(_SERIES_UPDATE, updates)
+        if alert is not None:
+            result.alerts.append(alert.pk)
+    return json.dumps(verdict.state, allow_nan=False)
 
 
 def _present_steps(cursor, series_id: int, lo: int, hi: int) -> np.ndarray:

@@ -65,8 +65,10 @@ def write_gloo_program(directory: Path) -> Path:
 
 
 def free_port() -> int:
+    """A port free on every address: the rendezvous store listens on all of them, and the private sshd of the pdsh
+    test holds its port on 127.0.0.N only, where a bind to 127.0.0.1 would not see it."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("", 0))
         return sock.getsockname()[1]
 
 

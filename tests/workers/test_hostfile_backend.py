@@ -78,6 +78,7 @@ def test_two_ranks_on_a_local_hostfile_succeed(launched):
     record = json.loads((spec.run_dir / "job.json").read_text())
     assert record["job_id"] == handle.job_id
     assert "--no_ssh_check" in record["argv"]  # one local host: the launcher never uses ssh
+    assert not (spec.run_dir / "deepspeed_env").exists()  # local ranks inherit the launcher's environment
 
     status = wait_finished(backend, handle.job_id, spec.run_dir)
     assert status.state == JobState.SUCCEEDED, logs(spec.run_dir)
@@ -266,6 +267,7 @@ def test_two_ranks_through_pdsh_on_another_host(tmp_path, ssh_to_this_machine):
     argv = json.loads((spec.run_dir / "job.json").read_text())["argv"]
     assert "--force_multi" in argv  # DeepSpeed would run a single host locally, whichever machine it names
     assert argv[argv.index("--master_addr") + 1] == host
+    assert (spec.run_dir / "deepspeed_env").stat().st_mode & 0o777 == 0o600
 
     status = wait_finished(backend, handle.job_id, spec.run_dir)
     assert status.state == JobState.SUCCEEDED, logs(spec.run_dir)

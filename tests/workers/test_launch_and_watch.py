@@ -19,7 +19,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 UNREACHABLE = "http://127.0.0.1:9"
 
 
-def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: str = "", **training) -> Run:
+def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: str = "", cluster: str = "local-cpu",
+          **training) -> Run:
     from runs.models import Cluster, DataMixRecipe
 
     cfg = preset_config("tiny")
@@ -29,7 +30,7 @@ def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: s
     cfg["optimizer"]["warmup_steps"] = 2
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 32}, {"start_step": steps // 2, "seq_len": 64}]
     run = run_create(owner=owner, name=name, preset="tiny", trainer=trainer, script_path=script,
-                     cluster=Cluster.objects.get(name="local-cpu"),
+                     cluster=Cluster.objects.get(name=cluster),
                      recipe=DataMixRecipe.objects.get(name="bilingual-demo"), config=cfg)
     return run_launch(actor=owner, run=run)
 
@@ -85,3 +86,15 @@ def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path)
     assert run.status == RunStatus.SUCCEEDED, run.failure_reason
     assert MetricSeries.objects.get(run=run, key="loss").points == 6
     assert Alert.objects.filter(run=run, kind=AlertKind.NAN).exists()
+
+
+def test_the_same_launch_on_a_real_slurm(seeded, operator, runs_dir, slurm_cluster):
+    from runs.models import BackendKind, Cluster
+
+    Cluster.objects.create(name="slurm-local", backend=BackendKind.SLURM, nodes=1, gpus_per_node=2,
+                           accelerator="cpu", gpu_type="CPU", gpu_memory_gb=8, partition="debug")
+    run = _follow(_tiny(operator, name="on-slurm", steps=4, cluster="slurm-local"))
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    assert run.backend_job_id.isdigit()
+    assert MetricSeries.objects.get(run=run, key="loss").points == 4
+    assert (runs_dir / f"run-{run.pk}" / "job.sbatch").exists()

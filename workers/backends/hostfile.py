@@ -15,8 +15,9 @@ How DeepSpeed's runner (0.19) treats the hostfile, and what this backend does ab
   therefore launched with ``--force_multi`` (pdsh). A single local host gets ``--no_ssh_check``: the runner would
   otherwise insist on passwordless ssh to it and then not use ssh at all.
 - Over pdsh, only a few variables (PYTHON*, ...) reach the remote ranks, and the command line goes through a remote
-  shell. The job's variables travel in ``RUN_DIR/deepspeed_env`` (named by DS_ENV_FILE), and every argument and
-  value that crosses the remote shell is checked to need no quoting there.
+  shell. The job's variables travel in ``RUN_DIR/deepspeed_env`` (mode 0600, named by DS_ENV_FILE, so a
+  ``~/.deepspeed_env`` is not read), and every argument and value that crosses the remote shell is checked to need
+  no quoting there.
 - Cancelling a pdsh launch: the runner traps SIGTERM and runs ``pkill -f`` for its launch command on every host
   (DeepSpeed's own clean-up); the grace period before SIGKILL leaves it time to do so.
 """
@@ -168,7 +169,12 @@ class HostfileBackend:
         hostfile = run_dir / "hostfile"
         hostfile.write_text("".join(f"{host} slots={slots}\n" for host, slots in hosts))
         env_file = run_dir / "deepspeed_env"
-        env_file.write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+        env_file.unlink(missing_ok=True)
+        if not local:
+            # 0600: the variables may include the run's ingest token.
+            fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
 
         argv = deepspeed_argv(
             spec.python,
@@ -185,8 +191,9 @@ class HostfileBackend:
         if python_dir:
             launcher_env["PATH"] = python_dir + os.pathsep + launcher_env.get("PATH", os.defpath)
         launcher_env.update(env)
-        # DeepSpeed looks for the file under ~ and '.'; an absolute name makes both lookups find this run's file.
-        launcher_env["DS_ENV_FILE"] = str(env_file)
+        if not local:
+            # DeepSpeed looks for the file under ~ and '.'; an absolute name makes both lookups find this run's file.
+            launcher_env["DS_ENV_FILE"] = str(env_file)
 
         exit_file = run_dir / "exit.json"
         with open(run_dir / "stdout.log", "wb") as stdout, open(run_dir / "stderr.log", "wb") as stderr:

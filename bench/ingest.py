@@ -143,8 +143,12 @@ def head(port: int, path: str, token: str, length: int) -> bytes:
 
 
 def values_at(step: int) -> dict:
-    return {"loss": 3.0 / (1 + step / 1000) + (step % 7) * 1e-3, "lr": 1e-3, "grad_norm": 0.8 + (step % 5) * 0.01,
-            "tokens_per_s": 18000.0 + (step % 11)}
+    return {
+        "loss": 3.0 / (1 + step / 1000) + (step % 7) * 1e-3,
+        "lr": 1e-3,
+        "grad_norm": 0.8 + (step % 5) * 0.01,
+        "tokens_per_s": 18000.0 + (step % 11),
+    }
 
 
 def cp_body(start: int, steps: int) -> bytes:
@@ -155,8 +159,11 @@ def cp_body(start: int, steps: int) -> bytes:
 
 def mlflow_body(run_id: str, start: int, steps: int) -> bytes:
     ms = int(time.time() * 1000)
-    metrics = [{"key": k, "value": v, "timestamp": ms, "step": s}
-               for s in range(start, start + steps) for k, v in values_at(s).items()]
+    metrics = [
+        {"key": k, "value": v, "timestamp": ms, "step": s}
+        for s in range(start, start + steps)
+        for k, v in values_at(s).items()
+    ]
     return orjson.dumps({"run_id": run_id, "metrics": metrics})
 
 
@@ -176,7 +183,7 @@ async def simulate(target: dict, run_index: int, steps_per_req: int, until: floa
             t0 = time.perf_counter()
             try:
                 status = await asyncio.wait_for(conn.request(head(target["port"], path, token, len(body)), body), 30)
-            except (OSError, asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
                 stats["errors"] += 1
                 conn.close()
                 await asyncio.sleep(0.05)
@@ -205,8 +212,14 @@ def load(target: dict, runs: int, steps_per_req: int, seconds: float, start_step
     wall = time.monotonic() - t0
     lat = sorted(stats["latency"])
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
-    return {"pps": stats["points"] / wall, "p50": pct(0.50), "p99": pct(0.99), "errors": stats["errors"],
-            "requests": len(lat), "statuses": sorted(stats.get("statuses", ()))}
+    return {
+        "pps": stats["points"] / wall,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "errors": stats["errors"],
+        "requests": len(lat),
+        "statuses": sorted(stats.get("statuses", ())),
+    }
 
 
 # This control plane
@@ -236,21 +249,47 @@ def setup_cp(n_runs: int) -> list[tuple[int, str]]:
         "print(json.dumps([[r.pk, run_token_issue(run=r)] for r in runs]))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "controlplane.settings"},
-        check=True, capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "controlplane.settings"},
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return [tuple(x) for x in orjson.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def start_cp(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{CP_DB}",
-           "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"), "OMP_NUM_THREADS": "1",
-           "CP_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{CP_DB}",
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"),
+        "OMP_NUM_THREADS": "1",
+        "CP_LOG_LEVEL": "WARNING",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "bench.ingest:server_app", "--host",
-         "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench.ingest:server_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_http(port, "/healthz", proc, 120, log)
     return proc, port
@@ -272,10 +311,22 @@ def ensure_mlflow() -> Path:
 def start_mlflow(extra: list[str], log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen(
-        [str(ensure_mlflow()), "server", "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{MLFLOW_DB}",
-         "--host", "127.0.0.1", "--port", str(port), *extra],
-        cwd=ROOT / "bench", env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log.open("wb"),
-        stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(ensure_mlflow()),
+            "server",
+            "--backend-store-uri",
+            f"postgresql+psycopg2://postgres@127.0.0.1:5432/{MLFLOW_DB}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=ROOT / "bench",
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_http(port, "/health", proc, 180, log)
     return proc, port
@@ -289,8 +340,12 @@ def mlflow_runs(port: int, n: int, label: str) -> list[str]:
         conn_reader = await _json_call(conn, port, "/api/2.0/mlflow/experiments/create", body)
         exp = conn_reader["experiment_id"]
         for i in range(n):
-            out = await _json_call(conn, port, "/api/2.0/mlflow/runs/create",
-                                   orjson.dumps({"experiment_id": exp, "run_name": f"r{i}", "start_time": 0}))
+            out = await _json_call(
+                conn,
+                port,
+                "/api/2.0/mlflow/runs/create",
+                orjson.dumps({"experiment_id": exp, "run_name": f"r{i}", "start_time": 0}),
+            )
             ids.append(out["run"]["info"]["run_id"])
         conn.close()
         return ids
@@ -325,9 +380,11 @@ def run_matrix(target: dict, seconds: float, results: dict, name: str) -> None:
         for mode, steps_per_req in MODES:
             results[(name, runs, mode)] = r = load(target, runs, steps_per_req, seconds, step)
             step += 10**6
-            print(f"  {name:<24} {runs:>2} runs {mode:<8} {r['pps']:>11,.0f} points/s  p50 {r['p50']:7.1f} ms  "
-                  f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}",
-                  flush=True)
+            print(
+                f"  {name:<24} {runs:>2} runs {mode:<8} {r['pps']:>11,.0f} points/s  p50 {r['p50']:7.1f} ms  "
+                f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -355,8 +412,10 @@ def main() -> None:
         drop_database(CP_DB)
 
     if not args.skip_mlflow:
-        for label, extra in (("mlflow default (uvicorn x4)", []),
-                             ("mlflow gunicorn x4", ["--workers", "4", "--gunicorn-opts", "--log-level warning"])):
+        for label, extra in (
+            ("mlflow default (uvicorn x4)", []),
+            ("mlflow gunicorn x4", ["--workers", "4", "--gunicorn-opts", "--log-level warning"]),
+        ):
             recreate_database(MLFLOW_DB)
             try:
                 proc, port = start_mlflow(extra, out / f"mlflow-{len(systems)}.log")
@@ -370,11 +429,17 @@ def main() -> None:
                 drop_database(MLFLOW_DB)
 
     print()
-    print(f"{'configuration':<22}" + "".join(f"{s:>30}" for s in systems) + ("   ours / best MLflow" if len(systems) > 1 else ""))
+    print(
+        f"{'configuration':<22}"
+        + "".join(f"{s:>30}" for s in systems)
+        + ("   ours / best MLflow" if len(systems) > 1 else "")
+    )
     for runs in RUN_COUNTS:
         for mode, _ in MODES:
             row = [results[(s, runs, mode)] for s in systems]
-            cells = "".join(f"{r['pps']:>12,.0f} pts/s {r['p50']:>5.1f}/{r['p99']:<5.0f}ms e{r['errors']:<3}" for r in row)
+            cells = "".join(
+                f"{r['pps']:>12,.0f} pts/s {r['p50']:>5.1f}/{r['p99']:<5.0f}ms e{r['errors']:<3}" for r in row
+            )
             ratio = ""
             if len(row) > 1:
                 best = max(r["pps"] for r in row[1:])

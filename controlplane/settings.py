@@ -175,7 +175,13 @@ EMBEDDED_REDIS_SOCKET = str(VAR_DIR / "redis.sock")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [_CHANNELS_HOST], "capacity": 2000, "expiry": 30},
+        # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's 5 s BZPOPMIN: every idle
+        # websocket would die of a read timeout. Give blocking reads room.
+        "CONFIG": {
+            "hosts": [{**_CHANNELS_HOST, "socket_timeout": 30, "socket_connect_timeout": 5}],
+            "capacity": 2000,
+            "expiry": 30,
+        },
     }
 }
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("runs/compare/", runs.run_compare, name="run-compare"),
     path("runs/<int:pk>/", runs.run_detail, name="run-detail"),
     path("runs/<int:pk>/edit/", runs.run_edit, name="run-edit"),
+    path("runs/<int:pk>/state/", runs.run_state, name="run-state"),
     path("runs/<int:pk>/launch/", runs.run_launch_view, name="run-launch"),
     path("runs/<int:pk>/cancel/", runs.run_cancel_view, name="run-cancel"),
     path("recipes/", recipes.recipe_list, name="recipe-list"),

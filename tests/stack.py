@@ -43,9 +43,9 @@ class Stack:
 
     def log_tail(self, lines: int = 60) -> str:
         out = []
-        for log in sorted(self.logs.glob("*.log")):
+        for log in [*sorted(self.logs.glob("*.log")), *sorted(self.runs_dir.glob("run-*/std*.log"))]:
             text = log.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {log.name}\n" + "\n".join(text))
+            out.append(f"--- {log.relative_to(log.parents[1])}\n" + "\n".join(text))
         return "\n".join(out)
 
 
@@ -99,6 +99,7 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
 
 
 def stop_stack(stack: Stack) -> None:
+    _stop_jobs(stack.runs_dir)
     for proc in stack.procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -108,3 +109,20 @@ def stop_stack(stack: Stack) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _stop_jobs(runs_dir: Path) -> None:
+    """Jobs a failed test left running must not outlive it (they hold ports and cores)."""
+    import json
+
+    from workers.backends.procs import stop_group
+
+    for job in runs_dir.glob("run-*/job.json"):
+        record = json.loads(job.read_text())
+        stop_group(record["pgid"], pid=record["pid"], ticks=record["start_ticks"], grace_s=5)
+        child = job.parent / "child.json"
+        if child.exists():
+            try:
+                os.killpg(json.loads(child.read_text())["pgid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,14 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _master_port(run_id: int) -> int:
-    # Distinct per run so two local runs never fight over the rendezvous port.
-    return 20000 + (run_id * 7) % 20000
+def _master_port(backend: str) -> int:
+    """A rendezvous port free right now on this machine (local/hostfile jobs rendezvous here); Slurm jobs derive
+    theirs from the job id on their own first node (0)."""
+    if backend == "slurm":
+        return 0
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:
@@ -46,7 +52,7 @@ def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:
         partition=cluster.partition,
         time_limit_min=int(run.config.get("training", {}).get("time_limit_min", 24 * 60)),
         hostfile=cluster.hostfile,
-        master_port=_master_port(run.pk),
+        master_port=_master_port(cluster.backend),
         job_name=f"cp-run-{run.pk}",
     )
 

@@ -99,7 +99,5 @@ def alert_resolve(*, run: Run, kind: str) -> int:
         Alert.objects.filter(pk__in=[a.pk for a in open_alerts]).update(resolved_at=now)
         for alert in open_alerts:
             alert.resolved_at = now
-            broadcast_on_commit(
-                run_group(run.pk), {"type": "run.alert", "run_id": run.pk, "alert": alert_json(alert)}
-            )
+            broadcast_on_commit(run_group(run.pk), {"type": "run.alert", "run_id": run.pk, "alert": alert_json(alert)})
     return len(open_alerts)

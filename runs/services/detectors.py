@@ -67,6 +67,8 @@ class Verdict:
     state: dict
     findings: list[Finding] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)  # alert kinds whose episode ended
+    # Both of the above in the order they happened: an episode can open and close within one batch.
+    sequence: list[Finding | str] = field(default_factory=list)
 
 
 def _rolling(window: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +109,9 @@ class _Episodes:
                 if not slot["open"]:
                     slot["open"] = True
                     slot["since"] = int(steps[j])
-                    verdict.findings.append(describe(j))
+                    finding = describe(j)
+                    verdict.findings.append(finding)
+                    verdict.sequence.append(finding)
             elif slot["open"]:
                 slot["quiet"] += 1
                 if slot["quiet"] >= QUIET:
@@ -115,6 +119,7 @@ class _Episodes:
                     slot["quiet"] = 0
                     slot.pop("since", None)
                     verdict.resolved.append(self.kind)
+                    verdict.sequence.append(self.kind)
 
 
 def _fmt(x: float) -> str:

@@ -471,9 +471,10 @@ def _prepare(cursor, run: Run, batch: Batch, keys, series, thresholds: Threshold
 def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresholds, result: IngestResult) -> str:
     current = json.loads(state) if isinstance(state, str) else (state or {})
     verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
-    for kind in verdict.resolved:
-        alert_resolve(run=run, kind=kind)
-    for finding in verdict.findings:
+    for finding in verdict.sequence:
+        if isinstance(finding, str):
+            alert_resolve(run=run, kind=finding)
+            continue
         alert = alert_raise(
             run=run,
             kind=finding.kind,
@@ -678,8 +679,12 @@ def series_read(
 ) -> dict:
     """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape."""
     found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
-    out = {key: read_series(series_id=found[key], lo=lo, hi=hi, max_points=max_points) if key in found
-           else _full(np.empty(0, np.int64), np.empty(0)) for key in keys}
+    out = {
+        key: read_series(series_id=found[key], lo=lo, hi=hi, max_points=max_points)
+        if key in found
+        else _full(np.empty(0, np.int64), np.empty(0))
+        for key in keys
+    }
     last_step = Run.objects.filter(pk=run_id).values_list("last_step", flat=True).first()
     return {"keys": out, "last_step": last_step}
 
@@ -799,9 +804,7 @@ def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.
         else:
             first, last = _chunk_range(block.coarse, lo, hi)
             if last > first:
-                parts.append(
-                    _slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE))
-                )
+                parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
     parts.extend(_whole_points(whole))
     if not parts:
         return np.empty(0, np.int64), np.empty(0)
@@ -900,4 +903,6 @@ def run_mlflow_record(
 
 def series_latest(*, run_id: int) -> list[tuple[str, float | None, int | None]]:
     """(key, value at the highest step, that step) per series."""
-    return list(MetricSeries.objects.filter(run_id=run_id).order_by("key").values_list("key", "last_value", "last_step"))
+    return list(
+        MetricSeries.objects.filter(run_id=run_id).order_by("key").values_list("key", "last_value", "last_step")
+    )

@@ -67,7 +67,9 @@ def webhook_deliver(*, alert_id: int, url: str, attempt: int = 1, final: bool = 
         _audit(alert, "alert.webhook_delivered", url, attempt, f"HTTP {status}")
         return True
     if status in (408, 429) or status >= 500:
-        _audit(alert, "alert.webhook_failed", url, attempt, f"HTTP {status}" + ("; giving up" if final else "; will retry"))
+        _audit(
+            alert, "alert.webhook_failed", url, attempt, f"HTTP {status}" + ("; giving up" if final else "; will retry")
+        )
         raise WebhookFailed(f"HTTP {status} from {url}")
     _audit(alert, "alert.webhook_failed", url, attempt, f"HTTP {status}; not retried")
     return False

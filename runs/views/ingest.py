@@ -23,7 +23,14 @@ from django.http.request import split_domain_port, validate_host
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from runs.services.metrics import MAX_BODY_BYTES, IngestInvalid, RunGone, ingest_parse, metrics_compact_due, metrics_record
+from runs.services.metrics import (
+    MAX_BODY_BYTES,
+    IngestInvalid,
+    RunGone,
+    ingest_parse,
+    metrics_compact_due,
+    metrics_record,
+)
 from runs.services.tokens import run_token_check_cached
 
 log = logging.getLogger(__name__)
@@ -159,4 +166,3 @@ class IngestFastPath:
 def with_ingest_fast_path(app):
     """Wrap an ASGI application (controlplane.asgi's ProtocolTypeRouter) with the ingest fast path."""
     return IngestFastPath(app)
-

@@ -35,7 +35,7 @@ from runs.views.ingest import bearer_token
 MAX_BATCH_METRICS = 1000  # MLflow's own limits per log-batch
 MAX_BATCH_PARAMS_TAGS = 100
 _KEY_FIX = re.compile(r"[^A-Za-z0-9_./-]")
-STATUS_OF = {
+STATUS_OF: dict[str, str] = {
     RunStatus.SUCCEEDED: "FINISHED",
     RunStatus.FAILED: "FAILED",
     RunStatus.CANCELLED: "KILLED",
@@ -152,7 +152,7 @@ def _log_metrics(run: Run, metrics: list) -> None:
         raise _bad("metrics must be a list")
     if len(metrics) > MAX_BATCH_METRICS:
         raise _bad(f"A batch logging request can contain at most {MAX_BATCH_METRICS} metrics; got {len(metrics)}")
-    by_step: dict[int, dict[str, float]] = {}
+    by_step: dict[int, dict[str, float | str]] = {}
     for metric in metrics:
         if not isinstance(metric, dict) or not isinstance(metric.get("key"), str):
             raise _bad("each metric needs a string key")
@@ -222,7 +222,9 @@ def update_run(run: Run, body: dict) -> dict:
     if status is not None and status not in MLFLOW_STATUSES:
         raise _bad(f"status {status!r} is not one of {', '.join(sorted(MLFLOW_STATUSES))}")
     end_time = body.get("end_time")
-    _record(run, info={"status": status, "end_time": int(end_time) if end_time else None, "run_name": body.get("run_name")})
+    _record(
+        run, info={"status": status, "end_time": int(end_time) if end_time else None, "run_name": body.get("run_name")}
+    )
     return {"run_info": _run_info(run)}
 
 
@@ -286,8 +288,12 @@ def get_metric_history(run: Run, body: dict) -> dict:
     steps, values = series["steps"].tolist(), series["values"].tolist()
     return {
         "metrics": [
-            {"key": key, "value": v if math.isfinite(v) else ("NaN" if math.isnan(v) else f"{'-' if v < 0 else ''}Infinity"),
-             "timestamp": 0, "step": s}
+            {
+                "key": key,
+                "value": v if math.isfinite(v) else ("NaN" if math.isnan(v) else f"{'-' if v < 0 else ''}Infinity"),
+                "timestamp": 0,
+                "step": s,
+            }
             for s, v in zip(steps, values, strict=True)
         ]
     }
@@ -322,9 +328,13 @@ def dispatch(request: HttpRequest, run_id: int, endpoint: str) -> JsonResponse:
     token = bearer_token(request.headers.get("Authorization", ""))
     run = run_token_check_cached(run_id=int(run_id), token=token) if token else None
     if run is None:
-        return _error(401, "UNAUTHENTICATED", "invalid or missing run token: set MLFLOW_TRACKING_TOKEN to the run's token")
+        return _error(
+            401, "UNAUTHENTICATED", "invalid or missing run token: set MLFLOW_TRACKING_TOKEN to the run's token"
+        )
     if handler is None:
-        return _error(404, "ENDPOINT_NOT_FOUND", f"{request.method} {endpoint} is not supported by this tracking server")
+        return _error(
+            404, "ENDPOINT_NOT_FOUND", f"{request.method} {endpoint} is not supported by this tracking server"
+        )
     if request.method == "GET":
         body = {k: request.GET.get(k) for k in request.GET}
     else:

@@ -209,3 +209,12 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         diff.pop("run.id", None)
     choices = Run.objects.order_by("-id").values_list("pk", "name")[:200]
     return render(request, "runs/compare.html", {"runs": runs, "diff": diff, "choices": choices, "ids": ids})
+
+
+@require_GET
+@permission_required("runs.view_run", raise_exception=True)
+def run_state(request: HttpRequest, pk: int) -> JsonResponse:
+    """What a page re-reads after its websocket (re)connects, so no status change is missed."""
+    run = get_object_or_404(Run, pk=pk)
+    return JsonResponse({"id": run.pk, "status": run.status, "status_label": run.get_status_display(),
+                         "failure_reason": run.failure_reason, "backend_job_id": run.backend_job_id})

@@ -176,11 +176,17 @@ function liveRun(runId, charts) {
   const banner = document.getElementById("alert-banner");
   const labels = {draft: "Draft", queued: "Queued", launching: "Launching", running: "Running", remediating: "Remediating",
     succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled"};
+  function setStatus(status) {
+    const badge = document.getElementById("run-status");
+    if (badge && status) { badge.className = "badge " + status; badge.textContent = labels[status] || status; }
+  }
   function connect() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${proto}//${location.host}/ws/runs/${runId}/`);
     ws.onopen = async () => {
       delay = 500;
+      // Re-read the status: it may have changed before this socket was open.
+      fetchJSON(`/runs/${runId}/state/`).then((st) => setStatus(st.status)).catch(() => {});
       if (!first) await charts.backfill(runId);
       first = false;
     };
@@ -197,8 +203,8 @@ function liveRun(runId, charts) {
         banner.appendChild(li);
         charts.markAlert(a.step);
       } else if (msg.type === "run.status") {
-        const badge = document.getElementById("run-status");
-        if (badge) { badge.className = "badge " + msg.status; badge.textContent = labels[msg.status] || msg.status; }
+        setStatus(msg.status);
+        if (["running", "succeeded", "failed", "cancelled"].includes(msg.status) && !charts.charts.size) charts.load();
       }
     };
     ws.onclose = (ev) => {

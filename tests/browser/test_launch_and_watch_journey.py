@@ -17,6 +17,7 @@ def stack(tmp_path, seeded, operator):
     stack = start_stack(tmp=tmp_path, extra_env={"CP_INJECT_NAN_AT_STEP": "6"})
     yield stack
     stop_stack(stack)
+    print(stack.log_tail(120))  # shown by pytest only when the test failed
 
 
 def _points(page: Page) -> int:

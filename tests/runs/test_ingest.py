@@ -23,6 +23,7 @@ from runs.services.tokens import run_token_check, run_token_issue, token_cache_c
 from runs.services.transitions import transition
 from runs.views.ingest import IngestFastPath
 from tests.runs.factories import tiny_run
+from tests.runs.test_detectors import receive_matching
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,9 +42,7 @@ def metrics(step: int, **values) -> dict:
 def post(run_id: int, records, token: str | None, client: Client | None = None):
     headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
     body = records if isinstance(records, bytes | str) else json.dumps({"records": records})
-    return (client or Client()).post(
-        f"/api/v1/ingest/{run_id}/", data=body, content_type="application/json", **headers
-    )
+    return (client or Client()).post(f"/api/v1/ingest/{run_id}/", data=body, content_type="application/json", **headers)
 
 
 def points(run_id: int, key: str) -> int:
@@ -169,10 +168,12 @@ def test_a_finished_run_still_takes_its_backlog(run_and_token, operator):
 
 def test_nan_and_infinity_are_stored_and_read_back_as_null_with_a_flag(run_and_token):
     run, token = run_and_token
-    body = '{"records": [{"kind": "metrics", "step": 1, "values": {"loss": NaN}},' \
-           '{"kind": "metrics", "step": 2, "values": {"loss": "inf"}},' \
-           '{"kind": "metrics", "step": 3, "values": {"loss": "-Infinity"}},' \
-           '{"kind": "metrics", "step": 4, "values": {"loss": 1.5}}]}'
+    body = (
+        '{"records": [{"kind": "metrics", "step": 1, "values": {"loss": NaN}},'
+        '{"kind": "metrics", "step": 2, "values": {"loss": "inf"}},'
+        '{"kind": "metrics", "step": 3, "values": {"loss": "-Infinity"}},'
+        '{"kind": "metrics", "step": 4, "values": {"loss": 1.5}}]}'
+    )
     assert post(run.pk, body.encode(), token).status_code == 200
     series = series_read(run_id=run.pk, keys=["loss"])["keys"]["loss"]
     values = series["values"].tolist()
@@ -202,8 +203,15 @@ def test_heartbeats_move_liveness_and_last_step(run_and_token):
 
 def test_checkpoint_events_create_then_update_a_checkpoint(run_and_token):
     run, token = run_and_token
-    event = {"kind": "event", "type": "checkpoint_saved", "step": 100, "tag": "step_000100",
-             "path": "/runs/1/checkpoints/step_000100", "bytes": 1234, "metrics": {"loss": 2.1, "ppl": "inf"}}
+    event = {
+        "kind": "event",
+        "type": "checkpoint_saved",
+        "step": 100,
+        "tag": "step_000100",
+        "path": "/runs/1/checkpoints/step_000100",
+        "bytes": 1234,
+        "metrics": {"loss": 2.1, "ppl": "inf"},
+    }
     post(run.pk, [event], token)
     post(run.pk, [{**event, "bytes": 4321}], token)
     checkpoint = Checkpoint.objects.get(run=run, step=100)
@@ -225,8 +233,11 @@ def test_oom_and_nan_events_raise_one_alert_each(run_and_token):
 
 def test_unknown_event_types_are_accepted(run_and_token):
     run, token = run_and_token
-    answer = post(run.pk, [{"kind": "event", "type": "started", "step": 0}, {"kind": "event", "type": "finished",
-                                                                             "step": 300}], token)
+    answer = post(
+        run.pk,
+        [{"kind": "event", "type": "started", "step": 0}, {"kind": "event", "type": "finished", "step": 300}],
+        token,
+    )
     assert answer.status_code == 200 and answer.json()["events"] == 2
     run.refresh_from_db()
     assert run.last_step == 300
@@ -242,10 +253,8 @@ def test_points_are_pushed_to_the_run_group_once_per_request(run_and_token):
     async_to_sync(layer.group_add)(run_group(run.pk), channel)
     try:
         post(run.pk, [metrics(1, mfu=2.5, lr=0.1), metrics(2, mfu="nan", lr=0.1)], token)
-        for _ in range(20):  # another suite sharing this Redis may use the same run id: skip its messages
-            message = async_to_sync(layer.receive)(channel)
-            if message["type"] == "run.points" and "mfu" in message["points"]:
-                break
+        # Another suite sharing this Redis may use the same run id: skip its messages.
+        (message,) = receive_matching(layer, channel, lambda m: m["type"] == "run.points" and "mfu" in m["points"], 1)
     finally:
         async_to_sync(layer.group_discard)(run_group(run.pk), channel)
     assert message["type"] == "run.points" and message["run_id"] == run.pk and message["last_step"] == 2
@@ -259,8 +268,17 @@ def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"1
     headers = [(b"host", host), (b"content-type", b"application/json")]
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
-    scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b"",
-             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": headers,
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 1),
+    }
 
     async def call():
         comm = ApplicationCommunicator(app, scope)
@@ -329,8 +347,10 @@ def test_the_reporter_delivers_its_file_and_a_restart_resends_nothing_twice(run_
 )
 def test_concurrent_posts_of_the_same_batch_count_once(run_and_token):
     run, token = run_and_token
-    batches = [[metrics(s, loss=float(s), lr=1e-3, **{"new/key": 1.0}) for s in range(start, start + 50)]
-               for start in range(0, 200, 50)]
+    batches = [
+        [metrics(s, loss=float(s), lr=1e-3, **{"new/key": 1.0}) for s in range(start, start + 50)]
+        for start in range(0, 200, 50)
+    ]
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
 

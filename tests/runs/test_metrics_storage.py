@@ -1,0 +1,124 @@
+"""Block storage: compaction keeps every point once, rollups match the raw data, reads pick the right mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runs.models import MetricBlock, MetricSeries
+from runs.services import rollups as ru
+from runs.services.metrics import COMPACT_FANOUT, metrics_compact, metrics_record, series_read
+from tests.runs.factories import tiny_run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def run(seeded, operator):
+    return tiny_run(owner=operator)
+
+
+def write(run, steps, values, key="loss", batch=50):
+    steps, values = list(steps), list(values)
+    for i in range(0, len(steps), batch):
+        metrics_record(
+            run=run,
+            records=[
+                {"kind": "metrics", "step": int(s), "values": {key: float(v)}}
+                for s, v in zip(steps[i : i + batch], values[i : i + batch], strict=True)
+            ],
+        )
+
+
+def read(run, key="loss", **kw):
+    return series_read(run_id=run.pk, keys=[key], **kw)["keys"][key]
+
+
+def test_compaction_merges_tiers_and_keeps_every_point_once(run):
+    n = 50 * COMPACT_FANOUT * COMPACT_FANOUT + 130
+    values = np.sin(np.arange(n) / 50.0)
+    write(run, range(n), values)
+    series = MetricSeries.objects.get(run=run, key="loss")
+    tiers = sorted(set(MetricBlock.objects.filter(series=series).values_list("tier", flat=True)))
+    assert tiers[-1] == 2 and series.points == n and series.pending_blocks < COMPACT_FANOUT
+    assert MetricBlock.objects.filter(series=series).count() < 2 * COMPACT_FANOUT
+    full = read(run, max_points=10**6)
+    assert full["mode"] == "full" and full["steps"].tolist() == list(range(n))
+    assert np.array_equal(full["values"], values)
+    # A replay of old batches after compaction still adds nothing.
+    write(run, range(0, 500), values[:500])
+    assert MetricSeries.objects.get(pk=series.pk).points == n
+
+
+def test_late_points_inside_compacted_ranges(run):
+    write(run, range(0, 2000, 2), np.ones(1000))
+    write(run, range(1, 2000, 2), np.full(1000, 2.0))  # the odd steps arrive later, in other blocks
+    for series in MetricSeries.objects.filter(run=run):
+        metrics_compact(series_id=series.pk)
+    full = read(run, max_points=5000)
+    assert full["steps"].tolist() == list(range(2000))
+    assert full["values"].tolist() == [1.0 if s % 2 == 0 else 2.0 for s in range(2000)]
+
+
+def test_rollup_rows_summarise_chunks_exactly():
+    steps = np.arange(1000, 1000 + 200, dtype=np.int64)
+    values = np.linspace(0, 1, 200)
+    values[70] = 50.0
+    values[71] = np.nan
+    values[150] = -7.0
+    rows = ru.rollup(steps, values, 64)
+    assert rows.shape == (4, ru.ROLLUP_COLS)
+    assert rows[1, ru.MX] == 50.0 and rows[1, ru.MX_STEP] == 1070 and rows[1, ru.BAD] == 1
+    assert rows[2, ru.MN] == -7.0 and rows[2, ru.MN_STEP] == 1150
+    assert rows[3, ru.S0] == 1192 and rows[3, ru.S1] == 1199 and rows[3, ru.LAST] == values[-1]
+
+
+def test_envelope_from_rollups_equals_envelope_from_points():
+    rng = np.random.default_rng(3)
+    steps = np.sort(rng.choice(10**6, 200_000, replace=False)).astype(np.int64)
+    values = rng.standard_normal(steps.size)
+    spikes = rng.choice(steps.size, 40, replace=False)
+    values[spikes] = 100 + np.arange(40)
+    values[rng.choice(steps.size, 5, replace=False)] = np.nan
+    lo, hi = int(steps[0]), int(steps[-1])
+    exact = ru.envelope(ru.points_as_rows(steps, values), lo=lo, hi=hi, buckets=500)
+    summary = ru.envelope(ru.rollup(steps, values, 64), lo=lo, hi=hi, buckets=500)
+    assert np.array_equal(exact.steps, summary.steps)
+    assert np.array_equal(exact.max[exact.max >= 100], summary.max[summary.max >= 100])
+    # "last" is the last value of the last chunk ending in a bucket: a point of the bucket, inside its band.
+    ok = np.isfinite(summary.last)
+    assert np.all((summary.last[ok] >= summary.min[ok]) & (summary.last[ok] <= summary.max[ok]))
+    assert set(exact.nonfinite) <= set(summary.nonfinite)
+
+
+def test_zoomed_out_read_is_an_envelope_with_every_spike(run):
+    n = 60_000
+    rng = np.random.default_rng(5)
+    values = 2.0 + 0.01 * rng.standard_normal(n)
+    spike_steps = sorted(rng.choice(n, 25, replace=False).tolist())
+    values[spike_steps] = 50.0 + np.arange(25)
+    write(run, range(n), values, key="mfu", batch=2000)
+    for series in MetricSeries.objects.filter(run=run):
+        metrics_compact(series_id=series.pk)
+    env = read(run, key="mfu", max_points=300)
+    assert env["mode"] == "envelope" and len(env["steps"]) <= 300
+    width = env["bucket"]
+    for i, step in enumerate(spike_steps):
+        bucket = np.flatnonzero(env["steps"] == step - step % width)[0]
+        assert env["max"][bucket] >= np.float32(50.0 + i)  # two spikes may share a bucket
+    assert float(env["min"].min()) > 1.9
+    zoom = read(run, key="mfu", lo=spike_steps[3] - 100, hi=spike_steps[3] + 100, max_points=300)
+    assert zoom["mode"] == "full" and len(zoom["steps"]) == 201 and zoom["values"].max() >= 53.0
+    edge = read(run, key="mfu", lo=spike_steps[3], hi=spike_steps[3] + 5000, max_points=100)
+    assert edge["mode"] == "envelope" and edge["steps"][0] == spike_steps[3] and edge["max"][0] == np.float32(53.0)
+
+
+def test_nonfinite_points_flag_their_buckets(run):
+    values = np.ones(5000)
+    values[1234] = np.nan
+    values[4000] = np.inf
+    write(run, range(5000), values, batch=1000)
+    env = read(run, max_points=50)
+    flagged = env["steps"][env["nonfinite"]].tolist()
+    assert flagged == [1200, 4000] and env["bucket"] == 100
+    assert float(env["max"].max()) == 1.0  # infinities are flagged, not drawn

@@ -12,13 +12,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from runs.routing import websocket_urlpatterns  # noqa: E402
+from runs.views.ingest import IngestFastPath  # noqa: E402
 from runs.warmup import warm_up_in_background  # noqa: E402
 
 warm_up_in_background()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+# The ingest path is served by a lean handler in front of Django (token auth, one transaction per batch);
+# everything else, websockets included, goes through the normal stack.
+application = IngestFastPath(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

@@ -101,3 +101,9 @@ def operator(db, django_user_model):
 @pytest.fixture
 def admin_user_role(db, django_user_model):
     return _user(django_user_model, "ada", "admin")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread for the rest of
+    the session, after which pytest-asyncio (the websocket consumer tests) can no longer start one."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

@@ -163,6 +163,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
             "checkpoints": run.checkpoints.all()[:50],
             "launch_blocker": launch_blocker(run),
+        "has_metrics": run.status != RunStatus.DRAFT or run.series.exists(),
             "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
             "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
             "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,

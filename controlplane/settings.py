@@ -135,7 +135,7 @@ def _database() -> dict:
         )
     if config["ENGINE"].endswith("sqlite3"):
         config["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
-    return config
+    return dict(config)
 
 
 DATABASES = {"default": _database()}
@@ -215,6 +215,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
+
+
 def _plotly_bundle_dir() -> str:
     # plotly.js is served from the plotly package's own bundle (pinned in requirements.txt), never a CDN.
     import plotly

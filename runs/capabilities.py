@@ -78,8 +78,9 @@ def check_capabilities(*, caps: Any, source: str = "capabilities") -> dict[str, 
     for key, (wording, kind) in _SCHEMA.items():
         value = caps.get(key)
         item_kind = _LIST_ITEM_TYPES.get(key)
+        items: list = value if isinstance(value, list) else []
         if not isinstance(value, kind) or (
-            item_kind is not None and not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in value)
+            item_kind is not None and not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in items)
         ):
             problems.append(f"'{key}' must be {wording}")
     reasons = caps.get("reasons", {})

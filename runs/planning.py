@@ -497,6 +497,8 @@ def _mean_attention_length(cfg: dict[str, Any], *, total_steps: int) -> float:
     """Sequence length averaged over the run's steps, following the curriculum (tokens per step are constant)."""
     stages = cfg.get("curriculum")
     seq = cfg["batch"]["seq_len"]
+    if not isinstance(stages, list):
+        return float(seq)
     try:
         starts = [(int(s["start_step"]), int(s["seq_len"])) for s in stages]
     except (TypeError, KeyError, ValueError):
@@ -618,8 +620,8 @@ def plan(
     if blocking:
         raise PlanError(blocking)
     if mfu is None:
-        planning = cfg.get("planning") if isinstance(cfg.get("planning"), dict) else {}
-        mfu = float(planning.get("mfu", DEFAULT_MFU))
+        planning = cfg.get("planning")
+        mfu = float(planning.get("mfu", DEFAULT_MFU) if isinstance(planning, dict) else DEFAULT_MFU)
     if not 0 < mfu <= 1:
         raise PlanError(
             [

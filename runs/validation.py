@@ -374,7 +374,8 @@ def _check_cluster(r: _Reader) -> dict[str, Any]:
             f"not {c['nodes']}; set it to 1 or use the slurm or hostfile backend.",
             {"cluster.nodes": 1},
         )
-    c["world"] = c["nodes"] * c["gpus_per_node"] if c["nodes"] and c["gpus_per_node"] else None
+    nodes, per_node = c["nodes"], c["gpus_per_node"]
+    c["world"] = int(nodes) * int(per_node) if nodes and per_node else None
     return c
 
 

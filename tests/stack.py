@@ -69,18 +69,51 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     }
     if not settings.EMBEDDED_REDIS:
         env["REDIS_URL"] = os.environ["REDIS_URL"]
-    web_log = open(logs / "web.log", "wb")  # noqa: SIM115 - owned by the child
-    worker_log = open(logs / "worker.log", "wb")  # noqa: SIM115
+    web_log = open(logs / "web.log", "wb")
+    worker_log = open(logs / "worker.log", "wb")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--host", "127.0.0.1", "--port",
-             str(port), "--no-access-log"],
-            cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "controlplane.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=web_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--loglevel", "INFO", "--concurrency",
-             "2", "--without-gossip", "--without-mingle", "-n", f"e2e-{port}@%h", "-Q", f"e2e-{port}"],
-            cwd=ROOT, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "controlplane",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"e2e-{port}@%h",
+                "-Q",
+                f"e2e-{port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         ),
     ]
     stack = Stack(url=f"http://127.0.0.1:{port}", runs_dir=runs_dir, procs=procs, logs=logs)

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from django.conf import settings
-
 from runs.models import Run, RunStatus, Trainer
 from runs.services.jobs import run_finish, run_record_job
 from runs.services.rundir import run_dir_prepare
@@ -61,9 +59,22 @@ def _write_ds_config(run: Run, run_dir: Path) -> None:
     """A user's script gets the DeepSpeed config generated from the run, written by the jobs package itself."""
     world = run.cluster.nodes * run.cluster.gpus_per_node
     subprocess.run(
-        [sys.executable, "-m", "jobs.ds_config", "--run-dir", str(run_dir), "--world-size", str(world),
-         "--accelerator", run.cluster.accelerator],
-        cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "jobs.ds_config",
+            "--run-dir",
+            str(run_dir),
+            "--world-size",
+            str(world),
+            "--accelerator",
+            run.cluster.accelerator,
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
@@ -85,8 +96,12 @@ def launch_run(run_id: int) -> str:
         # A worker died between starting the job and recording it: the job's own record names it.
         if run.cluster.backend in ("local", "hostfile") and run.run_dir and job_file.exists():
             record = json.loads(job_file.read_text())
-            run_record_job(run=run, job_id=f"local:{record['pid']}:{record['start_ticks']}", run_dir=run.run_dir,
-                           backend=run.cluster.backend)
+            run_record_job(
+                run=run,
+                job_id=f"local:{record['pid']}:{record['start_ticks']}",
+                run_dir=run.run_dir,
+                backend=run.cluster.backend,
+            )
             return "re-attached"
     else:
         return f"nothing to do for a {run.status} run"

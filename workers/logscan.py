@@ -71,8 +71,7 @@ def loss_records(lines: list[str], *, time_s: float) -> list[dict]:
         if not match:
             continue
         value = float(match.group("loss"))
-        records.append({"kind": "metrics", "step": int(match.group("step")), "time": time_s,
-                        "values": {"loss": value}})
+        records.append({"kind": "metrics", "step": int(match.group("step")), "time": time_s, "values": {"loss": value}})
     return records
 
 

@@ -7,8 +7,11 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
-from workers import launching, watching
-from workers import webhook_tasks  # noqa: F401  (registers workers.deliver_webhook with this app)
+from workers import (
+    launching,
+    watching,
+    webhook_tasks,  # noqa: F401  (registers workers.deliver_webhook with this app)
+)
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0

@@ -101,11 +101,23 @@ def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
                 metrics_record(run=run, records=records)
     for finding in findings:
         if finding.kind == "oom":
-            alert_raise(run=run, kind=AlertKind.OOM, severity=Severity.CRITICAL, step=run.last_step,
-                        message="Out of memory", evidence=finding.line)
+            alert_raise(
+                run=run,
+                kind=AlertKind.OOM,
+                severity=Severity.CRITICAL,
+                step=run.last_step,
+                message="Out of memory",
+                evidence=finding.line,
+            )
         elif finding.kind == "nccl":
-            alert_raise(run=run, kind=AlertKind.NCCL, severity=Severity.CRITICAL, step=run.last_step,
-                        message="Collective communication error", evidence=finding.line)
+            alert_raise(
+                run=run,
+                kind=AlertKind.NCCL,
+                severity=Severity.CRITICAL,
+                step=run.last_step,
+                message="Collective communication error",
+                evidence=finding.line,
+            )
         elif finding.kind == "status":
             state.data["job_status"] = finding.data
         elif finding.kind == "traceback":
@@ -117,12 +129,18 @@ def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
 
 def _check_hang(run: Run, run_dir: Path) -> None:
     timeout = float(run.config.get("alerts", {}).get("hang_timeout_s", 300))
-    newest = max((p.stat().st_mtime for p in (run_dir / "metrics.jsonl", run_dir / "stdout.log") if p.exists()),
-                 default=None)
+    newest = max(
+        (p.stat().st_mtime for p in (run_dir / "metrics.jsonl", run_dir / "stdout.log") if p.exists()), default=None
+    )
     if newest is not None and time.time() - newest > timeout:
-        alert_raise(run=run, kind=AlertKind.HANG, severity=Severity.CRITICAL, step=run.last_step,
-                    message=f"No heartbeat, step or output for {timeout:.0f} s",
-                    evidence=f"last write {time.time() - newest:.0f} s ago")
+        alert_raise(
+            run=run,
+            kind=AlertKind.HANG,
+            severity=Severity.CRITICAL,
+            step=run.last_step,
+            message=f"No heartbeat, step or output for {timeout:.0f} s",
+            evidence=f"last write {time.time() - newest:.0f} s ago",
+        )
 
 
 def _end_reason(status, state: _State) -> tuple[str, str]:
@@ -172,11 +190,23 @@ def watch_once(run_id: int) -> bool:
         _ingest_metrics_file(run, run_dir, state)
         final, reason = _end_reason(status, state)
         if status.state == JobState.LOST:
-            alert_raise(run=run, kind=AlertKind.JOB_LOST, severity=Severity.CRITICAL, step=run.last_step,
-                        message="Job lost by the backend", evidence=status.reason)
+            alert_raise(
+                run=run,
+                kind=AlertKind.JOB_LOST,
+                severity=Severity.CRITICAL,
+                step=run.last_step,
+                message="Job lost by the backend",
+                evidence=status.reason,
+            )
         elif final == RunStatus.FAILED:
-            alert_raise(run=run, kind=AlertKind.JOB_FAILED, severity=Severity.CRITICAL, step=run.last_step,
-                        message="Job failed", evidence=reason[:2000])
+            alert_raise(
+                run=run,
+                kind=AlertKind.JOB_FAILED,
+                severity=Severity.CRITICAL,
+                step=run.last_step,
+                message="Job failed",
+                evidence=reason[:2000],
+            )
         state.save()
         run_finish(run=run, status=final, reason=reason)
         return False

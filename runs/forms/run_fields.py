@@ -26,7 +26,9 @@ class ConfigField:
     def build(self) -> forms.Field:
         common: dict[str, Any] = {"label": self.label, "help_text": self.help}
         if self.kind == "int":
-            return forms.IntegerField(min_value=self.min_value, max_value=self.max_value, **common)
+            lo = None if self.min_value is None else int(self.min_value)
+            hi = None if self.max_value is None else int(self.max_value)
+            return forms.IntegerField(min_value=lo, max_value=hi, **common)
         if self.kind == "float":
             return forms.FloatField(min_value=self.min_value, max_value=self.max_value, **common)
         if self.kind == "bool":

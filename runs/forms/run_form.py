@@ -126,7 +126,7 @@ class RunForm(forms.Form):
         return cfg
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = super().clean() or {}
         # The name does not change the plan; any other broken field would make the plan describe the preset instead.
         if set(self.errors) - {"name"} or not data.get("cluster") or not data.get("recipe"):
             return data

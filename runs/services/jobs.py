@@ -14,8 +14,13 @@ from runs.services.transitions import IllegalTransition, transition
 def run_record_job(*, run: Run, job_id: str, run_dir: str, backend: str) -> Run:
     with transaction.atomic():
         Run.objects.filter(pk=run.pk).update(backend_job_id=job_id, run_dir=run_dir)
-        audit_record(actor="system", action="run.submitted", obj=run, message=f"{backend} job {job_id}",
-                     diff={"backend_job_id": [run.backend_job_id, job_id], "run_dir": [run.run_dir, run_dir]})
+        audit_record(
+            actor="system",
+            action="run.submitted",
+            obj=run,
+            message=f"{backend} job {job_id}",
+            diff={"backend_job_id": [run.backend_job_id, job_id], "run_dir": [run.run_dir, run_dir]},
+        )
     run.refresh_from_db()
     return run
 

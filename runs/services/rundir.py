@@ -18,8 +18,7 @@ def run_dir_path(run: Run) -> Path:
 
 def run_json(run: Run) -> dict:
     cfg = json.loads(json.dumps(run.config))
-    cfg["run"] = {**cfg.get("run", {}), "id": run.pk, "name": run.name, "attempt": run.attempt,
-                  "trainer": run.trainer}
+    cfg["run"] = {**cfg.get("run", {}), "id": run.pk, "name": run.name, "attempt": run.attempt, "trainer": run.trainer}
     cfg["reporter"] = {
         "ingest_url": f"{settings.CP_BASE_URL.rstrip('/')}/api/v1/ingest/{run.pk}/",
         "every_n_steps": 1,

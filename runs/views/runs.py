@@ -160,10 +160,10 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "run": run,
             "events": events,
             "alerts": run.alerts.all()[:50],
-        "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
+            "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
             "checkpoints": run.checkpoints.all()[:50],
             "launch_blocker": launch_blocker(run),
-        "has_metrics": run.status != RunStatus.DRAFT or run.series.exists(),
+            "has_metrics": run.status != RunStatus.DRAFT or run.series.exists(),
             "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
             "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
             "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
@@ -217,5 +217,12 @@ def run_compare(request: HttpRequest) -> HttpResponse:
 def run_state(request: HttpRequest, pk: int) -> JsonResponse:
     """What a page re-reads after its websocket (re)connects, so no status change is missed."""
     run = get_object_or_404(Run, pk=pk)
-    return JsonResponse({"id": run.pk, "status": run.status, "status_label": run.get_status_display(),
-                         "failure_reason": run.failure_reason, "backend_job_id": run.backend_job_id})
+    return JsonResponse(
+        {
+            "id": run.pk,
+            "status": run.status,
+            "status_label": run.get_status_display(),
+            "failure_reason": run.failure_reason,
+            "backend_job_id": run.backend_job_id,
+        }
+    )

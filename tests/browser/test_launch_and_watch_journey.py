@@ -47,8 +47,9 @@ def test_launch_watch_alert_cancel(page: Page, stack):
     expect(page.locator("#run-status")).to_have_text("Running", timeout=120_000)
 
     # The curve grows in the page without a reload.
-    page.wait_for_function("() => Number(document.querySelector('#chart-loss')?.dataset.points || 0) >= 3",
-                           timeout=120_000)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#chart-loss')?.dataset.points || 0) >= 3", timeout=120_000
+    )
     first_point_s = time.monotonic() - started
     grown_from = _points(page)
     page.wait_for_function(

@@ -16,7 +16,10 @@ def tiny_run(*, owner, name: str = "tiny-test", **overrides) -> Run:
             node = node[key]
         node[leaf] = value
     return run_create(
-        owner=owner, name=name, preset="tiny", trainer="reference",
+        owner=owner,
+        name=name,
+        preset="tiny",
+        trainer="reference",
         cluster=Cluster.objects.get(name="local-cpu"),
         recipe=DataMixRecipe.objects.get(name="bilingual-demo", version=1),
         config=cfg,

@@ -19,8 +19,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 UNREACHABLE = "http://127.0.0.1:9"
 
 
-def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: str = "", cluster: str = "local-cpu",
-          **training) -> Run:
+def _tiny(
+    owner,
+    *,
+    name: str,
+    steps: int,
+    trainer: str = "reference",
+    script: str = "",
+    cluster: str = "local-cpu",
+    **training,
+) -> Run:
     from runs.models import Cluster, DataMixRecipe
 
     cfg = preset_config("tiny")
@@ -29,9 +37,16 @@ def _tiny(owner, *, name: str, steps: int, trainer: str = "reference", script: s
     cfg["training"].update(training)
     cfg["optimizer"]["warmup_steps"] = 2
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 32}, {"start_step": steps // 2, "seq_len": 64}]
-    run = run_create(owner=owner, name=name, preset="tiny", trainer=trainer, script_path=script,
-                     cluster=Cluster.objects.get(name=cluster),
-                     recipe=DataMixRecipe.objects.get(name="bilingual-demo"), config=cfg)
+    run = run_create(
+        owner=owner,
+        name=name,
+        preset="tiny",
+        trainer=trainer,
+        script_path=script,
+        cluster=Cluster.objects.get(name=cluster),
+        recipe=DataMixRecipe.objects.get(name="bilingual-demo"),
+        config=cfg,
+    )
     return run_launch(actor=owner, run=run)
 
 
@@ -72,7 +87,8 @@ def test_injected_oom_fails_the_run_with_an_alert(seeded, operator, runs_dir, mo
 
 def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path):
     script = tmp_path / "my_train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import argparse, os
         p = argparse.ArgumentParser(); p.add_argument("--deepspeed_config"); p.add_argument("--local_rank", type=int)
         args = p.parse_args()
@@ -81,7 +97,8 @@ def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path)
             for step in range(1, 6):
                 print(f"step {step} | loss {4.0 / step:.4f}", flush=True)
             print("step 6 | loss nan", flush=True)
-    """))
+    """)
+    )
     run = _follow(_tiny(operator, name="byo", steps=6, trainer="own_script", script=str(script)))
     assert run.status == RunStatus.SUCCEEDED, run.failure_reason
     assert MetricSeries.objects.get(run=run, key="loss").points == 6
@@ -91,8 +108,16 @@ def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path)
 def test_the_same_launch_on_a_real_slurm(seeded, operator, runs_dir, slurm_cluster):
     from runs.models import BackendKind, Cluster
 
-    Cluster.objects.create(name="slurm-local", backend=BackendKind.SLURM, nodes=1, gpus_per_node=2,
-                           accelerator="cpu", gpu_type="CPU", gpu_memory_gb=8, partition="debug")
+    Cluster.objects.create(
+        name="slurm-local",
+        backend=BackendKind.SLURM,
+        nodes=1,
+        gpus_per_node=2,
+        accelerator="cpu",
+        gpu_type="CPU",
+        gpu_memory_gb=8,
+        partition="debug",
+    )
     run = _follow(_tiny(operator, name="on-slurm", steps=4, cluster="slurm-local"))
     assert run.status == RunStatus.SUCCEEDED, run.failure_reason
     assert run.backend_job_id.isdigit()

@@ -5,8 +5,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from workers.backends.base import JobState, LaunchSpec
 from workers.backends.local import LocalBackend
 
@@ -15,8 +13,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _spec(run_dir: Path, script: Path, ranks: int = 2) -> LaunchSpec:
     return LaunchSpec(
-        run_id=1, run_dir=run_dir, module_argv=[str(script)], env={}, nodes=1, gpus_per_node=ranks,
-        accelerator="cpu", python=sys.executable, workdir=ROOT, master_port=29000 + (hash(str(run_dir)) % 5000),
+        run_id=1,
+        run_dir=run_dir,
+        module_argv=[str(script)],
+        env={},
+        nodes=1,
+        gpus_per_node=ranks,
+        accelerator="cpu",
+        python=sys.executable,
+        workdir=ROOT,
+        master_port=29000 + (hash(str(run_dir)) % 5000),
     )
 
 
@@ -37,10 +43,13 @@ def _wait(backend, job_id, run_dir, *, timeout=90):
 
 
 def test_two_ranks_run_and_succeed(tmp_path):
-    script = _script(tmp_path, """
+    script = _script(
+        tmp_path,
+        """
         import os
         print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], flush=True)
-    """)
+    """,
+    )
     backend = LocalBackend()
     handle = backend.submit(_spec(tmp_path, script))
     status = _wait(backend, handle.job_id, tmp_path)
@@ -50,10 +59,13 @@ def test_two_ranks_run_and_succeed(tmp_path):
 
 
 def test_a_failing_rank_fails_the_job_with_its_code(tmp_path):
-    script = _script(tmp_path, """
+    script = _script(
+        tmp_path,
+        """
         import os, sys
         sys.exit(3 if os.environ["RANK"] == "1" else 0)
-    """)
+    """,
+    )
     backend = LocalBackend()
     handle = backend.submit(_spec(tmp_path, script))
     status = _wait(backend, handle.job_id, tmp_path)
@@ -61,11 +73,14 @@ def test_a_failing_rank_fails_the_job_with_its_code(tmp_path):
 
 
 def test_a_new_backend_reattaches_and_cancel_stops_every_rank(tmp_path):
-    script = _script(tmp_path, """
+    script = _script(
+        tmp_path,
+        """
         import os, time
         open(os.path.join(os.environ.get("CP_OUT", "."), f"pid-{os.environ['RANK']}"), "w").write(str(os.getpid()))
         time.sleep(300)
-    """)
+    """,
+    )
     spec = _spec(tmp_path, script)
     spec = LaunchSpec(**{**spec.__dict__, "env": {"CP_OUT": str(tmp_path)}})
     handle = LocalBackend().submit(spec)

@@ -14,8 +14,15 @@ from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
 
 def deepspeed_argv(spec: LaunchSpec) -> list[str]:
     """`deepspeed --num_gpus N --master_port P [--module] PROGRAM ARGS` for one node."""
-    argv = [spec.python, "-m", "deepspeed.launcher.runner", "--num_gpus", str(spec.gpus_per_node),
-            "--master_port", str(spec.master_port)]
+    argv = [
+        spec.python,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(spec.gpus_per_node),
+        "--master_port",
+        str(spec.master_port),
+    ]
     program = list(spec.module_argv)
     if program[:1] == ["-m"]:
         argv.append("--module")
@@ -73,7 +80,9 @@ class LocalBackend:
             return JobStatus(JobState.FAILED, code, f"the job exited with code {code}")
         if cancelled:
             return JobStatus(JobState.CANCELLED, None, "cancelled")
-        return JobStatus(JobState.LOST, None, "the job's processes are gone and left no exit status (killed with SIGKILL?)")
+        return JobStatus(
+            JobState.LOST, None, "the job's processes are gone and left no exit status (killed with SIGKILL?)"
+        )
 
     def cancel(self, job_id: str, run_dir: Path) -> None:
         pid, ticks = self._parse(job_id)

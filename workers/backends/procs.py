@@ -29,8 +29,8 @@ def alive(pid: int, ticks: int) -> bool:
 
 def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path) -> dict:
     """Start argv as a new session (its own process group) with logs in run_dir; return the job record."""
-    stdout = open(run_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child, closed below
-    stderr = open(run_dir / "stderr.log", "ab")  # noqa: SIM115
+    stdout = open(run_dir / "stdout.log", "ab")
+    stderr = open(run_dir / "stderr.log", "ab")
     try:
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True

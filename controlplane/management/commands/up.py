@@ -59,7 +59,10 @@ def start_demo_run():
     if owner is None:
         return None
     run = run_create(
-        owner=owner, name="demo-tiny", preset="tiny", trainer="reference",
+        owner=owner,
+        name="demo-tiny",
+        preset="tiny",
+        trainer="reference",
         cluster=Cluster.objects.get(name="local-cpu"),
         recipe=DataMixRecipe.objects.filter(name="bilingual-demo").order_by("version").first(),
         config=preset_config("tiny"),
@@ -79,6 +82,7 @@ class Command(BaseCommand):
     def handle(self, *args, host: str, port: int, no_worker: bool, no_demo: bool, **options):
         redis_proc = None
         children: list[subprocess.Popen] = []
+        names: dict[int, str] = {}
         stopping = False
 
         def stop(signum=None, frame=None):
@@ -133,15 +137,21 @@ class Command(BaseCommand):
                         env=env,
                     )
                 )
+            names.update({children[0].pid: "the web server"})
+            if len(children) > 1:
+                names[children[1].pid] = "the Celery worker"
             self.stdout.write(self.style.SUCCESS(f"control plane on http://{host}:{port}/  (Ctrl-C stops it)"))
             if not no_worker and not no_demo:
                 demo = start_demo_run()
                 if demo is not None:
-                    self.stdout.write(f"demo run #{demo.pk} ({demo.name}) launched: http://{host}:{port}/runs/{demo.pk}/")
+                    self.stdout.write(
+                        f"demo run #{demo.pk} ({demo.name}) launched: http://{host}:{port}/runs/{demo.pk}/"
+                    )
             while not stopping:
                 for child in children:
                     if child.poll() is not None:
-                        self.stderr.write(f"{child.args[2]} exited with {child.returncode}; stopping")
+                        name = names.get(child.pid, "a child process")
+                        self.stderr.write(f"{name} exited with {child.returncode}; stopping")
                         stopping = True
                 time.sleep(0.5)
         finally:

@@ -39,6 +39,27 @@ def rotary_tables(dim: int, seq_len: int, theta: float, device: torch.device) ->
     return emb.cos(), emb.sin()
 
 
+class RotaryTables(nn.Module):
+    """cos/sin tables for positions [0, max_seq_len), built once as non-persistent fp32 buffers and sliced per call.
+
+    Rebuilding them every step costs a pow/cos/sin per element inside the fused rotary kernels; a slice of the same
+    table holds the same values (each entry depends only on its position and frequency). Non-persistent, so neither
+    checkpoints nor the HF export see them. Longer sequences than the table fall back to building one on the fly.
+    """
+
+    def __init__(self, dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        self.dim, self.theta = dim, theta
+        cos, sin = rotary_tables(dim, max_seq_len, theta, torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len > self.cos.shape[0] or self.cos.is_meta:
+            return rotary_tables(self.dim, seq_len, self.theta, self.cos.device)
+        return self.cos[:seq_len], self.sin[:seq_len]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

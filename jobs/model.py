@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from jobs.attention import RMSNorm, build_attention, rotary_tables
+from jobs.attention import RMSNorm, RotaryTables, build_attention
 from jobs.config import ModelConfig
 from jobs.moe import MLP, MoEFeedForward, RoutedExperts
 
@@ -75,6 +75,7 @@ class Transformer(nn.Module):
             # Sharing the Parameter (not reading embed_tokens.weight in forward) lets ZeRO-3 gather it in lm_head.
             self.lm_head.weight = self.embed_tokens.weight
         self.rope_dim = cfg.qk_rope_head_dim if cfg.is_mla else cfg.head_dim
+        self.rotary = RotaryTables(self.rope_dim, cfg.max_seq_len, cfg.rope_theta)
 
     @property
     def moe_layers(self) -> list[DecoderLayer]:
@@ -88,7 +89,7 @@ class Transformer(nn.Module):
     def forward_with_aux(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> (logits [B, T, V], summed MoE balance loss, per-expert routed-token counts [n_moe_layers, E] or None)."""
         x = self.embed_tokens(input_ids)
-        cos, sin = rotary_tables(self.rope_dim, input_ids.shape[1], self.cfg.rope_theta, x.device)
+        cos, sin = self.rotary(input_ids.shape[1])
         aux_total = x.new_zeros((), dtype=torch.float32)
         counts = []
         for layer in self.layers:

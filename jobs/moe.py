@@ -248,8 +248,8 @@ class RoutedExperts(nn.Module):
         order = flat.argsort(stable=True)
         # order is a permutation of the n*k (token, choice) slots; its inverse puts expert outputs back in slot order.
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        counts = torch.zeros(self.num_experts, dtype=torch.long, device=x.device)
-        counts.index_add_(0, flat, torch.ones_like(flat))
+        # One-hot sum, not index_add_: under torch.compile an int64 index_add_ becomes a serialising index_put kernel.
+        counts = (flat[:, None] == torch.arange(self.num_experts, device=flat.device)).sum(0)
         x_sorted = _DispatchTokens.apply(x, order, inverse, k)
         if self.ep_size == 1:
             y_sorted = self._run_local(x_sorted, counts)
@@ -310,8 +310,8 @@ class MoEFeedForward(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         aux = sequence_balance_loss(scores.view(b, t, -1), idx.view(b, t, -1), self.num_experts)
-        counts = torch.zeros(self.num_experts, device=x.device, dtype=torch.float32)
-        counts.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), device=x.device))
+        experts = torch.arange(self.num_experts, device=idx.device)
+        counts = (idx.reshape(-1, 1) == experts).sum(0, dtype=torch.float32)
         return out, aux, counts
 
 

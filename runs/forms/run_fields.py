@@ -37,6 +37,9 @@ class ConfigField:
         return forms.TypedChoiceField(choices=self.choices, coerce=int if numeric else str, **common)
 
 
+# The remediation policy is kept with the run; this version acts on it by alerting only.
+_POLICY_ONLY = "Recorded with the run's policy. Today the control plane alerts (page and webhook); it does not relaunch or roll back by itself."
+
 GROUPS: list[tuple[str, list[ConfigField]]] = [
     (
         "Model",
@@ -140,11 +143,19 @@ GROUPS: list[tuple[str, list[ConfigField]]] = [
             ConfigField("alerts.grad_norm_max", "Grad-norm ceiling", "float", min_value=0),
             ConfigField("alerts.hang_timeout_s", "Hang timeout (s)", "int", min_value=10, max_value=86400),
             ConfigField("alerts.throughput_drop_pct", "Throughput drop alert (%)", "float", min_value=1, max_value=100),
-            ConfigField("remediation.max_attempts", "Automatic relaunches at most", "int", min_value=0, max_value=10),
+            ConfigField(
+                "remediation.max_attempts",
+                "Automatic relaunches at most",
+                "int",
+                help=_POLICY_ONLY,
+                min_value=0,
+                max_value=10,
+            ),
             ConfigField(
                 "remediation.on_spike",
                 "On loss spike / NaN",
                 "choice",
+                help=_POLICY_ONLY,
                 choices=(("alert", "Alert only"), ("rollback", "Roll back to the last good checkpoint")),
             ),
         ],

@@ -1,6 +1,6 @@
 """Tokens/s of the tiny preset on CPU with one and two ranks (DeepSpeed launcher, gloo, OMP_NUM_THREADS=1).
 
-  python bench/cpu_tiny.py [--steps 60]
+python bench/cpu_tiny.py [--steps 60]
 """
 
 from __future__ import annotations
@@ -26,19 +26,41 @@ def run(ranks: int, steps: int, port: int) -> float:
     cfg["batch"].update({"micro_batch": 8, "grad_accum": 1, "global_batch_tokens": 8 * 64 * ranks})
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 64}]
     cfg["optimizer"]["warmup_steps"] = 5
-    cfg["training"].update({"total_steps": steps, "token_budget": 8 * 64 * ranks * steps,
-                            "checkpoint_interval": 10 * steps, "log_interval": 1})
+    cfg["training"].update(
+        {
+            "total_steps": steps,
+            "token_budget": 8 * 64 * ranks * steps,
+            "checkpoint_interval": 10 * steps,
+            "log_interval": 1,
+        }
+    )
     cfg["run"] = {"id": 0, "name": f"cpu-{ranks}", "attempt": 1, "trainer": "reference"}
     cfg["reporter"] = {"ingest_url": None}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "run.json").write_text(json.dumps(cfg))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-        subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
-                        str(port), "--module", "jobs.train", "--run-dir", tmp], cwd=ROOT, env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deepspeed.launcher.runner",
+                "--num_gpus",
+                str(ranks),
+                "--master_port",
+                str(port),
+                "--module",
+                "jobs.train",
+                "--run-dir",
+                tmp,
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         recs = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
         tps = [r["values"]["tokens_per_s"] for r in recs if r.get("kind") == "metrics"]
-        return statistics.median(tps[len(tps) // 4:])
+        return statistics.median(tps[len(tps) // 4 :])
 
 
 def main() -> None:

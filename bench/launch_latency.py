@@ -79,11 +79,43 @@ def main() -> None:
     port = _port()
     env = {**os.environ, "CP_BASE_URL": f"http://127.0.0.1:{port}", "CP_CELERY_QUEUE": f"bench-{port}"}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--port", str(port),
-                          "--no-access-log", "--log-level", "warning"], cwd=ROOT, env=env, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", f"bench-{port}",
-                          "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-                         cwd=ROOT, env=env, start_new_session=True),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "controlplane.asgi:application",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "controlplane",
+                "worker",
+                "-Q",
+                f"bench-{port}",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        ),
     ]
     base = f"http://127.0.0.1:{port}"
     results = []
@@ -96,8 +128,11 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         login = _form(client, "/accounts/login/")
-        client.post("/accounts/login/", data={**login, "username": "admin", "password": "admin-pass-123"},
-                    headers={"Referer": base})
+        client.post(
+            "/accounts/login/",
+            data={**login, "username": "admin", "password": "admin-pass-123"},
+            headers={"Referer": base},
+        )
         time.sleep(5)  # the worker's start-up is not part of a launch
         for i in range(args.repeats):
             data = _form(client, "/runs/new/?preset=tiny")
@@ -127,8 +162,10 @@ def main() -> None:
             embedded_redis.stop(redis_proc, settings.EMBEDDED_REDIS_SOCKET)
     done = [r for r in results if r is not None]
     if done:
-        print(f"launch -> first point: median {statistics.median(done):.2f} s, max {max(done):.2f} s "
-              f"over {len(done)} launches (goal <= 10 s)")
+        print(
+            f"launch -> first point: median {statistics.median(done):.2f} s, max {max(done):.2f} s "
+            f"over {len(done)} launches (goal <= 10 s)"
+        )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def prepare(out: Path, steps: int) -> None:
     from runs.planning import plan
     from runs.validation import validate_config
     from workers.backends.base import LaunchSpec
-    from workers.backends.local import deepspeed_argv
+    from workers.backends.local import launcher_argv
 
     out.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -109,7 +109,7 @@ def prepare(out: Path, steps: int) -> None:
             workdir=ROOT,
             master_port=port,
         )
-        argv = deepspeed_argv(spec)
+        argv = launcher_argv(spec)
         lines.append(
             f"echo '== {name}'; {shlex.join(argv)} > {rel}/stdout.log 2> {rel}/stderr.log; "
             f'echo "exit $?"; tail -n 2 {rel}/stdout.log'

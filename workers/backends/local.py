@@ -8,35 +8,24 @@ import signal
 import time
 from pathlib import Path
 
+from workers.backends import commands
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
 
 
-def deepspeed_argv(spec: LaunchSpec) -> list[str]:
-    """`deepspeed --num_gpus N --master_port P [--module] PROGRAM ARGS` for one node."""
-    argv = [
-        spec.python,
-        "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        str(spec.gpus_per_node),
-        "--master_port",
-        str(spec.master_port),
-    ]
-    program = list(spec.module_argv)
-    if program[:1] == ["-m"]:
-        argv.append("--module")
-        program = program[1:]
-    return argv + program
+def launcher_argv(spec: LaunchSpec) -> list[str]:
+    """`deepspeed --num_gpus N --master_port P [--module] PROGRAM ARGS` on this machine."""
+    return commands.deepspeed_argv(
+        spec.python, spec.module_argv, gpus_per_node=spec.gpus_per_node, master_port=spec.master_port
+    )
 
 
-def job_env(spec: LaunchSpec) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **spec.env}
+def process_env(spec: LaunchSpec) -> dict[str, str]:
+    env = {**os.environ, **commands.job_env(spec)}
     if spec.accelerator == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # The ranks import jobs/ from the repository, wherever the launcher's working directory is.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(spec.workdir), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -49,9 +38,9 @@ class LocalBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("exit.json", "child.json", "cancel_requested"):
             (spec.run_dir / stale).unlink(missing_ok=True)
-        argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *deepspeed_argv(spec)]
+        argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
         try:
-            record = spawn_group(argv, run_dir=spec.run_dir, env=job_env(spec), cwd=spec.workdir)
+            record = spawn_group(argv, run_dir=spec.run_dir, env=process_env(spec), cwd=spec.workdir)
         except OSError as exc:
             raise LaunchError(f"Could not start the local job: {exc}") from exc
         return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail=record)

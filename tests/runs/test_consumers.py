@@ -33,6 +33,7 @@ def _communicator(user, path):
 async def test_anonymous_connection_is_refused(seeded):
     comm = _communicator(AnonymousUser(), "/ws/runs/")
     connected, code = await comm.connect(timeout=3)
+    await comm.disconnect()  # lets the application instance finish, so the event loop closes cleanly
     assert not connected and code == 4401
 
 
@@ -42,12 +43,14 @@ async def test_a_user_without_a_role_is_refused(seeded, django_user_model):
     )
     comm = _communicator(nobody, "/ws/runs/")
     connected, code = await comm.connect(timeout=3)
+    await comm.disconnect()
     assert not connected and code == 4403
 
 
 async def test_unknown_run_is_refused(seeded, viewer):
     comm = _communicator(viewer, "/ws/runs/999999/")
     connected, code = await comm.connect(timeout=3)
+    await comm.disconnect()
     assert not connected and code == 4404
 
 
@@ -65,4 +68,5 @@ async def test_viewer_receives_status_changes(seeded, viewer, operator):
 async def test_session_cookie_is_required_by_the_real_stack(seeded):
     comm = WebsocketCommunicator(app, "/ws/runs/")
     connected, code = await comm.connect(timeout=3)
+    await comm.disconnect()  # lets the application instance finish, so the event loop closes cleanly
     assert not connected and code == 4401

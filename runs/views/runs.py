@@ -24,6 +24,11 @@ from runs.services.runs import (
 )
 
 
+def _run_or_none(raw: str | None) -> Run | None:
+    """The run a query or form parameter names, or None for anything that is not a run id."""
+    return Run.objects.filter(pk=int(raw)).first() if raw and raw.isdigit() else None
+
+
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_list(request: HttpRequest) -> HttpResponse:
@@ -66,7 +71,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                     recipe=data["recipe"],
                     config=form.config(),
                     script_path=data.get("script_path", ""),
-                    parent=Run.objects.filter(pk=request.POST.get("parent") or 0).first(),
+                    parent=_run_or_none(request.POST.get("parent")),
                 )
             except RunInvalid as exc:
                 for issue in exc.issues:
@@ -75,7 +80,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Run #{run.pk} created as a draft.")
                 return redirect("run-detail", pk=run.pk)
     else:
-        fork_of = Run.objects.filter(pk=request.GET.get("fork") or 0).first()
+        fork_of = _run_or_none(request.GET.get("fork"))
         if fork_of is not None:
             form = RunForm(
                 preset=fork_of.preset,

@@ -169,3 +169,11 @@ def test_recipe_form_creates_and_versions(client, seeded, operator):
     v2 = DataMixRecipe.objects.get(name="code-heavy", version=2)
     page = client.get(reverse("recipe-detail", args=[v2.pk])).content.decode()
     assert "Changes from v1 to v2" in page
+
+
+def test_a_malformed_fork_or_parent_id_is_ignored_not_a_500(client, seeded, operator):
+    client.force_login(operator)
+    assert client.get(reverse("run-new") + "?fork=abc").status_code == 200
+    response = client.post(reverse("run-new"), {**_form_data(), "parent": "1 OR 1=1"})
+    assert response.status_code == 302
+    assert Run.objects.get().parent is None

@@ -65,6 +65,7 @@ def main() -> None:
 
     from controlplane import embedded_redis
     from controlplane.management.commands.up import ensure_default_users
+    from controlplane.processes import web_server_argv, worker_argv
     from runs.services.seed import seed_defaults
 
     redis_proc = None
@@ -80,38 +81,13 @@ def main() -> None:
     env = {**os.environ, "CP_BASE_URL": f"http://127.0.0.1:{port}", "CP_CELERY_QUEUE": f"bench-{port}"}
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "controlplane.asgi:application",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            web_server_argv(port=port, log_level="warning"),
             cwd=ROOT,
             env=env,
             start_new_session=True,
         ),
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "controlplane",
-                "worker",
-                "-Q",
-                f"bench-{port}",
-                "--concurrency",
-                "2",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            worker_argv(concurrency=2, queue=f"bench-{port}", log_level="WARNING"),
             cwd=ROOT,
             env=env,
             start_new_session=True,

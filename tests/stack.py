@@ -7,13 +7,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from controlplane.processes import web_server_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,17 +74,7 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     worker_log = open(logs / "worker.log", "wb")
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "controlplane.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
+            web_server_argv(port=port),
             cwd=ROOT,
             env=env,
             stdout=web_log,
@@ -91,24 +82,7 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
             start_new_session=True,
         ),
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "controlplane",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"e2e-{port}@%h",
-                "-Q",
-                f"e2e-{port}",
-            ],
+            worker_argv(concurrency=2, queue=f"e2e-{port}", name=f"e2e-{port}@%h"),
             cwd=ROOT,
             env=env,
             stdout=worker_log,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from controlplane import embedded_redis
+from controlplane.processes import web_server_argv, worker_argv
 from runs.roles import ADMIN, OPERATOR, VIEWER
 from runs.services.seed import seed_defaults
 
@@ -99,44 +99,9 @@ class Command(BaseCommand):
             seed_defaults()
             ensure_default_users(self.stdout)
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "controlplane.asgi:application",
-                        "--host",
-                        host,
-                        "--port",
-                        str(port),
-                        "--no-access-log",
-                        "--timeout-graceful-shutdown",
-                        "5",
-                    ],
-                    env=env,
-                )
-            )
+            children.append(subprocess.Popen(web_server_argv(host=host, port=port), env=env))
             if not no_worker:
-                children.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "celery",
-                            "-A",
-                            "controlplane",
-                            "worker",
-                            "--loglevel",
-                            "INFO",
-                            "--concurrency",
-                            str(settings.CP_WORKER_CONCURRENCY),
-                            "--without-gossip",
-                            "--without-mingle",
-                        ],
-                        env=env,
-                    )
-                )
+                children.append(subprocess.Popen(worker_argv(concurrency=settings.CP_WORKER_CONCURRENCY), env=env))
             names.update({children[0].pid: "the web server"})
             if len(children) > 1:
                 names[children[1].pid] = "the Celery worker"

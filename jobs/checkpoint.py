@@ -72,8 +72,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def kept_steps(steps: list[int], *, keep: int, keep_every: int = 0) -> set[int]:
+    """Retention: the newest ``keep`` checkpoints plus every step that is a multiple of ``keep_every``."""
+    kept = set(sorted(steps)[-keep:]) if keep > 0 else set()
+    if keep_every > 0:
+        kept |= {s for s in steps if s % keep_every == 0}
+    return kept
+
+
 def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state: dict, metrics: dict,
-         keep: int) -> dict | None:  # fmt: skip
+         keep: int, keep_every: int = 0) -> dict | None:  # fmt: skip
     """Collective: every rank calls it. Returns the index entry on rank 0, None elsewhere.
 
     ``rank_state`` differs per rank (data sampler, RNG); ``shared_state`` is the same everywhere (counters).
@@ -103,9 +111,11 @@ def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state
     }
     entries = [e for e in read_index(ckpt_dir) if e["step"] != step] + [entry]
     entries.sort(key=lambda e: e["step"])
-    for old in entries[:-keep]:
-        shutil.rmtree(ckpt_dir / old["tag"], ignore_errors=True)
-    _write_index(ckpt_dir, entries[-keep:])
+    kept = kept_steps([e["step"] for e in entries], keep=keep, keep_every=keep_every)
+    for old in entries:
+        if old["step"] not in kept:
+            shutil.rmtree(ckpt_dir / old["tag"], ignore_errors=True)
+    _write_index(ckpt_dir, [e for e in entries if e["step"] in kept])
     return entry
 
 

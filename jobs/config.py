@@ -165,6 +165,7 @@ class TrainingConfig:
     token_budget: int | None = None
     checkpoint_interval: int = 0
     keep_checkpoints: int = 3
+    keep_every: int = 0
     seed: int = 1234
     log_interval: int = 1
     nan_policy: str = "abort"
@@ -409,6 +410,7 @@ def _parse_training(raw: dict) -> TrainingConfig:
         token_budget=_field(s, p, "token_budget", int, None),
         checkpoint_interval=_field(s, p, "checkpoint_interval", int, 0),
         keep_checkpoints=_field(s, p, "keep_checkpoints", int, 3),
+        keep_every=_field(s, p, "keep_every", int, 0),
         seed=_field(s, p, "seed", int, 1234),
         log_interval=_field(s, p, "log_interval", int, 1),
         nan_policy=_field(s, p, "nan_policy", str, "abort"),
@@ -416,6 +418,7 @@ def _parse_training(raw: dict) -> TrainingConfig:
     _positive("training.total_steps", t.total_steps)
     _non_negative("training.checkpoint_interval", t.checkpoint_interval)
     _positive("training.keep_checkpoints", t.keep_checkpoints)
+    _non_negative("training.keep_every", t.keep_every)
     _positive("training.log_interval", t.log_interval)
     if t.nan_policy not in ("abort", "skip"):
         raise ConfigError(f"training.nan_policy: expected 'abort' or 'skip', got {t.nan_policy!r}")

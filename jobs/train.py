@@ -225,7 +225,11 @@ class Trainer:
         if not self.resume:
             return None
         ckpt_dir = self.run_dir / "checkpoints"
-        tag = checkpoint.resolve_tag(ckpt_dir, self.resume)
+        if Path(self.resume).is_absolute():
+            # A checkpoint folder of another run (the control plane's resume and fork buttons).
+            ckpt_dir, tag = Path(self.resume).parent, Path(self.resume).name
+        else:
+            tag = checkpoint.resolve_tag(ckpt_dir, self.resume)
         shared, mine = checkpoint.load(self.engine, ckpt_dir, tag)
         self.step = int(shared["step"])
         self.batcher.load_state_dict(mine["data"])
@@ -243,6 +247,7 @@ class Trainer:
             {"tokens": self.batcher.consumed_tokens()},
             metrics,
             self.cfg.training.keep_checkpoints,
+            self.cfg.training.keep_every,
         )
         if entry is not None:
             self.event("checkpoint_saved", step, tag=entry["tag"], path=entry["path"], bytes=entry["bytes"],

@@ -41,6 +41,12 @@ class _Base(AsyncJsonWebsocketConsumer):
     async def run_alert(self, event):
         await self.send_json(event)
 
+    async def artifact_update(self, event):
+        await self.send_json(event)
+
+    async def deployment_update(self, event):
+        await self.send_json(event)
+
 
 class RunConsumer(_Base):
     async def connect(self):

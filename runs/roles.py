@@ -7,8 +7,28 @@ from django.contrib.auth.models import Group, Permission
 VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
 ROLES = (VIEWER, OPERATOR, ADMIN)
 
-_VIEW = ["view_run", "view_cluster", "view_datasource", "view_datamixrecipe", "view_checkpoint", "view_alert"]
-_OPERATE = ["add_run", "change_run", "launch_run", "cancel_run", "add_datamixrecipe", "add_datasource"]
+_VIEW = [
+    "view_run",
+    "view_cluster",
+    "view_datasource",
+    "view_datamixrecipe",
+    "view_checkpoint",
+    "view_alert",
+    "view_artifact",
+    "view_deployment",
+]
+_OPERATE = [
+    "add_run",
+    "change_run",
+    "launch_run",
+    "cancel_run",
+    "add_datamixrecipe",
+    "add_datasource",
+    "add_artifact",
+    "add_deployment",
+    "change_deployment",
+    "use_playground",
+]
 _ADMIN = ["view_audit", "view_auditevent", "add_cluster", "change_cluster", "change_datasource", "delete_run"]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

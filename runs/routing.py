@@ -1,8 +1,10 @@
 from django.urls import path
 
 from runs.consumers import RunConsumer, RunListConsumer
+from runs.playground import PlaygroundConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/", RunListConsumer.as_asgi()),
     path("ws/runs/<int:run_id>/", RunConsumer.as_asgi()),
+    path("ws/deployments/<int:deployment_id>/playground/", PlaygroundConsumer.as_asgi()),
 ]

@@ -115,6 +115,7 @@ RANGES: dict[str, Range] = {
     # 0 saves only at the end of the run.
     "training.checkpoint_interval": Range(int, 0, 1_000_000_000),
     "training.keep_checkpoints": Range(int, 1, 1000),
+    "training.keep_every": Range(int, 0, 10_000_000),
     "training.seed": Range(int, 0, 2**32 - 1),
     "training.log_interval": Range(int, 1, 1_000_000),
     "data.recipe.version": Range(int, 1, 1_000_000),
@@ -590,7 +591,15 @@ def _check_batch(r: _Reader, *, model: dict[str, Any], par: dict[str, Any]) -> d
 def _check_training(r: _Reader, *, batch: dict[str, Any]) -> dict[str, Any]:
     t: dict[str, Any] = {
         n: r.integer(f"training.{n}")
-        for n in ("total_steps", "token_budget", "checkpoint_interval", "keep_checkpoints", "seed", "log_interval")
+        for n in (
+            "total_steps",
+            "token_budget",
+            "checkpoint_interval",
+            "keep_checkpoints",
+            "keep_every",
+            "seed",
+            "log_interval",
+        )
     }
     r.choice("training.nan_policy", NAN_POLICIES)
     per_step, budget, steps = batch.get("tokens_per_step"), t["token_budget"], t["total_steps"]

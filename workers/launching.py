@@ -37,6 +37,8 @@ def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:
         program = [run.script_path, "--deepspeed_config", str(run_dir / "ds_config.json")]
     else:
         program = ["-m", "jobs.train", "--run-dir", str(run_dir)]
+        if run.resume_from:
+            program += ["--resume", run.resume_from]
     return LaunchSpec(
         run_id=run.pk,
         run_dir=run_dir,

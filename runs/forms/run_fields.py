@@ -127,6 +127,7 @@ GROUPS: list[tuple[str, list[ConfigField]]] = [
             ConfigField("training.token_budget", "Token budget", "int", min_value=1),
             ConfigField("training.checkpoint_interval", "Checkpoint every (steps)", "int", min_value=1),
             ConfigField("training.keep_checkpoints", "Checkpoints kept", "int", min_value=1, max_value=1000),
+            ConfigField("training.keep_every", "Also keep every Nth step (0 = none)", "int", min_value=0),
             ConfigField("training.seed", "Seed", "int", min_value=0, max_value=2**31 - 1),
             ConfigField(
                 "training.nan_policy",

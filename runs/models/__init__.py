@@ -3,10 +3,12 @@ from runs.models.cluster import BackendKind, Cluster
 from runs.models.data import DataMixRecipe, DataSource, RecipeEntry
 from runs.models.metrics import MetricBlock, MetricSeries
 from runs.models.run import Alert, AlertKind, Checkpoint, Run, RunStatus, Severity, Trainer
+from runs.models.serving import Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Variant
 
 __all__ = [
     "Alert",
     "AlertKind",
+    "Artifact",
     "AuditChainHead",
     "AuditEvent",
     "BackendKind",
@@ -14,6 +16,10 @@ __all__ = [
     "Cluster",
     "DataMixRecipe",
     "DataSource",
+    "Deployment",
+    "DeploymentStatus",
+    "Engine",
+    "JobPhase",
     "MetricBlock",
     "MetricSeries",
     "RecipeEntry",
@@ -21,4 +27,5 @@ __all__ = [
     "RunStatus",
     "Severity",
     "Trainer",
+    "Variant",
 ]

@@ -66,6 +66,8 @@ class Run(models.Model):
     # run record (tags, status, start/end time, run name) kept apart from this run's own state machine.
     mlflow_params = models.JSONField(default=dict, blank=True)
     mlflow_run = models.JSONField(default=dict, blank=True)
+    # A checkpoint folder (possibly of the parent run) the trainer starts from: the resume button.
+    resume_from = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -92,6 +94,8 @@ class Checkpoint(models.Model):
     size_bytes = models.PositiveBigIntegerField(default=0)
     metrics = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when the retention policy removed the folder; the row stays so history and audit keep their target.
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["run", "-step"]
@@ -111,6 +115,7 @@ class AlertKind(models.TextChoices):
     THROUGHPUT = "throughput", "Throughput drop"
     JOB_LOST = "job_lost", "Job lost by the scheduler"
     JOB_FAILED = "job_failed", "Job failed"
+    ENDPOINT_DOWN = "endpoint_down", "Inference endpoint down"
 
 
 class Severity(models.TextChoices):

@@ -31,6 +31,7 @@ from runs.services import rollups as ru
 from runs.services.alerts import alert_raise, alert_resolve
 from runs.services.audit import SYSTEM, audit_record
 from runs.services.broadcast import broadcast_on_commit, run_group
+from runs.services.checkpoints import checkpoint_retention_apply
 from runs.services.detectors import WATCHED_KEYS, Thresholds, detect
 
 KEY_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
@@ -543,6 +544,8 @@ def _apply_event(run: Run, etype: str, step: int, rec: dict, result: IngestResul
         )
         if created:
             audit_record(actor=SYSTEM, action="checkpoint.saved", obj=checkpoint, run_id=run.pk, message=tag)
+            # The job prunes by the same rule; this records what went and removes what a stricter policy drops.
+            checkpoint_retention_apply(run=run, actor=SYSTEM)
         return
     if etype in ALERT_EVENTS:
         kind, label = ALERT_EVENTS[etype]

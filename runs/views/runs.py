@@ -4,14 +4,17 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
-from runs.models import AuditEvent, Run, RunStatus
+from runs.models import AuditEvent, Checkpoint, Run, RunStatus
 from runs.presets import PRESETS
+from runs.services.artifacts import ServingRefused
+from runs.services.checkpoints import run_start_from
 from runs.services.diff import config_diff
 from runs.services.runs import (
     RunActionRefused,
@@ -27,6 +30,13 @@ from runs.services.runs import (
 def _run_or_none(raw: str | None) -> Run | None:
     """The run a query or form parameter names, or None for anything that is not a run id."""
     return Run.objects.filter(pk=int(raw)).first() if raw and raw.isdigit() else None
+
+
+def _checkpoint_or_none(run: Run | None, raw: str | None) -> Checkpoint | None:
+    """A checkpoint of `run` named by a query or form parameter, or None."""
+    if run is None or not raw or not raw.isdigit():
+        return None
+    return Checkpoint.objects.filter(pk=int(raw), run=run, pruned_at__isnull=True).first()
 
 
 @require_GET
@@ -56,31 +66,40 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 @permission_required("runs.add_run", raise_exception=True)
 def run_new(request: HttpRequest) -> HttpResponse:
-    fork_of = None
+    fork_of = start_from = None
     if request.method == "POST":
         form = RunForm(request.POST)
+        # A form sent back with errors keeps what it was forked from.
+        fork_of = parent = _run_or_none(request.POST.get("parent"))
+        start_from = _checkpoint_or_none(parent, request.POST.get("checkpoint"))
         if form.is_valid():
             data = form.cleaned_data
             try:
-                run = run_create(
-                    owner=request.user,
-                    name=data["name"],
-                    preset=data["preset"],
-                    trainer=data["trainer"],
-                    cluster=data["cluster"],
-                    recipe=data["recipe"],
-                    config=form.config(),
-                    script_path=data.get("script_path", ""),
-                    parent=_run_or_none(request.POST.get("parent")),
-                )
+                with transaction.atomic():
+                    run = run_create(
+                        owner=request.user,
+                        name=data["name"],
+                        preset=data["preset"],
+                        trainer=data["trainer"],
+                        cluster=data["cluster"],
+                        recipe=data["recipe"],
+                        config=form.config(),
+                        script_path=data.get("script_path", ""),
+                        parent=parent,
+                    )
+                    if start_from is not None:
+                        run_start_from(run=run, checkpoint=start_from, actor=request.user)
             except RunInvalid as exc:
                 for issue in exc.issues:
                     form.add_error(None, f"{issue.field}: {issue.message}")
+            except ServingRefused as exc:
+                form.add_error(None, f"{exc.field}: {exc}")
             else:
                 messages.success(request, f"Run #{run.pk} created as a draft.")
                 return redirect("run-detail", pk=run.pk)
     else:
         fork_of = _run_or_none(request.GET.get("fork"))
+        start_from = _checkpoint_or_none(fork_of, request.GET.get("checkpoint"))
         if fork_of is not None:
             form = RunForm(
                 preset=fork_of.preset,
@@ -95,7 +114,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
             )
         else:
             form = RunForm(preset=request.GET.get("preset", "tiny"))
-    return render(request, "runs/form.html", {"form": form, "presets": PRESETS, "fork_of": fork_of, "editing": None})
+    context = {"form": form, "presets": PRESETS, "fork_of": fork_of, "editing": None, "start_from": start_from}
+    return render(request, "runs/form.html", context)
 
 
 @permission_required("runs.change_run", raise_exception=True)

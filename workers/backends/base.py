@@ -24,6 +24,8 @@ class LaunchSpec:
     hostfile: str = ""
     master_port: int = 29500
     job_name: str = ""
+    # One process, no DeepSpeed launcher: the quantize, benchmark and inference-server jobs.
+    single_process: bool = False
 
 
 @dataclass(frozen=True)

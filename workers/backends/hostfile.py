@@ -136,6 +136,10 @@ class HostfileBackend:
     # -- submit ---------------------------------------------------------------------------------------------
 
     def submit(self, spec: LaunchSpec) -> JobHandle:
+        if spec.single_process:
+            raise LaunchError(
+                "the hostfile backend starts multi-node DeepSpeed jobs only; run one-process jobs locally"
+            )
         if spec.accelerator not in ("cpu", "cuda"):
             raise LaunchError(f"accelerator must be 'cpu' or 'cuda', not {spec.accelerator!r}")
         for field, value in (("nodes", spec.nodes), ("gpus_per_node", spec.gpus_per_node)):

@@ -1,0 +1,309 @@
+"""Quantize, benchmark and inference-server jobs: one process each, started through the run's cluster backend.
+
+Each job gets its own folder (the backend's job.json, exit.json and logs go there) under the artifact folder.
+Every function takes an id and re-reads the database, so a redelivered or re-attached task is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from runs.models import Artifact, Cluster, Deployment, DeploymentStatus, JobPhase
+from runs.services.artifacts import (
+    artifact_finish,
+    artifact_progress,
+    artifact_started,
+    latency_finish,
+    latency_started,
+)
+from runs.services.deployments import (
+    deployment_failed,
+    deployment_health,
+    deployment_running,
+    deployment_stopped,
+    deployment_submitted,
+    serving_backend,
+)
+from runs.services.serving_transitions import IllegalMove
+from workers.backends import JobState, LaunchSpec, get_backend
+from workers.backends.base import LaunchError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT_S = 600
+HEALTH_TIMEOUT_S = 3.0
+
+
+def _spec(*, cluster: Cluster, job_dir: Path, module_argv: list[str], name: str, hours: int) -> LaunchSpec:
+    return LaunchSpec(
+        run_id=0,
+        run_dir=job_dir,
+        module_argv=module_argv,
+        env={"OMP_NUM_THREADS": "1"},
+        nodes=1,
+        gpus_per_node=1,
+        accelerator=cluster.accelerator,
+        python=sys.executable,
+        workdir=REPO_ROOT,
+        partition=cluster.partition,
+        time_limit_min=hours * 60,
+        master_port=0 if cluster.backend == "slurm" else 29500,
+        job_name=name,
+        single_process=True,
+    )
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _log_tail(job_dir: Path) -> str:
+    """The last meaningful line the job wrote to stderr, for a failure reason a person can act on."""
+    try:
+        lines = [ln.strip() for ln in (job_dir / "stderr.log").read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln and not ln.startswith(("warnings.warn", "  "))]
+    return lines[-1][:500] if lines else ""
+
+
+def _submit(backend_kind: str, spec: LaunchSpec) -> str:
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    return get_backend(backend_kind).submit(spec).job_id
+
+
+def _poll(backend_kind: str, job_id: str, job_dir: Path):
+    return get_backend(backend_kind).poll(job_id, job_dir)
+
+
+# -- quantize ---------------------------------------------------------------------------------------------------
+
+
+def quantize_start(artifact_id: int) -> str:
+    artifact = Artifact.objects.select_related("run__cluster").filter(pk=artifact_id).first()
+    if artifact is None or artifact.status != JobPhase.QUEUED:
+        return "nothing to do"
+    run = artifact.run
+    out = Path(artifact.directory)
+    argv = ["-m", "jobs.quantize", "--run-dir", run.run_dir, "--tag", artifact.tag, "--out", str(out)]
+    argv += ["--methods", ",".join(artifact.methods)]
+    backend = serving_backend(run.cluster.backend)
+    try:
+        spec = _spec(
+            cluster=run.cluster, job_dir=out / "job", module_argv=argv, name=f"cp-quant-{artifact.pk}", hours=6
+        )
+        job_id = _submit(backend, spec)
+    except (LaunchError, OSError) as exc:
+        artifact_finish(artifact=artifact, status=JobPhase.FAILED, reason=f"could not start the quantize job: {exc}")
+        return "launch failed"
+    try:
+        artifact_started(artifact=artifact, job_id=job_id)
+    except IllegalMove:  # cancelled meanwhile
+        get_backend(backend).cancel(job_id, out / "job")
+        return "cancelled"
+    return f"submitted {job_id}"
+
+
+def quantize_watch(artifact_id: int) -> bool:
+    """One look at a running quantize job; True while it should be looked at again."""
+    artifact = Artifact.objects.select_related("run__cluster").filter(pk=artifact_id).first()
+    if artifact is None or artifact.status != JobPhase.RUNNING:
+        return False
+    out = Path(artifact.directory)
+    progress = _read_json(out / "progress.json")
+    if progress:
+        artifact_progress(artifact=artifact, progress=progress)
+    status = _poll(serving_backend(artifact.run.cluster.backend), artifact.backend_job_id, out / "job")
+    if not status.finished:
+        return True
+    report = _read_json(out / "report.json")
+    if status.state == JobState.SUCCEEDED and report:
+        artifact_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report=report)
+    elif status.state == JobState.CANCELLED:
+        artifact_finish(artifact=artifact, status=JobPhase.CANCELLED, reason="cancelled")
+    else:
+        reason = (progress or {}).get("message") if (progress or {}).get("stage") == "failed" else ""
+        reason = reason or _log_tail(out / "job") or status.reason or "the quantize job ended without a report"
+        artifact_finish(artifact=artifact, status=JobPhase.FAILED, reason=reason)
+    return False
+
+
+# -- latency benchmark ------------------------------------------------------------------------------------------
+
+
+def benchmark_start(artifact_id: int) -> str:
+    artifact = Artifact.objects.select_related("run__cluster").filter(pk=artifact_id).first()
+    if artifact is None or artifact.latency_status != JobPhase.QUEUED:
+        return "nothing to do"
+    out = Path(artifact.directory)
+    (out / "latency.json").unlink(missing_ok=True)
+    argv = ["-m", "jobs.latency", "--artifact-dir", str(out), "--out", str(out / "latency.json")]
+    argv += ["--variants", ",".join(artifact.variants())]
+    cluster = artifact.run.cluster
+    if cluster.accelerator == "cpu":
+        # A CPU node is measured with a shorter prompt: the tiny models' context and a 2-core box make 2,048
+        # tokens of prefill per variant and repeat a matter of minutes.
+        argv += ["--prefill-tokens", "256", "--decode-tokens", "32"]
+    backend = serving_backend(cluster.backend)
+    try:
+        spec = _spec(
+            cluster=cluster, job_dir=out / "latency-job", module_argv=argv, name=f"cp-lat-{artifact.pk}", hours=2
+        )
+        job_id = _submit(backend, spec)
+    except (LaunchError, OSError) as exc:
+        latency_finish(artifact=artifact, status=JobPhase.FAILED, reason=f"could not start the benchmark: {exc}")
+        return "launch failed"
+    latency_started(artifact=artifact, job_id=job_id)
+    return f"submitted {job_id}"
+
+
+def benchmark_watch(artifact_id: int) -> bool:
+    artifact = Artifact.objects.select_related("run__cluster").filter(pk=artifact_id).first()
+    if artifact is None or artifact.latency_status != JobPhase.RUNNING:
+        return False
+    out = Path(artifact.directory)
+    status = _poll(serving_backend(artifact.run.cluster.backend), artifact.latency_job_id, out / "latency-job")
+    if not status.finished:
+        return True
+    report = _read_json(out / "latency.json")
+    if status.state == JobState.SUCCEEDED and report:
+        latency_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report=report)
+    else:
+        reason = _log_tail(out / "latency-job") or status.reason or "the benchmark ended without a report"
+        latency_finish(artifact=artifact, status=JobPhase.FAILED, reason=reason)
+    return False
+
+
+# -- inference server -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_key(deployment: Deployment) -> str:
+    """The endpoint's bearer key, kept in its state folder (mode 0600), never in the database."""
+    try:
+        return (Path(deployment.state_dir) / "api_key").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_key(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32))
+
+
+def deploy_start(deployment_id: int) -> str:
+    deployment = Deployment.objects.select_related("artifact__run__cluster").filter(pk=deployment_id).first()
+    if deployment is None or deployment.status != DeploymentStatus.STARTING or deployment.backend_job_id:
+        return "nothing to do"
+    cluster = deployment.artifact.run.cluster
+    state = Path(deployment.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "endpoint.json").unlink(missing_ok=True)
+    _write_key(state / "api_key")
+    if deployment.backend == "slurm":
+        host, port = "0.0.0.0", 20000 + deployment.pk % 20000
+    else:
+        host, port = "127.0.0.1", _free_port()
+    argv = ["-m", "jobs.serve", "--model", str(Path(deployment.artifact.directory) / deployment.variant)]
+    argv += ["--host", host, "--port", str(port), "--state-dir", str(state), "--served-name", deployment.name]
+    argv += ["--engine", deployment.engine, "--api-key-file", str(state / "api_key")]
+    try:
+        spec = _spec(cluster=cluster, job_dir=state, module_argv=argv, name=f"cp-serve-{deployment.pk}", hours=24 * 7)
+        job_id = _submit(deployment.backend, spec)
+    except (LaunchError, OSError) as exc:
+        deployment_failed(deployment=deployment, reason=f"could not start the server: {exc}")
+        return "launch failed"
+    deployment_submitted(deployment=deployment, job_id=job_id)
+    return f"submitted {job_id}"
+
+
+def _endpoint_url(state: Path) -> str | None:
+    info = _read_json(state / "endpoint.json")
+    if not info or not info.get("port"):
+        return None
+    host = str(info.get("host") or "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = str(info.get("hostname") or "127.0.0.1")
+    return f"http://{host}:{int(info['port'])}"
+
+
+def _healthy(url: str) -> tuple[bool, str]:
+    try:
+        response = httpx.get(f"{url}/health", timeout=HEALTH_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return False, f"{type(exc).__name__}"
+    return response.status_code == 200, f"HTTP {response.status_code}"
+
+
+def deploy_watch(deployment_id: int) -> bool:
+    """One health check; True while the deployment should be checked again."""
+    deployment = Deployment.objects.select_related("artifact__run").filter(pk=deployment_id).first()
+    if deployment is None or not deployment.is_live or not deployment.backend_job_id:
+        return False
+    state = Path(deployment.state_dir)
+    status = _poll(deployment.backend, deployment.backend_job_id, state)
+    if status.finished:
+        reason = _log_tail(state) or status.reason or "the server process ended"
+        deployment_failed(deployment=deployment, reason=f"the server exited: {reason}")
+        return False
+    if deployment.status == DeploymentStatus.STARTING:
+        url = _endpoint_url(state)
+        if url and _healthy(url)[0]:
+            deployment_running(deployment=deployment, url=url)
+        elif deployment.created_at.timestamp() + SERVER_START_TIMEOUT_S < time.time():
+            get_backend(deployment.backend).cancel(deployment.backend_job_id, state)
+            deployment_failed(deployment=deployment, reason="the server did not answer /health within 10 minutes")
+            return False
+        return True
+    ok, detail = _healthy(deployment.url)
+    deployment = deployment_health(deployment=deployment, ok=ok, detail=detail)
+    return deployment.is_live
+
+
+def deploy_stop(deployment_id: int) -> str:
+    deployment = Deployment.objects.filter(pk=deployment_id).first()
+    if deployment is None:
+        return "gone"
+    if deployment.backend_job_id:
+        get_backend(deployment.backend).cancel(deployment.backend_job_id, Path(deployment.state_dir))
+    if deployment.status == DeploymentStatus.STOPPING:
+        deployment_stopped(deployment=deployment)
+    return f"stopped {deployment.backend_job_id or 'nothing'}"
+
+
+def in_flight() -> dict[str, list[int]]:
+    """What a (re)started worker must pick up again."""
+    return {
+        "quantize_queued": list(Artifact.objects.filter(status=JobPhase.QUEUED).values_list("pk", flat=True)),
+        "quantize_running": list(Artifact.objects.filter(status=JobPhase.RUNNING).values_list("pk", flat=True)),
+        "latency_queued": list(Artifact.objects.filter(latency_status=JobPhase.QUEUED).values_list("pk", flat=True)),
+        "latency_running": list(Artifact.objects.filter(latency_status=JobPhase.RUNNING).values_list("pk", flat=True)),
+        "deploy_live": list(
+            Deployment.objects.filter(status__in=[DeploymentStatus.STARTING, DeploymentStatus.RUNNING])
+            .exclude(backend_job_id="")
+            .values_list("pk", flat=True)
+        ),
+        "deploy_queued": list(
+            Deployment.objects.filter(status=DeploymentStatus.STARTING, backend_job_id="").values_list("pk", flat=True)
+        ),
+        "deploy_stopping": list(
+            Deployment.objects.filter(status=DeploymentStatus.STOPPING).values_list("pk", flat=True)
+        ),
+    }

@@ -124,8 +124,11 @@ def _stop_jobs(runs_dir: Path) -> None:
 
     from workers.backends.procs import stop_group
 
-    for job in runs_dir.glob("run-*/job.json"):
+    # Runs, and the quantize, benchmark and server jobs under their artifact folders.
+    for job in runs_dir.rglob("job.json"):
         record = json.loads(job.read_text())
+        if "pgid" not in record:
+            continue
         stop_group(record["pgid"], pid=record["pid"], ticks=record["start_ticks"], grace_s=5)
         child = job.parent / "child.json"
         if child.exists():

@@ -78,6 +78,7 @@ class Reporter:
         self.ingest_url = ingest_url
         self.batch_size = max(1, int(batch_size))
         self.flush_interval_s = float(flush_interval_s)
+        self._sent_first_metrics = False
         self.every_n_steps = max(1, int(every_n_steps))
         self.request_timeout_s = request_timeout_s
         self.backoff_initial_s = backoff_initial_s
@@ -186,7 +187,12 @@ class Reporter:
             self._file.write(line)
             self._file.flush()
             self._unsent_hint += 1
-            if self._unsent_hint >= self.batch_size:
+            # The first metrics go out at once: a newly launched run shows its first point without waiting for
+            # the flush interval.
+            first_metrics = record.get("kind") == "metrics" and not self._sent_first_metrics
+            if first_metrics:
+                self._sent_first_metrics = True
+            if first_metrics or self._unsent_hint >= self.batch_size:
                 self._wake.set()
 
     def _warn_once(self, key: str, message: str) -> None:

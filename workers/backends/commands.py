@@ -3,7 +3,8 @@
 A backend starts the job in one of two shapes:
 - once per rank (``srun``, or one process per rank): ``rank_argv`` -> ``[python, *module_argv]``; the program reads
   its rank from RANK/WORLD_SIZE/LOCAL_RANK or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID;
-- once per machine through DeepSpeed's launcher, which starts the ranks itself: ``deepspeed_argv``.
+- once per machine through DeepSpeed's launcher, which starts the ranks itself: ``deepspeed_argv`` (its runner,
+  for a hostfile of hosts) or ``deepspeed_node_argv`` (its per-node launcher, for this machine).
 
 DeepSpeed's launcher is started as ``python -m deepspeed.launcher.runner`` rather than through the ``deepspeed``
 script so that the spec's interpreter is the one used: the launcher starts every rank (on every host, over pdsh)
@@ -12,6 +13,8 @@ with its own ``sys.executable``.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -69,6 +72,24 @@ def deepspeed_argv(
     if master_addr:
         argv += ["--master_addr", master_addr]
     argv += list(launcher_flags)
+    if module_argv[0] == "-m":
+        argv += ["--module", *module_argv[1:]]
+    else:
+        argv += module_argv
+    return argv
+
+
+def deepspeed_node_argv(python: str, module_argv: list[str], *, ranks: int, master_port: int) -> list[str]:
+    """DeepSpeed's per-node launcher (``deepspeed.launcher.launch``) starting ``ranks`` ranks on this machine.
+
+    This is the command DeepSpeed's runner itself builds for a single host; starting it directly saves the runner's
+    own interpreter start and DeepSpeed import (2.5-4 s of every local launch here).
+    """
+    validate_module_argv(module_argv)
+    world_info = json.dumps({"localhost": list(range(ranks))}).encode()
+    argv = [python, "-u", "-m", "deepspeed.launcher.launch"]
+    argv += [f"--world_info={base64.urlsafe_b64encode(world_info).decode()}"]
+    argv += ["--master_addr=127.0.0.1", f"--master_port={master_port}"]
     if module_argv[0] == "-m":
         argv += ["--module", *module_argv[1:]]
     else:

@@ -14,11 +14,11 @@ from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
 
 
 def launcher_argv(spec: LaunchSpec) -> list[str]:
-    """`deepspeed --num_gpus N --master_port P [--module] PROGRAM ARGS` on this machine, or the program alone."""
+    """DeepSpeed's launcher starting `gpus_per_node` ranks of PROGRAM on this machine, or the program alone."""
     if spec.single_process:
         return commands.rank_argv(spec.python, spec.module_argv)
-    return commands.deepspeed_argv(
-        spec.python, spec.module_argv, gpus_per_node=spec.gpus_per_node, master_port=spec.master_port
+    return commands.deepspeed_node_argv(
+        spec.python, spec.module_argv, ranks=spec.gpus_per_node, master_port=spec.master_port
     )
 
 

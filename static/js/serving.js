@@ -20,8 +20,14 @@ function reconnecting(path, onMessage) {
   connect();
 }
 
+// True once the page is submitting a form or going away: a reload then would cancel that navigation.
+let leaving = false;
+document.addEventListener("submit", (ev) => { if (!ev.defaultPrevented) leaving = true; });
+window.addEventListener("beforeunload", () => { leaving = true; });
+
 function artifactProgress(path) {
   reconnecting(path, (msg) => {
+    if (leaving) return;
     if (msg.type === "deployment.update") { location.reload(); return; }
     if (msg.type !== "artifact.update") return;
     const box = document.querySelector(`[data-artifact="${msg.artifact_id}"]`);
@@ -41,6 +47,7 @@ function artifactProgress(path) {
 function deploymentPage(deploymentId, runId) {
   const badge = document.getElementById("deployment-status");
   reconnecting(`/ws/runs/${runId}/`, (msg) => {
+    if (leaving) return;
     if (msg.type === "deployment.update" && msg.deployment_id === deploymentId && badge.className !== `badge ${msg.status}`) {
       location.reload();
     }

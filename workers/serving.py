@@ -238,10 +238,9 @@ def _endpoint_url(state: Path) -> str | None:
     info = _read_json(state / "endpoint.json")
     if not info or not info.get("port"):
         return None
-    host = str(info.get("host") or "127.0.0.1")
-    if host in ("0.0.0.0", "::", ""):
-        host = str(info.get("hostname") or "127.0.0.1")
-    return f"http://{host}:{int(info['port'])}"
+    # The server names a host clients can reach, also when it listens on every interface (a Slurm node).
+    url = str(info.get("url") or "")
+    return url.rstrip("/") if url.startswith("http") else f"http://{info.get('host', '127.0.0.1')}:{int(info['port'])}"
 
 
 def _healthy(url: str) -> tuple[bool, str]:

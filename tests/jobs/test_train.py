@@ -233,3 +233,20 @@ def test_launch_env_maps_slurm_and_fills_in_a_lone_process():
 )
 def test_first_slurm_host(nodelist, host):
     assert first_slurm_host(nodelist) == host
+
+
+def test_a_new_run_directory_resumes_from_another_runs_checkpoint_folder(tmp_path):
+    """The control plane's resume and fork buttons: a child run starts from the parent's checkpoint by path."""
+    raw = tiny_run(training={"total_steps": 6, "checkpoint_interval": 3, "token_budget": 1536})
+    full = write_run(tmp_path / "full", raw)
+    proc = run_trainer(full, launcher="none")
+    assert proc.returncode == 0, describe(proc)
+    child = write_run(tmp_path / "child", raw)
+    parent_checkpoint = (full / "checkpoints" / "step_000003").resolve()
+    proc = run_trainer(child, "--resume", str(parent_checkpoint), launcher="none")
+    assert proc.returncode == 0, describe(proc)
+    ref, ours = _losses(full), _losses(child)
+    assert sorted(ours) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert ours[step] == pytest.approx(ref[step], abs=1e-6)
+    assert (child / "checkpoints" / "step_000006").is_dir()

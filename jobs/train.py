@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import socket
@@ -42,6 +43,7 @@ _PEAK_TFLOPS = {
 # Nothing to look up for a CPU: a nominal figure (about one AVX2 core's FMA throughput) so mfu stays comparable
 # between CPU runs; the started event says it is nominal.
 _CPU_NOMINAL_TFLOPS = 0.05
+CHECKPOINT_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -165,6 +167,7 @@ class Trainer:
         self.reporter = None
         self.step = 0
         self.last_loss: float | None = None
+        self.last_values: dict[str, float] = {}
         self.where: dict = {}
 
         seed = cfg.training.seed
@@ -238,7 +241,10 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         rank_state = {"data": self.batcher.state_dict(), "rng": checkpoint.rng_state()}
-        metrics = {"loss": self.last_loss} if self.last_loss is not None else {}
+        # What the checkpoints page shows beside each checkpoint: the headline metrics of the step it was saved at.
+        metrics = {k: v for k, v in self.last_values.items() if k in CHECKPOINT_METRICS and math.isfinite(v)}
+        if self.last_loss is not None:
+            metrics.setdefault("loss", self.last_loss)
         entry = checkpoint.save(
             self.engine,
             self.run_dir / "checkpoints",
@@ -287,6 +293,7 @@ class Trainer:
             step = self.step + 1
             seq_len = curriculum_seq_len(cfg.raw, step - 1)
             values, skipped = self._train_step(step, seq_len)
+            self.last_values = values
             self.step = step
             if self.reporter is not None:
                 self.reporter.heartbeat(step)

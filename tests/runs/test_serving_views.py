@@ -42,7 +42,7 @@ def test_a_viewer_sees_checkpoints_without_action_buttons(client, checkpointed, 
     page = client.get(f"/runs/{checkpointed.pk}/checkpoints/")
     assert page.status_code == 200
     body = page.content.decode()
-    assert "7.2500" in body and "Quantize</button>" not in body and "Resume</button>" not in body
+    assert "loss=7.25" in body and "Quantize</button>" not in body and "Resume</button>" not in body
 
 
 @pytest.mark.django_db

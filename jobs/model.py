@@ -143,19 +143,25 @@ def build_model(cfg: ModelConfig, seed: int, ep_size: int = 1, ep_rank: int = 0,
     return model
 
 
-def param_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(total parameters, parameters one token multiplies through).
+def param_counts(cfg: ModelConfig, model: Transformer | None = None) -> tuple[int, int]:
+    """(total parameters, parameters one token multiplies through), of the whole model (every expert).
 
     Active excludes the embedding lookup (unless tied, when it is the lm_head matmul) and the routed experts a token
-    is not sent to; it includes the router and lm_head.
+    is not sent to; it includes the router and lm_head. A trainer passes the model it built (this rank's experts);
+    without one, a model is built on the meta device, whose weight initialisation imports torch._dynamo (2-4 s on a
+    CPU: time a launch would wait for).
     """
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    if model is None:
+        with torch.device("meta"):
+            model = Transformer(cfg)
     total = sum(p.numel() for p in model.parameters())
-    active = total if cfg.tie_embeddings else total - model.embed_tokens.weight.numel()
+    per_expert = 0
     for layer in model.moe_layers:
-        per_expert = sum(p.numel() for p in layer.mlp.experts.local_experts[0].parameters())
-        active -= per_expert * (cfg.num_routed_experts - cfg.top_k)
+        experts = layer.mlp.experts.local_experts
+        per_expert = sum(p.numel() for p in experts[0].parameters())
+        total += per_expert * (cfg.num_routed_experts - len(experts))
+    active = total if cfg.tie_embeddings else total - model.embed_tokens.weight.numel()
+    active -= len(model.moe_layers) * per_expert * (cfg.num_routed_experts - cfg.top_k)
     return total, active
 
 

@@ -181,8 +181,8 @@ class Trainer:
             ep_rank = groups._get_expert_parallel_rank(f"ep_size_{ep}")
             ep_group = groups._get_expert_parallel_group(f"ep_size_{ep}")
         self.model = build_model(cfg.model, seed, ep, ep_rank, ep_group, cfg.parallel.activation_checkpointing)
+        self.total_params, self.active_params = param_counts(cfg.model, self.model)
         as_deepspeed_moe(self.model)
-        self.total_params, self.active_params = param_counts(cfg.model)
 
         ds = build_ds_config(cfg, self.world, self.accelerator)
         if self.rank == 0:

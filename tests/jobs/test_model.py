@@ -160,6 +160,7 @@ def test_param_counts_and_flops():
     total, active = param_counts(cfg)
     model = build_model(cfg, seed=0)
     assert total == sum(p.numel() for p in model.parameters())
+    assert param_counts(cfg, model) == (total, active)  # the trainer counts on the model it built
     expert = sum(p.numel() for p in MLP(cfg.hidden_size, cfg.moe_intermediate_size).parameters())
     embed = cfg.vocab_size * cfg.hidden_size
     assert active == total - embed - expert * (cfg.num_routed_experts - cfg.top_k)

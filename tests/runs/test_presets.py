@@ -174,7 +174,8 @@ def test_tiny_is_laptop_sized():
         2,
         "cpu",
     )
-    assert cfg["parallel"]["zero_stage"] == 2 and cfg["precision"] == "fp32" and cfg["optimizer"]["torch_adam"]
+    # ZeRO 0: nothing to shard at this size, and no Muon import (compiled kernels) at start-up.
+    assert cfg["parallel"]["zero_stage"] == 0 and cfg["precision"] == "fp32" and cfg["optimizer"]["torch_adam"]
     assert cfg["training"]["total_steps"] == 300 and cfg["training"]["checkpoint_interval"] == 100
 
 

@@ -4,8 +4,10 @@ The fast Llama path (``jobs.engine_llama``) reuses the weights transformers load
 - bf16/fp32 ``nn.Linear``: ``F.linear`` on the weight.
 - bitsandbytes ``Linear4bit`` (NF4/FP4): the packed 4-bit data as loaded. With double quantization the per-block
   absmax is itself 8-bit; bitsandbytes dequantizes it on every call, so it is dequantized ONCE here (fp32, 1/16 of
-  the bf16 weight's size) and each projection is one kernel: ``gemv_4bit`` for one row on CUDA, ``gemm_4bit``
-  (bitsandbytes' fused kernel for small batches, dequantize + matmul for large ones) otherwise.
+  the bf16 weight's size) and each projection is one kernel. On CUDA, for up to 32 rows (decode), our Triton NF4
+  kernel (``jobs.engine_nf4``) when triton imports, the weight fits it and its start-up self-check against
+  bitsandbytes passes, for the batch sizes where it timed faster; otherwise ``gemv_4bit`` for one row,
+  ``gemm_4bit`` (bitsandbytes' fused kernel for small batches, dequantize + matmul for large ones) for more.
 - bitsandbytes ``Linear8bitLt``: weight-only int8 (the stored int8 rows times their fp32 row scale), computed in the
   activation dtype. bitsandbytes' own forward also quantizes the activations and pulls outlier columns
   (|x| > 6) out at run time, which needs a host sync and so cannot live in a CUDA graph; weight-only int8 computes
@@ -18,12 +20,17 @@ are held once and the transformers model keeps working (it serves as the referen
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from jobs import engine_nf4
+
+log = logging.getLogger(__name__)
 
 
 class DenseLinear:
@@ -37,7 +44,8 @@ class DenseLinear:
 
 
 class NF4Linear:
-    """A 4-bit weight with its absmax dequantized once; ``use_gemv`` picks gemv_4bit for one-row inputs on CUDA."""
+    """A 4-bit weight with its absmax dequantized once. ``triton_plan[m]``: the Triton kernel's config for m rows
+    (None: bitsandbytes); else ``use_gemv`` picks gemv_4bit for one-row inputs on CUDA, gemm_4bit the rest."""
 
     def __init__(self, *, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int,
                  quant_type: str, shape: tuple[int, int], compute_dtype: torch.dtype):  # fmt: skip
@@ -50,11 +58,19 @@ class NF4Linear:
         self.compute_dtype = compute_dtype
         self.out_features = shape[0]
         self.use_gemv = packed.is_cuda
+        self.triton_plan: tuple[engine_nf4.Config | None, ...] = ()
+
+    def triton(self, a: torch.Tensor, config: engine_nf4.Config | None = None) -> torch.Tensor:
+        return engine_nf4.nf4_matmul(a, self.packed.view(-1), self.absmax, self.code, shape=self.shape,
+                                     blocksize=self.blocksize, config=config)  # fmt: skip
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         a = x.reshape(-1, k).to(self.compute_dtype)
-        if self.use_gemv and a.shape[0] == 1:
+        m = a.shape[0]
+        if m < len(self.triton_plan) and self.triton_plan[m] is not None:
+            out = self.triton(a, self.triton_plan[m])
+        elif self.use_gemv and m == 1:
             out = torch.ops.bitsandbytes.gemv_4bit.default(
                 a, self.packed, list(self.shape), self.absmax, self.code, self.blocksize
             )
@@ -263,15 +279,128 @@ def choose_int8_kernel(linears: Sequence[object], *, dtype: torch.dtype) -> str:
     return "int8pack_mm" if best else "widen+matmul"
 
 
-def choose_nf4_kernel(linears: Sequence[object], *, dtype: torch.dtype) -> str:
-    """On CUDA, time gemv_4bit against gemm_4bit for one-row inputs on the largest NF4 projection; use the faster.
+def _graph_seconds(fn: Callable[[], object], *, reps: int = 5, rounds: int = 3) -> float:
+    """GPU time of one ``fn()`` replayed from a CUDA graph (launch gaps as in the decode graph, no Python), the best
+    of ``rounds`` means over ``reps`` replays. Two eager calls first (kernels compile there, not in the capture)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3 / reps)
+    del graph
+    return best
 
-    Both are single kernels with the absmax already dequantized; which one wins depends on the GPU and shape.
-    Returns the choice ("gemv_4bit", "gemm_4bit", or "n/a").
+
+def _triton_unusable(nf4: Sequence[NF4Linear], *, rows: list[int]) -> str | None:
+    for lin in nf4:
+        why = engine_nf4.supported(packed=lin.packed, shape=lin.shape, blocksize=lin.blocksize,
+                                   quant_type=lin.quant_type, dtype=lin.compute_dtype)  # fmt: skip
+        if why:
+            return why
+    try:
+        return engine_nf4.self_check(nf4[0].packed.device, blocksizes={lin.blocksize for lin in nf4},
+                                     ks={lin.shape[1] for lin in nf4}, rows=rows)  # fmt: skip
+    except Exception as exc:  # a kernel that does not compile or launch here: bitsandbytes' kernels instead
+        log.exception("Triton NF4 self-check failed")
+        return f"self-check raised {type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _on_gpu(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+NF4_CHOICE: dict = {}  # the last choose_nf4_kernel's details (kernel per batch size, timings): for reports
+
+
+def choose_nf4_kernel(linears: Sequence[object], *, dtype: torch.dtype, batches: Sequence[int] = (1,)) -> str:
+    """Pick the NF4 kernels on CUDA; returns what was chosen (for ``info()``), "n/a" without CUDA NF4 weights.
+
+    1. bitsandbytes: gemv_4bit against gemm_4bit for one-row inputs, timed on the largest projection (the
+       absmax is already dequantized for both; which wins depends on the GPU and shape).
+    2. Our Triton kernel, when usable (``_triton_unusable``: triton, the weight layout, the self-check): for each
+       batch size in ``batches`` up to 32, per weight shape, the fastest of ``engine_nf4.candidates`` (each timed
+       over all the layers of that shape, streaming from memory as in a decode step), then all projections with
+       those against bitsandbytes' kernel; the faster serves that batch size (and the sizes below it down to the
+       previous one). Timed from CUDA graphs, as decode runs.
     """
-    nf4 = [lin for lin in linears if isinstance(lin, NF4Linear) and lin.packed.is_cuda]
+    nf4 = [lin for lin in linears if isinstance(lin, NF4Linear) and _on_gpu(lin.packed)]
+    NF4_CHOICE.clear()
     if not nf4:
         return "n/a"
+    bnb_kernel = _choose_bnb_nf4(nf4, dtype=dtype)
+    rows = sorted({b for b in batches if b <= engine_nf4.MAX_ROWS})
+    if not rows:
+        return bnb_kernel
+    why = _triton_unusable(nf4, rows=sorted({*rows, *(r - 1 for r in rows if r > 2)}))
+    if why:
+        NF4_CHOICE.update(kernel=bnb_kernel, triton_unusable=why)
+        log.warning("NF4: %s (Triton kernel not used: %s)", bnb_kernel, why)
+        return f"{bnb_kernel} (triton not used: {why})"
+    device = nf4[0].packed.device
+    groups: dict[tuple, list[NF4Linear]] = {}
+    for lin in nf4:
+        groups.setdefault((lin.shape, lin.blocksize), []).append(lin)
+    use = {}
+    detail = {}
+    for m in rows:
+        x = {k: torch.randn(m, k, device=device, dtype=nf4[0].compute_dtype) for k in {lin.shape[1] for lin in nf4}}
+        chosen = {}
+        for key, group in groups.items():
+            xk = x[key[0][1]]
+            timings = {cfg: _graph_seconds(lambda g=group, c=cfg, a=xk: [lin.triton(a, c) for lin in g])
+                       for cfg in engine_nf4.candidates(m)}  # fmt: skip
+            chosen[key] = min(timings, key=timings.get)
+            nbytes = sum(lin.packed.numel() + lin.absmax.numel() * 4 for lin in group)
+            detail.setdefault(m, {})[f"{key[0][0]}x{key[0][1]}"] = {
+                "layers": len(group), "config": list(chosen[key]),
+                "us_per_layer": round(timings[chosen[key]] / len(group) * 1e6, 2),
+                "GB_per_s": round(nbytes / timings[chosen[key]] / 1e9, 1),
+            }  # fmt: skip
+        t_triton = _graph_seconds(lambda x=x, chosen=chosen: [
+            lin.triton(x[lin.shape[1]], chosen[(lin.shape, lin.blocksize)]) for lin in nf4
+        ])  # fmt: skip
+        t_bnb = _graph_seconds(lambda x=x: [lin(x[lin.shape[1]]) for lin in nf4])  # triton_plan still empty: bnb
+        use[m] = chosen if t_triton < t_bnb else None
+        detail[m]["all_projections_us"] = {"triton": round(t_triton * 1e6, 1), "bitsandbytes": round(t_bnb * 1e6, 1)}
+    plans: dict[int, list] = {id(lin): [None] * (engine_nf4.MAX_ROWS + 1) for lin in nf4}
+    lower = 0
+    for m in rows:  # batch sizes between two timed ones go with the larger (the decode graphs pad up to it)
+        if use[m] is not None:
+            for lin in nf4:
+                plans[id(lin)][lower + 1 : m + 1] = [use[m][(lin.shape, lin.blocksize)]] * (m - lower)
+        lower = m
+    for lin in nf4:
+        lin.triton_plan = tuple(plans[id(lin)])
+    on = [m for m in rows if use[m] is not None]
+    if len(on) == len(rows):
+        summary = "triton"
+    elif not on:
+        summary = bnb_kernel + " (triton timed slower)"
+    else:
+        summary = f"triton (batch {','.join(map(str, on))}), bitsandbytes otherwise"
+    NF4_CHOICE.update(kernel=summary, per_batch=detail)
+    log.info("NF4 kernels: %s %s", summary, detail)
+    return summary
+
+
+def _choose_bnb_nf4(nf4: Sequence[NF4Linear], *, dtype: torch.dtype) -> str:
+    """Time gemv_4bit against gemm_4bit for one-row inputs on the largest NF4 projection; use the faster."""
     probe = max(nf4, key=lambda lin: lin.shape[0] * lin.shape[1])
     x = torch.randn(1, probe.shape[1], device=probe.packed.device, dtype=dtype)
     outputs = {}

@@ -103,7 +103,12 @@ class LlamaBackend:
             )  # fmt: skip
         linears = [lin for layer in self.layers for key, lin in layer.items() if "norm" not in key]
         self.weights = self._weight_format(linears)
-        self.nf4_kernel = choose_nf4_kernel(linears, dtype=self.dtype) if self.device.type == "cuda" else "n/a"
+        parts = [p for lin in [*linears, self.lm_head] for p in getattr(lin, "parts", [lin])]
+        self.nf4_kernel = (
+            choose_nf4_kernel(parts, dtype=self.dtype, batches=_buckets(BATCH_BUCKETS, max_batch))
+            if self.device.type == "cuda"
+            else "n/a"
+        )
         self.int8_kernel = choose_int8_kernel(linears, dtype=self.dtype)
         self._rope_tables(inner.rotary_emb)
         # K and V of a position side by side: [layers, slots, positions, 2 * kv_heads, head_dim].

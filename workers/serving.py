@@ -257,22 +257,27 @@ def deploy_watch(deployment_id: int) -> bool:
     if deployment is None or not deployment.is_live or not deployment.backend_job_id:
         return False
     state = Path(deployment.state_dir)
-    status = _poll(deployment.backend, deployment.backend_job_id, state)
+    backend = get_backend(deployment.backend)
+    status = backend.poll(deployment.backend_job_id, state)
     if status.finished:
         reason = _log_tail(state) or status.reason or "the server process ended"
         deployment_failed(deployment=deployment, reason=f"the server exited: {reason}")
+        # Whatever the job left behind (a server whose supervisor died) must not keep its port and memory.
+        backend.cancel(deployment.backend_job_id, state)
         return False
     if deployment.status == DeploymentStatus.STARTING:
         url = _endpoint_url(state)
         if url and _healthy(url)[0]:
             deployment_running(deployment=deployment, url=url)
         elif deployment.created_at.timestamp() + SERVER_START_TIMEOUT_S < time.time():
-            get_backend(deployment.backend).cancel(deployment.backend_job_id, state)
+            backend.cancel(deployment.backend_job_id, state)
             deployment_failed(deployment=deployment, reason="the server did not answer /health within 10 minutes")
             return False
         return True
     ok, detail = _healthy(deployment.url)
     deployment = deployment_health(deployment=deployment, ok=ok, detail=detail)
+    if deployment.status == DeploymentStatus.FAILED:
+        backend.cancel(deployment.backend_job_id, state)  # a hung server is stopped, not left holding the GPU
     return deployment.is_live
 
 

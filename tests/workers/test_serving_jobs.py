@@ -18,6 +18,7 @@ from runs.services.deployments import deployment_create, deployment_stop
 from runs.services.serving_transitions import move
 from tests.jobs.tiny_models import export_llama
 from tests.runs.factories import tiny_run
+from tests.workers import process_alive
 from workers import serving
 
 pytestmark = pytest.mark.django_db
@@ -80,11 +81,14 @@ def test_a_local_server_comes_up_and_a_killed_one_fails_with_an_alert(artifact, 
     assert answer["status"] == 200 and answer["body"]["usage"]["completion_tokens"] >= 1
     assert _complete(deployment.url, "not-the-key")["status"] == 401
 
-    job = json.loads((Path(deployment.state_dir) / "job.json").read_text())
-    os.killpg(job["pgid"], signal.SIGKILL)
+    # The server process dies (as if the OOM killer took it); its supervisor records how it ended.
+    server = json.loads((Path(deployment.state_dir) / "child.json").read_text())
+    os.killpg(server["pgid"], signal.SIGKILL)
     deployment = _watch_until(deployment, {DeploymentStatus.FAILED}, timeout=30)
     assert "exited" in deployment.failure_reason or "health" in deployment.failure_reason
     assert artifact.run.alerts.filter(kind=AlertKind.ENDPOINT_DOWN).count() == 1
+    job = json.loads((Path(deployment.state_dir) / "job.json").read_text())
+    assert not process_alive(job["pid"]) and not process_alive(server["pgid"])
 
 
 def test_a_server_on_slurm_answers_and_stop_cancels_the_job(artifact, operator, slurm_cluster):

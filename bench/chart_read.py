@@ -70,7 +70,8 @@ def main() -> None:
 
     settings.ALLOWED_HOSTS = ["testserver", *settings.ALLOWED_HOSTS]
     # No browser listens here, so Redis is not needed: pushes of points and of the spikes' alerts are dropped.
-    metrics.broadcast_on_commit = alerts.broadcast_on_commit = lambda group, message: None
+    alerts.broadcast_on_commit = lambda group, message: None
+    metrics.broadcast_many_on_commit = lambda messages: None
     try:
         call_command("migrate", verbosity=0)
         ensure_roles()

@@ -6,8 +6,8 @@ min/max. Millions of points per run become a few dozen rows: ingest blocks (tier
 blocks of tier 1, 2, ... each `COMPACT_FANOUT` times larger, so a series holds O(fanout x log(points)) blocks.
 Compacted blocks carry rollups: per chunk of consecutive points, the first/last step, finite min/max, last value
 and count of non-finite values, so a zoomed-out chart reads kilobytes of summaries instead of every point.
-Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest of a run holds
-the run's row lock, and steps already present in an overlapping block are dropped.
+Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest holds the row
+locks of the series it writes, and steps already present in an overlapping block are dropped.
 """
 
 from django.db import models

@@ -1,11 +1,12 @@
 """Metric ingest, storage and reads.
 
-Ingest (`metrics_record`) validates a batch of run-directory records (docs/run-config.md), then in one
-transaction: locks the run's row (every writer of a run's series takes it first, so concurrent posts of the same
-batch serialise and the second finds its steps present), drops (key, step) pairs already stored, appends one
-packed block per key, runs the streaming detectors, applies heartbeats and events, and on commit pushes the new
-points to the run's websocket group. Small blocks are merged later by `metrics_compact` (triggered by ingest when a
-series has COMPACT_FANOUT uncompacted blocks), which also writes the rollups that zoomed-out reads use.
+Ingest (`metrics_record`, or `metrics_store_many` for the batches of several runs in one transaction) validates a
+batch of run-directory records (docs/run-config.md), then in one transaction: locks the batch's series rows (every
+writer of a series takes its row lock first, so concurrent posts of the same batch serialise and the second finds
+its steps present), drops (key, step) pairs already stored, appends one packed block per key, runs the streaming
+detectors, applies heartbeats and events, and on commit pushes the new points to the run's websocket group. Small
+blocks are merged later by `metrics_compact` (triggered by ingest when a series has COMPACT_FANOUT uncompacted
+blocks), which also writes the rollups that zoomed-out reads use.
 
 Reads (`series_read`) return every point when the requested range holds at most `max_points`, else a min/max/last
 envelope per step bucket in which every spike survives.
@@ -23,14 +24,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from django.db import IntegrityError, connection, transaction
+import psycopg
+from django.db import connection, transaction
 from django.utils import timezone
 
 from runs.models import Checkpoint, MetricSeries, Run
 from runs.services import rollups as ru
 from runs.services.alerts import alert_raise, alert_resolve
 from runs.services.audit import SYSTEM, audit_record
-from runs.services.broadcast import broadcast_on_commit, run_group
+from runs.services.broadcast import broadcast_many_on_commit, run_group
 from runs.services.checkpoints import checkpoint_retention_apply
 from runs.services.detectors import WATCHED_KEYS, Thresholds, detect
 
@@ -227,6 +229,7 @@ class IngestResult:
     last_step: int | None = None
     alerts: list[int] = field(default_factory=list)
     compact: list[int] = field(default_factory=list)  # series now due for compaction
+    push: tuple[str, dict] | None = None  # (group, websocket message) left to the caller by push=False
 
     def as_json(self) -> dict:
         return {
@@ -251,7 +254,7 @@ def metrics_record(*, run: Run, records: Any, compact: bool = True) -> IngestRes
     it after the response is sent).
     """
     batch = ingest_validate(records)
-    result = _store(run=run, batch=batch)
+    (result,) = metrics_store_many([(run, batch)])
     if compact and result.compact:
         metrics_compact_due(result.compact)
     return result
@@ -268,6 +271,231 @@ def _heartbeat_at(batch: Batch, now: datetime.datetime) -> datetime.datetime | N
     return datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
 
 
+@dataclass
+class _Entry:
+    """One run's batch on its way into the database."""
+
+    run: Run
+    batch: Batch
+    result: IngestResult
+    points: dict[str, tuple[np.ndarray, np.ndarray, int]]  # key -> (sorted unique steps, values, points sent)
+    pushed: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class _NewBlock:
+    series_id: int
+    lo: int
+    hi: int
+    n: int
+    vmin: float | None
+    vmax: float | None
+    steps: bytes  # packed
+    values: bytes
+    bad: int  # non-finite values
+
+
+def _sorted_points(raw_steps: list[int], raw_values: list[float]) -> tuple[np.ndarray, np.ndarray, int]:
+    steps = np.array(raw_steps, dtype=np.int64)
+    values = np.array(raw_values, dtype=np.float64)
+    submitted = steps.size
+    if submitted > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+        steps, first = np.unique(steps, return_index=True)  # sorted; a step repeated in the batch: first wins
+        values = values[first]
+    return steps, values, submitted
+
+
+def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -> list[IngestResult]:
+    """Store validated batches of distinct runs in one transaction; one result per batch, in order.
+
+    Batches stored together share the transaction's statements and its commit (one WAL flush): the ASGI ingest
+    path hands over this way all the requests that are waiting at the same moment. Every writer of a run's series
+    holds the series rows' locks (PostgreSQL) or the database's single write lock (SQLite) while it checks which
+    steps are present and appends its blocks. An error rolls back every batch of the call.
+
+    The new points go to each run's websocket group on commit; with push=False each result's `push` holds the
+    message instead, for a caller on an event loop to send without holding a thread and its connection.
+    """
+    if len({run.pk for run, _ in entries}) < len(entries):
+        raise ValueError("at most one batch per run in one call")
+    work = [
+        _Entry(
+            run=run,
+            batch=batch,
+            result=IngestResult(events=len(batch.events), heartbeats=batch.heartbeats),
+            points={key: _sorted_points(*batch.metrics[key]) for key in sorted(batch.metrics)},
+        )
+        for run, batch in entries
+    ]
+    now = timezone.now()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            _store_pg(work, now)
+        else:
+            for entry in work:
+                _store_portable(entry, now)
+        for entry in work:
+            for _index, etype, step, rec in entry.batch.events:
+                _apply_event(entry.run, etype, step, rec, entry.result)
+        for entry in work:
+            if entry.pushed or entry.batch.events or entry.batch.heartbeats:
+                entry.result.push = (
+                    run_group(entry.run.pk),
+                    {
+                        "type": "run.points",
+                        "run_id": entry.run.pk,
+                        "points": entry.pushed,
+                        "last_step": entry.result.last_step,
+                    },
+                )
+        if push:
+            pushes = [entry.result.push for entry in work if entry.result.push]
+            if pushes:
+                broadcast_many_on_commit(pushes)
+    return [entry.result for entry in work]
+
+
+# Series known to exist, per process: a batch whose keys are all here skips the create step. Series are only
+# ever deleted with their run, and a stale entry costs one retry of the create step (see _lock_series_pg).
+_known_series: set[tuple[int, str]] = set()
+_KNOWN_SERIES_MAX = 200_000
+
+# PostgreSQL statements of the ingest path. Rows travel as one JSON parameter per statement (orjson writes it,
+# json_to_recordset reads it) and the blocks' packed arrays as two bytea parameters that each row slices: every
+# statement has one text whatever the batch, so psycopg converts it once and PostgreSQL parses and plans it once
+# per connection (server-side binding, prepare=True). Binding hundreds of scalars or arrays instead costs more in
+# psycopg's Python code than the rest of a request.
+_PG_CREATE_SERIES = (
+    "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state) "
+    "SELECT k.run_id, k.key, 0, 0, '{}' FROM json_to_recordset(%s::json) AS k(run_id bigint, key text) "
+    "ORDER BY k.run_id, k.key ON CONFLICT (run_id, key) DO NOTHING"
+)
+_PG_LOCK_SERIES = (
+    "SELECT s.id, s.run_id, s.key, s.last_step, s.last_value, s.pending_blocks, s.detector_state "
+    "FROM runs_metricseries AS s JOIN json_to_recordset(%s::json) AS k(run_id bigint, key text) "
+    "ON s.run_id = k.run_id AND s.key = k.key ORDER BY s.id FOR UPDATE OF s"
+)
+_PG_PRESENT = (
+    "SELECT b.series_id, b.steps FROM runs_metricblock AS b "
+    "JOIN json_to_recordset(%s::json) AS q(series_id bigint, lo bigint, hi bigint) "
+    "ON b.series_id = q.series_id AND b.step_hi >= q.lo AND b.step_lo <= q.hi"
+)
+# Blocks, series counters and the runs' progress in one statement (one round trip).
+_PG_WRITE = (
+    "WITH r AS (UPDATE runs_run AS r SET "
+    "last_step = CASE WHEN t.ms IS NULL THEN r.last_step "
+    "WHEN r.last_step IS NULL OR r.last_step < t.ms THEN t.ms ELSE r.last_step END, "
+    "last_heartbeat_at = CASE WHEN t.hb IS NULL THEN r.last_heartbeat_at "
+    "WHEN r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < t.hb THEN t.hb ELSE r.last_heartbeat_at END "
+    "FROM json_to_recordset(%s::json) AS t(id bigint, ms bigint, hb timestamptz) WHERE r.id = t.id "
+    "RETURNING r.id, r.last_step), "
+    'b AS (INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "values", nonfinite, '
+    "tier) SELECT v.id, v.lo, v.hi, v.n, v.vmin, v.vmax, substring(%s::bytea FROM v.at * 8 + 1 FOR v.n * 8), "
+    "substring(%s::bytea FROM v.at * 8 + 1 FOR v.n * 8), v.bad, 0 FROM json_to_recordset(%s::json) "
+    "AS v(id bigint, lo bigint, hi bigint, n integer, vmin float8, vmax float8, at integer, bad integer)), "
+    "u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, last_value = v.lv, "
+    "pending_blocks = s.pending_blocks + 1, detector_state = COALESCE(v.ds, s.detector_state) "
+    "FROM json_to_recordset(%s::json) AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb) WHERE s.id = v.id) "
+    "SELECT id, last_step FROM r"
+)
+
+
+def _pg_cursor() -> psycopg.Cursor:
+    """A server-binding cursor on Django's connection, hence inside the current transaction. Django's own cursors
+    bind on the client and never prepare; only statements executed here with prepare=True are prepared."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:  # Django's default: preparing off
+        raw.prepare_threshold = 2**31 - 1
+    return psycopg.Cursor(raw)
+
+
+def _json_rows(names: tuple[str, ...], rows: Iterable[Iterable]) -> str:
+    return orjson.dumps([dict(zip(names, row, strict=True)) for row in rows]).decode()
+
+
+def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
+    with _pg_cursor() as cursor:
+        wanted = [(entry.run.pk, key) for entry in work for key in entry.points]
+        series = _lock_series_pg(cursor, wanted) if wanted else {}
+        late = [r for entry in work for r in _late_ranges(entry, series)]
+        present: dict[int, np.ndarray] = {}
+        if late:
+            cursor.execute(_PG_PRESENT, [_json_rows(("series_id", "lo", "hi"), late)], prepare=True)
+            for sid, blob in cursor.fetchall():
+                steps = ru.unpack_steps(blob)
+                present[sid] = np.concatenate([present[sid], steps]) if sid in present else steps
+        blocks: list[_NewBlock] = []
+        updates: list[tuple] = []
+        for entry in work:
+            _prepare(entry, series, present, blocks, updates)
+        touches = [(e.run.pk, e.batch.max_step, _heartbeat_at(e.batch, now)) for e in work]
+        at, rows = 0, []
+        for block in blocks:
+            rows.append((block.series_id, block.lo, block.hi, block.n, block.vmin, block.vmax, at, block.bad))
+            at += block.n
+        cursor.execute(
+            _PG_WRITE,
+            [
+                _json_rows(("id", "ms", "hb"), touches),
+                b"".join(block.steps for block in blocks),
+                b"".join(block.values for block in blocks),
+                _json_rows(("id", "lo", "hi", "n", "vmin", "vmax", "at", "bad"), rows),
+                _json_rows(("id", "n", "ls", "lv", "ds"), updates),
+            ],
+            prepare=True,
+        )
+        last_steps = dict(cursor.fetchall())
+    for entry in work:
+        if entry.run.pk not in last_steps:
+            raise RunGone(f"run {entry.run.pk} no longer exists")
+        entry.result.last_step = last_steps[entry.run.pk]
+
+
+def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
+    """Lock the series rows of (run id, key) pairs in id order, creating missing ones first.
+
+    Creation comes before any row lock: two batches that both add a new key then wait on each other's insert
+    without holding locks the other needs (rows are inserted in (run, key) order). Under READ COMMITTED, FOR
+    UPDATE returns each row as last committed, so the steps and detector state read here are current even when
+    this batch waited for another.
+    """
+    if len(_known_series) > _KNOWN_SERIES_MAX:
+        _known_series.clear()
+    if any(pair not in _known_series for pair in wanted):
+        cursor.execute(_PG_CREATE_SERIES, [_json_rows(("run_id", "key"), wanted)], prepare=True)
+    series = _locked_rows(cursor, wanted)
+    if len(series) < len(wanted):
+        # A stale cache entry (the database was emptied or restored): create what is missing after all. A run
+        # deleted meanwhile is found when its row is updated (RunGone).
+        missing = [pair for pair in wanted if pair not in series]
+        _known_series.difference_update(missing)
+        cursor.execute(_PG_CREATE_SERIES, [_json_rows(("run_id", "key"), missing)], prepare=True)
+        series.update(_locked_rows(cursor, missing))
+    _known_series.update(wanted)
+    return series
+
+
+def _locked_rows(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
+    cursor.execute(_PG_LOCK_SERIES, [_json_rows(("run_id", "key"), wanted)], prepare=True)
+    return {
+        (run_id, key): [sid, last_step, last_value, pending, state]
+        for sid, run_id, key, last_step, last_value, pending, state in cursor.fetchall()
+    }
+
+
+def _late_ranges(entry: _Entry, series: dict[tuple[int, str], list]) -> list[tuple[int, int, int]]:
+    """(series id, lo, hi) for each key whose batch reaches back to steps already stored."""
+    out = []
+    for key, (steps, _values, _n) in entry.points.items():
+        sid, last_step = series[(entry.run.pk, key)][:2]
+        if last_step is not None and steps.size and steps[0] <= last_step:
+            out.append((sid, int(steps[0]), min(int(steps[-1]), last_step)))
+    return out
+
+
+# SQLite (and any other backend): the same steps, a statement at a time.
+
 _TOUCH_RUN = (
     "UPDATE runs_run SET "
     "last_step = CASE WHEN %s IS NULL THEN last_step WHEN last_step IS NULL OR last_step < %s THEN %s "
@@ -283,65 +511,54 @@ _SERIES_UPDATE = (
     "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state) WHERE id = %s"
 )
 
-# Series known to exist, per process: a batch whose keys are all here skips the create step. Series are only
-# ever deleted with their run, and a stale entry costs one retry of the create step (see _lock_series_pg).
-_known_series: set[tuple[int, str]] = set()
-_KNOWN_SERIES_MAX = 200_000
 
-
-def _touch_params(run_id: int, batch: Batch, hb_db: Any) -> list:
-    ms = batch.max_step
-    return [ms, ms, ms, hb_db, hb_db, hb_db, run_id]
-
-
-def _store(*, run: Run, batch: Batch) -> IngestResult:
-    """One transaction per batch. Every writer of a run's series holds the series rows' locks (PostgreSQL) or the
-    database's single write lock (SQLite) while it checks which steps are present and appends its block."""
-    result = IngestResult(events=len(batch.events), heartbeats=batch.heartbeats)
-    now = timezone.now()
-    hb = _heartbeat_at(batch, now)
+def _store_portable(entry: _Entry, now: datetime.datetime) -> None:
+    run_id = entry.run.pk
+    hb = _heartbeat_at(entry.batch, now)
     hb_db = connection.ops.adapt_datetimefield_value(hb) if hb is not None else None
-    thresholds = Thresholds.from_config(run.config)
-    pushed: dict[str, list] = {}
-    keys = sorted(batch.metrics)
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql" and keys:
-                series = _lock_series_pg(cursor, run.pk, keys)
-                blocks, updates = _prepare(cursor, run, batch, keys, series, thresholds, result, pushed)
-                result.last_step = _write_pg(cursor, run.pk, batch, hb_db, blocks, updates)
-            else:
-                cursor.execute(_TOUCH_RUN, _touch_params(run.pk, batch, hb_db))
-                row = cursor.fetchone()
-                if row is None:
-                    raise RunGone(f"run {run.pk} no longer exists")
-                result.last_step = row[0]
-                if keys:
-                    series = _series_rows(cursor, run.pk, keys)
-                    missing = [k for k in keys if k not in series]
-                    if missing:
-                        _create_series(cursor, run.pk, missing)
-                        series.update(_series_rows(cursor, run.pk, missing))
-                    blocks, updates = _prepare(cursor, run, batch, keys, series, thresholds, result, pushed)
-                    _write_portable(cursor, blocks, updates)
-        for _index, etype, step, rec in batch.events:
-            _apply_event(run, etype, step, rec, result)
-        if pushed or batch.events or batch.heartbeats:
-            broadcast_on_commit(
-                run_group(run.pk),
-                {"type": "run.points", "run_id": run.pk, "points": pushed, "last_step": result.last_step},
+    ms = entry.batch.max_step
+    with connection.cursor() as cursor:
+        cursor.execute(_TOUCH_RUN, [ms, ms, ms, hb_db, hb_db, hb_db, run_id])
+        row = cursor.fetchone()
+        if row is None:
+            raise RunGone(f"run {run_id} no longer exists")
+        entry.result.last_step = row[0]
+        keys = list(entry.points)
+        if not keys:
+            return
+        series = _series_rows(cursor, run_id, keys)
+        missing = [k for k in keys if k not in series]
+        if missing:
+            _create_series(cursor, run_id, missing)
+            series.update(_series_rows(cursor, run_id, missing))
+        series_by_pair = {(run_id, key): row for key, row in series.items()}
+        present = {sid: _present_steps(cursor, sid, lo, hi) for sid, lo, hi in _late_ranges(entry, series_by_pair)}
+        blocks: list[_NewBlock] = []
+        updates: list[tuple] = []
+        _prepare(entry, series_by_pair, present, blocks, updates)
+        if not blocks:
+            return
+        values_col = connection.ops.quote_name("values")
+        for start in range(0, len(blocks), 200):
+            part = blocks[start : start + 200]
+            cursor.execute(
+                f"INSERT INTO runs_metricblock ({_BLOCK_COLUMNS.format(values=values_col)}) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(part)),
+                [v for b in part for v in (b.series_id, b.lo, b.hi, b.n, b.vmin, b.vmax, b.steps, b.values, b.bad)],
             )
-    return result
+        cursor.executemany(
+            _SERIES_UPDATE,
+            [[n, ls, lv, None if ds is None else orjson.dumps(ds).decode(), sid] for sid, n, ls, lv, ds in updates],
+        )
 
 
-def _series_rows(cursor, run_id: int, keys: list[str], lock: bool = False) -> dict[str, list]:
+def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
     rows: dict[str, list] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         cursor.execute(
             f"SELECT {_SERIES_COLUMNS} FROM runs_metricseries "
-            f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})"
-            + (" ORDER BY id FOR UPDATE" if lock else ""),
+            f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})",
             [run_id, *part],
         )
         for sid, key, last_step, last_value, pending, state in cursor.fetchall():
@@ -360,94 +577,29 @@ def _create_series(cursor, run_id: int, keys: list[str]) -> None:
         )
 
 
-def _lock_series_pg(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
-    """Lock the batch's series rows in id order, creating missing ones first.
-
-    Creation comes before any row lock: two batches that both add a new key then wait on each other's insert
-    without holding locks the other needs. Under READ COMMITTED, FOR UPDATE returns each row as last committed,
-    so the steps and detector state read here are current even when this batch waited for another.
-    """
-    if len(_known_series) > _KNOWN_SERIES_MAX:
-        _known_series.clear()
-    if any((run_id, k) not in _known_series for k in keys):
-        _create_series(cursor, run_id, keys)
-    series = _series_rows(cursor, run_id, keys, lock=True)
-    if len(series) < len(keys):
-        # A stale cache entry (the database was emptied or restored): create what is missing after all.
-        missing = [k for k in keys if k not in series]
-        _known_series.difference_update((run_id, k) for k in missing)
-        try:
-            with transaction.atomic():
-                _create_series(cursor, run_id, missing)
-        except IntegrityError:  # the run itself is gone
-            raise RunGone(f"run {run_id} no longer exists") from None
-        series.update(_series_rows(cursor, run_id, missing, lock=True))
-    _known_series.update((run_id, k) for k in keys)
-    return series
+def _present_steps(cursor, series_id: int, lo: int, hi: int) -> np.ndarray:
+    cursor.execute(
+        "SELECT steps FROM runs_metricblock WHERE series_id = %s AND step_hi >= %s AND step_lo <= %s",
+        [series_id, lo, hi],
+    )
+    found = [ru.unpack_steps(bytes(blob)) for (blob,) in cursor.fetchall()]
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
 
-def _write_pg(cursor, run_id: int, batch: Batch, hb_db: Any, blocks: list, updates: list) -> int | None:
-    """Blocks, series counters and the run's progress in one statement (one round trip)."""
-    values_col = connection.ops.quote_name("values")
-    params: list[Any] = []
-    parts = [f"WITH r AS ({_TOUCH_RUN})"]
-    params += _touch_params(run_id, batch, hb_db)
-    if blocks:
-        parts.append(
-            f", b AS (INSERT INTO runs_metricblock ({_BLOCK_COLUMNS.format(values=values_col)}) VALUES "
-            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(blocks))
-            + ")"
-        )
-        params += [v for row in blocks for v in row]
-    if updates:
-        parts.append(
-            ", u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, "
-            "last_value = v.lv, pending_blocks = s.pending_blocks + 1, "
-            "detector_state = COALESCE(v.ds::jsonb, s.detector_state) FROM (VALUES "
-            + ", ".join(["(%s::bigint, %s::bigint, %s::double precision, %s::text, %s::bigint)"] * len(updates))
-            + ") AS v(n, ls, lv, ds, id) WHERE s.id = v.id)"
-        )
-        params += [v for row in updates for v in row]
-    parts.append(" SELECT last_step FROM r")
-    cursor.execute("".join(parts), params)
-    row = cursor.fetchone()
-    if row is None:
-        raise RunGone(f"run {run_id} no longer exists")
-    return row[0]
+# Both backends
 
 
-def _write_portable(cursor, blocks: list, updates: list) -> None:
-    if not blocks:
-        return
-    values_col = connection.ops.quote_name("values")
-    for start in range(0, len(blocks), 200):
-        part = blocks[start : start + 200]
-        cursor.execute(
-            f"INSERT INTO runs_metricblock ({_BLOCK_COLUMNS.format(values=values_col)}) VALUES "
-            + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"] * len(part)),
-            [v for row in part for v in row],
-        )
-    cursor.executemany(_SERIES_UPDATE, updates)
-
-
-def _prepare(cursor, run: Run, batch: Batch, keys, series, thresholds: Thresholds, result: IngestResult, pushed):
-    """Per key: drop steps already stored, run the detectors, and build the block and counter rows to write."""
-    blocks: list[list] = []
-    updates: list[list] = []
-    for key in keys:
-        sid, last_step, last_value, pending, state = series[key]
-        raw_steps, raw_values = batch.metrics[key]
-        steps = np.array(raw_steps, dtype=np.int64)
-        values = np.array(raw_values, dtype=np.float64)
-        submitted = steps.size
-        if submitted > 1 and not bool(np.all(steps[1:] > steps[:-1])):
-            steps, first = np.unique(steps, return_index=True)  # sorted; a step repeated in the batch: first wins
-            values = values[first]
-        if last_step is not None and steps.size and steps[0] <= last_step:
-            present = _present_steps(cursor, sid, int(steps[0]), min(int(steps[-1]), last_step))
-            if present.size:
-                keep = ~np.isin(steps, present, assume_unique=True)
-                steps, values = steps[keep], values[keep]
+def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks: list, updates: list) -> None:
+    """Per key: drop steps already stored, run the detectors, and add the block and counter rows to write."""
+    run, result = entry.run, entry.result
+    thresholds = Thresholds.from_config(run.config)
+    for key, (steps, values, submitted) in entry.points.items():
+        sid, last_step, last_value, pending, state = series[(run.pk, key)]
+        stored = present.get(sid)  # steps of the stored blocks that overlap this batch's range
+        if stored is not None and stored.size:
+            stored = stored[(stored >= steps[0]) & (stored <= steps[-1])]
+            keep = ~np.isin(steps, stored, assume_unique=True)
+            steps, values = steps[keep], values[keep]
         result.duplicates += submitted - steps.size
         if steps.size == 0:
             continue
@@ -460,17 +612,18 @@ def _prepare(cursor, run: Run, batch: Batch, keys, series, thresholds: Threshold
         if last_step is None or top > last_step:
             last_step, last_value = top, (float(values[-1]) if math.isfinite(values[-1]) else None)
         blocks.append(
-            [sid, int(steps[0]), top, int(steps.size), vmin, vmax, ru.pack_steps(steps), ru.pack_values(values), bad]
+            _NewBlock(
+                sid, int(steps[0]), top, int(steps.size), vmin, vmax, ru.pack_steps(steps), ru.pack_values(values), bad
+            )
         )
-        updates.append([int(steps.size), last_step, last_value, new_state, sid])
+        updates.append((sid, int(steps.size), last_step, last_value, new_state))
         if pending + 1 >= COMPACT_FANOUT:
             result.compact.append(sid)
-        pushed[key] = _push_points(steps, values)
-    return blocks, updates
+        entry.pushed[key] = _push_points(steps, values)
 
 
-def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresholds, result: IngestResult) -> str:
-    current = json.loads(state) if isinstance(state, str) else (state or {})
+def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresholds, result: IngestResult) -> dict:
+    current = orjson.loads(state) if isinstance(state, str | bytes) else (state or {})
     verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
     for finding in verdict.sequence:
         if isinstance(finding, str):
@@ -486,19 +639,7 @@ def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresho
         )
         if alert is not None:
             result.alerts.append(alert.pk)
-    return json.dumps(verdict.state, allow_nan=False)
-
-
-def _present_steps(cursor, series_id: int, lo: int, hi: int) -> np.ndarray:
-    cursor.execute(
-        "SELECT steps FROM runs_metricblock WHERE series_id = %s AND step_hi >= %s AND step_lo <= %s",
-        [series_id, lo, hi],
-    )
-    found = [ru.unpack_steps(bytes(blob)) for (blob,) in cursor.fetchall()]
-    if not found:
-        return np.empty(0, dtype=np.int64)
-    steps = np.concatenate(found)
-    return steps[(steps >= lo) & (steps <= hi)]
+    return verdict.state  # finite numbers only (detect keeps finite values in its window): valid JSON
 
 
 def _push_points(steps: np.ndarray, values: np.ndarray) -> list:
@@ -562,14 +703,39 @@ def _apply_event(run: Run, etype: str, step: int, rec: dict, result: IngestResul
 
 
 def metrics_compact_due(series_ids: Iterable[int]) -> int:
-    return sum(metrics_compact(series_id=sid) for sid in series_ids)
-
-
-def _try_compaction_lock(cursor, series_id: int) -> bool:
-    if connection.vendor != "postgresql":
-        return True  # SQLite transactions here are IMMEDIATE: one writer at a time already
-    cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [0x6D657472, series_id % 2**31])
-    return bool(cursor.fetchone()[0])
+    """metrics_compact for several series (those an ingest found due): one transaction, one commit, and a few
+    statements for all of them; returns blocks merged."""
+    ids = sorted(set(series_ids))
+    if not ids:
+        return 0
+    counts: dict[int, dict[int, int]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT series_id, tier, COUNT(*) FROM runs_metricblock WHERE series_id IN ({', '.join(['%s'] * len(ids))}) "
+            "AND tier < %s GROUP BY series_id, tier",
+            [*ids, FINAL_TIER],
+        )
+        for series_id, tier, count in cursor.fetchall():
+            counts.setdefault(series_id, {})[tier] = count
+    due = [sid for sid in ids if max(counts.get(sid, {}).values(), default=0) >= COMPACT_FANOUT]
+    if not due:
+        return 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Merged blocks are large enough to be TOASTed: lz4 compresses them several times faster than
+            # PostgreSQL's default pglz (reads decompress either). For this transaction, where the server has lz4.
+            cursor.execute(
+                "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings "
+                "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+            )
+        merges = _Merges(cursor)
+        for series_id in _compaction_locks(cursor, due):
+            tiers = counts[series_id]
+            for tier in sorted(tiers):
+                if tiers.get(tier, 0) >= COMPACT_FANOUT and merges.merge(series_id, tier):
+                    tiers[tier + 1] = tiers.get(tier + 1, 0) + 1
+        merges.finish()
+    return merges.merged
 
 
 def metrics_compact(*, series_id: int) -> int:
@@ -578,64 +744,94 @@ def metrics_compact(*, series_id: int) -> int:
     Safe beside ingest (the set of stored steps is the same before and after each merge's commit) and beside
     another compaction of the same series (an advisory lock on PostgreSQL; the second one leaves).
     """
-    merged = 0
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT tier, COUNT(*) FROM runs_metricblock WHERE series_id = %s AND tier < %s GROUP BY tier",
-            [series_id, FINAL_TIER],
+    return metrics_compact_due([series_id])
+
+
+def _compaction_locks(cursor, series_ids: list[int]) -> list[int]:
+    """The series this transaction may compact: on PostgreSQL, those whose advisory lock it got (one statement)."""
+    if connection.vendor != "postgresql":
+        return series_ids  # SQLite transactions here are IMMEDIATE: one writer at a time already
+    cursor.execute(
+        "SELECT " + ", ".join(["pg_try_advisory_xact_lock(%s, %s)"] * len(series_ids)),
+        [v for sid in series_ids for v in (0x6D657472, sid % 2**31)],
+    )
+    return [sid for sid, got in zip(series_ids, cursor.fetchone(), strict=True) if got]
+
+
+class _Merges:
+    """The merges of one compaction transaction: blocks read a tier at a time, written and deleted together."""
+
+    FLUSH_POINTS = 1_000_000  # merged points held in memory before they are written
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.values_col = connection.ops.quote_name("values")
+        self.pieces: list[list] = []
+        self.held = 0
+        self.old_ids: list[int] = []
+        self.pending: dict[int, int] = {}  # series -> tier-0 blocks merged
+        self.merged = 0
+
+    def merge(self, series_id: int, tier: int) -> bool:
+        if any(row[0] == series_id and row[9] == tier for row in self.pieces):
+            self._write()  # this tier gained a block from the merge below it: read it too
+        self.cursor.execute(
+            f"SELECT id, steps, {self.values_col} FROM runs_metricblock WHERE series_id = %s AND tier = %s "
+            "ORDER BY step_lo, id",
+            [series_id, tier],
         )
-        counts = dict(cursor.fetchall())
-    for tier in sorted(counts):
-        if counts.get(tier, 0) < COMPACT_FANOUT:
-            continue
-        with transaction.atomic(), connection.cursor() as cursor:
-            if not _try_compaction_lock(cursor, series_id):
-                return merged
-            done = _merge_tier(cursor, series_id, tier)
-        merged += done
-        if done:
-            counts[tier + 1] = counts.get(tier + 1, 0) + 1
-    return merged
+        rows = self.cursor.fetchall()
+        if len(rows) < COMPACT_FANOUT:
+            return False
+        steps = np.concatenate([ru.unpack_steps(bytes(r[1])) for r in rows])
+        values = np.concatenate([ru.unpack_values(bytes(r[2])) for r in rows])
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+        if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+            steps, first = np.unique(steps, return_index=True)
+            values = values[first]
+        for start in range(0, steps.size, MAX_BLOCK_POINTS):
+            piece_steps = steps[start : start + MAX_BLOCK_POINTS]
+            final = piece_steps.size == MAX_BLOCK_POINTS
+            self.pieces.append(
+                _block_row(
+                    series_id, piece_steps, values[start : start + MAX_BLOCK_POINTS], FINAL_TIER if final else tier + 1
+                )
+            )
+        self.old_ids += [r[0] for r in rows]
+        if tier == 0:
+            self.pending[series_id] = self.pending.get(series_id, 0) + len(rows)
+        self.merged += len(rows)
+        self.held += steps.size
+        if self.held >= self.FLUSH_POINTS:
+            self._write()
+        return True
 
+    def _write(self) -> None:
+        for start in range(0, len(self.pieces), 100):
+            part = self.pieces[start : start + 100]
+            self.cursor.execute(
+                "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
+                f"{self.values_col}, nonfinite, tier, rollup, rollup_coarse) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(part)),
+                [v for row in part for v in row],
+            )
+        for start in range(0, len(self.old_ids), 500):
+            part = self.old_ids[start : start + 500]
+            self.cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(part))})", part)
+        self.pieces, self.old_ids, self.held = [], [], 0
 
-def _merge_tier(cursor, series_id: int, tier: int) -> int:
-    values_col = connection.ops.quote_name("values")
-    cursor.execute(
-        f"SELECT id, steps, {values_col} FROM runs_metricblock WHERE series_id = %s AND tier = %s ORDER BY step_lo, id",
-        [series_id, tier],
-    )
-    rows = cursor.fetchall()
-    if len(rows) < COMPACT_FANOUT:
-        return 0
-    steps = np.concatenate([ru.unpack_steps(bytes(r[1])) for r in rows])
-    values = np.concatenate([ru.unpack_values(bytes(r[2])) for r in rows])
-    order = np.argsort(steps, kind="stable")
-    steps, values = steps[order], values[order]
-    if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
-        steps, first = np.unique(steps, return_index=True)
-        values = values[first]
-    pieces = []
-    for start in range(0, steps.size, MAX_BLOCK_POINTS):
-        piece_steps, piece_values = steps[start : start + MAX_BLOCK_POINTS], values[start : start + MAX_BLOCK_POINTS]
-        final = piece_steps.size == MAX_BLOCK_POINTS
-        pieces.append(_block_row(series_id, piece_steps, piece_values, FINAL_TIER if final else tier + 1))
-    cursor.execute(
-        "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
-        f"{values_col}, nonfinite, tier, rollup, rollup_coarse) VALUES "
-        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(pieces)),
-        [v for row in pieces for v in row],
-    )
-    ids = [r[0] for r in rows]
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(part))})", part)
-    if tier == 0:
-        cursor.execute(
+    def finish(self) -> None:
+        self._write()
+        if not self.pending:
+            return
+        # Last, and in id order (the order ingest locks series rows in): the series rows stay locked only for
+        # the commit.
+        self.cursor.executemany(
             "UPDATE runs_metricseries SET pending_blocks = CASE WHEN pending_blocks > %s THEN pending_blocks - %s "
             "ELSE 0 END WHERE id = %s",
-            [len(rows), len(rows), series_id],
+            [[n, n, sid] for sid, n in sorted(self.pending.items())],
         )
-    return len(rows)
 
 
 def _block_row(series_id: int, steps: np.ndarray, values: np.ndarray, tier: int) -> list:

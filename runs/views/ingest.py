@@ -1,9 +1,10 @@
 """The ingest endpoint, POST /api/v1/ingest/<run_id>/ with `Authorization: Bearer <run token>`.
 
-Two front doors share `ingest_handle`: a plain Django view (WSGI, the test client, any ASGI server without the
-wrapper) and `IngestFastPath`, an ASGI wrapper that answers this one path before Django's middleware stack and
-hands the work to a small thread pool whose threads each keep a database connection. Reporters post hundreds
-of times a second per cluster; the fast path costs a fraction of a full Django request.
+Two front doors share `ingest_handle_many`: a plain Django view (WSGI, the test client, any ASGI server without
+the wrapper) and `IngestFastPath`, an ASGI wrapper that answers this one path before Django's middleware stack.
+Reporters post hundreds of times a second per cluster; the fast path costs a fraction of a full Django request,
+and it stores the requests that arrive while its transactions are busy together, in one transaction (group
+commit): one WAL flush and a handful of statements for all of them. Every answer is sent after its commit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -23,13 +25,16 @@ from django.http.request import split_domain_port, validate_host
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from runs.services.broadcast import send_many_async
 from runs.services.metrics import (
     MAX_BODY_BYTES,
+    MAX_POINTS,
     IngestInvalid,
     RunGone,
     ingest_parse,
+    ingest_validate,
     metrics_compact_due,
-    metrics_record,
+    metrics_store_many,
 )
 from runs.services.tokens import run_token_check_cached
 
@@ -37,7 +42,9 @@ log = logging.getLogger(__name__)
 
 INGEST_PATH = re.compile(r"/api/v1/ingest/(\d{1,18})/\Z")
 UNAUTHORIZED = {"error": "invalid or missing run token: send Authorization: Bearer <the run's ingest token>"}
+FAILED = {"error": "ingest failed; the error was logged, retry later"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
+MAX_GROUP = 64  # requests stored in one transaction (at most MAX_POINTS points, one request per run)
 
 
 def bearer_token(authorization: str) -> str:
@@ -45,19 +52,76 @@ def bearer_token(authorization: str) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+@dataclass
+class Answer:
+    status: int
+    payload: dict
+    compact: list[int] = field(default_factory=list)  # series due for compaction
+    push: tuple[str, dict] | None = None  # the websocket message, when the caller sends it (push=False)
+
+
 def ingest_handle(*, run_id: int, authorization: str, body: bytes, compact: bool = True) -> tuple[int, dict, list]:
     """(HTTP status, JSON answer, series due for compaction). A wrong token and an unknown run get the same 401."""
-    token = bearer_token(authorization)
-    run = run_token_check_cached(run_id=run_id, token=token) if token else None
-    if run is None:
-        return 401, UNAUTHORIZED, []
+    (answer,) = ingest_handle_many([(run_id, authorization, body)])
+    if compact and answer.compact:
+        metrics_compact_due(answer.compact)
+        answer.compact = []
+    return answer.status, answer.payload, answer.compact
+
+
+def ingest_handle_many(requests: list[tuple[int, str, bytes]], *, push: bool = True) -> list[Answer]:
+    """ingest_handle for requests of distinct runs (run id, Authorization header, body), without compaction:
+    valid ones are stored together, in one transaction per MAX_POINTS points. If such a transaction fails, its
+    batches are stored again one at a time, so that one request's failure (its run deleted meanwhile, a deadlock)
+    is its own answer only. push=False leaves the websocket messages in the answers (metrics_store_many)."""
+    answers: list = [None] * len(requests)
+    ready = []
+    for index, (run_id, authorization, body) in enumerate(requests):
+        token = bearer_token(authorization)
+        run = run_token_check_cached(run_id=run_id, token=token) if token else None
+        if run is None:
+            answers[index] = Answer(401, UNAUTHORIZED)
+            continue
+        try:
+            ready.append((index, run, ingest_validate(ingest_parse(body))))
+        except IngestInvalid as exc:
+            answers[index] = Answer(400, exc.as_json())
+    groups: list[list] = []
+    points = MAX_POINTS + 1
+    for item in ready:
+        if points + item[2].points > MAX_POINTS:
+            groups.append([])
+            points = 0
+        groups[-1].append(item)
+        points += item[2].points
+    for group in groups:
+        try:
+            results = metrics_store_many([(run, batch) for _, run, batch in group], push=push)
+            done = [Answer(200, result.as_json(), result.compact, result.push) for result in results]
+        except Exception as exc:
+            if len(group) == 1:
+                done = [_failure(group[0][1], exc)]
+            else:
+                log.info("a grouped ingest failed; storing its %d batches one at a time", len(group), exc_info=True)
+                done = [_store_alone(run, batch, push) for _, run, batch in group]
+        for (index, _, _), answer in zip(group, done, strict=True):
+            answers[index] = answer
+    return answers
+
+
+def _store_alone(run, batch, push: bool) -> Answer:
     try:
-        result = metrics_record(run=run, records=ingest_parse(body), compact=compact)
-    except IngestInvalid as exc:
-        return 400, exc.as_json(), []
-    except RunGone:
-        return 401, UNAUTHORIZED, []
-    return 200, result.as_json(), result.compact
+        (result,) = metrics_store_many([(run, batch)], push=push)
+    except Exception as exc:
+        return _failure(run, exc)
+    return Answer(200, result.as_json(), result.compact, result.push)
+
+
+def _failure(run, exc: Exception) -> Answer:
+    if isinstance(exc, RunGone):
+        return Answer(401, UNAUTHORIZED)
+    log.error("ingest of run %s failed", run.pk, exc_info=exc)
+    return Answer(500, FAILED)
 
 
 @csrf_exempt
@@ -74,19 +138,40 @@ def ingest(request: HttpRequest, run_id: int) -> HttpResponse:
 
 def _threads() -> int:
     try:
-        return max(1, int(os.environ.get("CP_INGEST_THREADS", "8")))
+        return max(1, int(os.environ.get("CP_INGEST_THREADS", "2")))
     except ValueError:
-        return 8
+        return 2
+
+
+@dataclass
+class _Waiting:
+    run_id: int
+    authorization: str
+    body: bytes
+    answer: asyncio.Future
 
 
 class IngestFastPath:
-    """ASGI wrapper: POST /api/v1/ingest/<id>/ is answered here; everything else goes to the wrapped app."""
+    """ASGI wrapper: POST /api/v1/ingest/<id>/ is answered here; everything else goes to the wrapped app.
+
+    At most CP_INGEST_THREADS (default 2) transactions run at once per process, each in a thread that keeps its
+    database connection. A request that arrives while they are all busy waits, and the next free one takes every
+    waiting request (one per run, up to MAX_GROUP) in one transaction. Under light load each request has its own
+    transaction at once; under heavy load the commits, statements and round trips are shared.
+    """
 
     def __init__(self, app):
         self.app = app
-        self.executor = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="ingest")
-        self._handle = sync_to_async(self._handle_in_thread, thread_sensitive=False, executor=self.executor)
-        self._compact = sync_to_async(self._compact_in_thread, thread_sensitive=False, executor=self.executor)
+        self.slots = _threads()
+        self.executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="ingest")
+        # Compaction has a thread of its own, so that it never holds up a transaction's turn.
+        self.compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-compact")
+        self._store = sync_to_async(self._store_in_thread, thread_sensitive=False, executor=self.executor)
+        self._compact = sync_to_async(self._compact_in_thread, thread_sensitive=False, executor=self.compactor)
+        self._waiting: list[_Waiting] = []
+        self._storing: set[int] = set()  # runs with a request in a transaction
+        self._busy = 0
+        self._compacting: set[int] = set()  # series queued or being compacted: asked once, not per ingest
         self._background: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send):
@@ -101,19 +186,81 @@ class IngestFastPath:
         body = await self._read_body(receive)
         if body is None:
             return await self._respond(send, 413, {"error": f"body over {MAX_BODY_BYTES} bytes; send smaller batches"})
+        waiting = _Waiting(
+            int(match.group(1)),
+            headers.get(b"authorization", b"").decode("latin-1"),
+            body,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.append(waiting)
+        if self._busy < self.slots:
+            self._busy += 1
+            self._spawn(self._drain())
         try:
-            status, payload, due = await self._handle(
-                int(match.group(1)), headers.get(b"authorization", b"").decode("latin-1"), body
-            )
+            answer = await waiting.answer
         except Exception:
             log.exception("ingest failed")
-            return await self._respond(send, 500, {"error": "ingest failed; the error was logged, retry later"})
-        await self._respond(send, status, payload)
+            return await self._respond(send, 500, FAILED)
+        await self._respond(send, answer.status, answer.payload)
+        due = [sid for sid in answer.compact if sid not in self._compacting]
         if due:
             # After the answer is sent: the job never waits on compaction.
-            task = asyncio.ensure_future(self._compact(due))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._compacting.update(due)
+            self._spawn(self._compact_then_release(due))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self) -> None:
+        """Store waiting requests, a group per transaction, until none is left; then give the slot back."""
+        try:
+            while self._waiting:
+                group, later, runs = [], [], set()
+                for waiting in self._waiting:
+                    if waiting.run_id in runs or waiting.run_id in self._storing or len(group) >= MAX_GROUP:
+                        later.append(waiting)  # a run's next request waits for the one being stored
+                    else:
+                        runs.add(waiting.run_id)
+                        group.append(waiting)
+                self._waiting = later
+                if not group:
+                    break  # all wait on runs another transaction is storing; its loop comes back for them
+                self._storing |= runs
+                try:
+                    answers = await self._store([(w.run_id, w.authorization, w.body) for w in group])
+                except Exception as exc:  # reported by each request's handler
+                    answers = [exc] * len(group)
+                finally:
+                    self._storing -= runs
+                # The transaction's thread and connection are free: the next group goes on while this one's
+                # points are pushed. Each answer waits for its push: a reporter, which posts its next batch
+                # after the answer, has its pushes delivered in order.
+                self._spawn(self._push_then_answer(group, answers))
+        finally:
+            self._busy -= 1
+
+    @staticmethod
+    async def _push_then_answer(group: list[_Waiting], answers: list) -> None:
+        pushes = [a.push for a in answers if isinstance(a, Answer) and a.push is not None]
+        try:
+            await send_many_async(pushes)
+        except Exception:  # the database holds the truth; a missed push is back-filled on reconnect
+            log.warning("broadcast of %d ingests failed", len(pushes), exc_info=True)
+        for waiting, answer in zip(group, answers, strict=True):
+            if waiting.answer.done():  # the client went away
+                continue
+            if isinstance(answer, Exception):
+                waiting.answer.set_exception(answer)
+            else:
+                waiting.answer.set_result(answer)
+
+    async def _compact_then_release(self, series_ids: list[int]) -> None:
+        try:
+            await self._compact(series_ids)
+        finally:
+            self._compacting.difference_update(series_ids)
 
     @staticmethod
     def _host_allowed(host: str) -> bool:
@@ -144,11 +291,11 @@ class IngestFastPath:
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _handle_in_thread(run_id: int, authorization: str, body: bytes) -> tuple[int, dict, list]:
+    def _store_in_thread(requests: list[tuple[int, str, bytes]]) -> list[Answer]:
         # The request lifecycle Django would run: drop a connection that broke or outlived CONN_MAX_AGE.
         close_old_connections()
         try:
-            return ingest_handle(run_id=run_id, authorization=authorization, body=body, compact=False)
+            return ingest_handle_many(requests, push=False)
         finally:
             close_old_connections()
 

@@ -314,6 +314,98 @@ def test_fast_path_stores_and_passes_other_requests_through(run_and_token):
     assert points(run.pk, "loss") == 20
 
 
+def _asgi_posts_at_once(app, requests: list[tuple[int, bytes, str]]) -> list[tuple[int, dict]]:
+    """(status, answer) of each (run id, body, token), all posted before the app runs any of them."""
+
+    async def call():
+        comms = []
+        for run_id, body, token in requests:
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": f"/api/v1/ingest/{run_id}/",
+                "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {token}".encode())],
+                "query_string": b"",
+                "http_version": "1.1",
+                "scheme": "http",
+                "server": ("127.0.0.1", 8000),
+                "client": ("127.0.0.1", 1),
+            }
+            comm = ApplicationCommunicator(app, scope)
+            await comm.send_input({"type": "http.request", "body": body, "more_body": False})
+            comms.append(comm)
+        answers = []
+        for comm in comms:
+            start = await comm.receive_output(20)
+            content = await comm.receive_output(20)
+            answers.append((start["status"], json.loads(content["body"])))
+        return answers
+
+    return async_to_sync(call)()
+
+
+@pytest.fixture
+def fast_path():
+    app = IngestFastPath(None)
+    yield app
+    # Its threads keep their database connections: close each one's, or the test database cannot be dropped.
+    for executor, threads in ((app.executor, app.slots), (app.compactor, 1)):
+        barrier = threading.Barrier(threads)
+
+        def close(barrier=barrier):
+            barrier.wait(10)
+            connections.close_all()
+
+        for future in [executor.submit(close) for _ in range(threads)]:
+            future.result(20)
+        executor.shutdown()
+
+
+def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, fast_path):
+    from runs.views import ingest as ingest_view
+
+    token_cache_clear()
+    runs = [tiny_run(owner=operator, name=f"group-{i}") for i in range(4)]
+    tokens = [run_token_issue(run=run) for run in runs]
+    body = json.dumps({"records": [metrics(s, loss=2.0 + s % 3 * 0.01, lr=1e-3) for s in range(20)]}).encode()
+    app = fast_path
+    gone = runs[3]
+    assert _asgi_posts_at_once(app, [(gone.pk, body, tokens[3])])[0][0] == 200  # its token is now cached
+    Run.objects.filter(pk=gone.pk).delete()
+    calls = []
+    real = ingest_view.metrics_store_many
+
+    def counting(entries, **kwargs):
+        calls.append(len(entries))
+        return real(entries, **kwargs)
+
+    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+    requests = [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)]
+    requests.append((runs[0].pk, body, tokens[0]))  # the same run again: waits for the first one's commit
+    answers = _asgi_posts_at_once(app, requests)
+    assert [status for status, _ in answers] == [200, 200, 200, 401, 200]
+    assert [a.get("accepted") for _, a in answers] == [40, 40, 40, None, 0]
+    assert answers[4][1]["duplicates"] == 40
+    # One transaction for the four runs, which failed on the deleted one; each again alone; then the repeat.
+    assert calls == [4, 1, 1, 1, 1, 1]
+    for run in runs[:3]:
+        assert points(run.pk, "loss") == 20 and points(run.pk, "lr") == 20
+
+
+def test_fast_path_pushes_each_requests_points(run_and_token, fast_path):
+    run, token = run_and_token
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(run_group(run.pk), channel)
+    try:
+        body = json.dumps({"records": [metrics(7, mfu=0.5)]}).encode()
+        assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0][0] == 200
+        (message,) = receive_matching(layer, channel, lambda m: m["type"] == "run.points" and "mfu" in m["points"], 1)
+    finally:
+        async_to_sync(layer.group_discard)(run_group(run.pk), channel)
+    assert message["run_id"] == run.pk and message["points"] == {"mfu": [[7, 0.5]]} and message["last_step"] == 7
+
+
 # The job's own reporter against a real HTTP server
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def checkpoint_retention_apply(*, run: Run, actor: Any, keep_last: int | None = 
                 run_id=run.pk,
                 message=f"{checkpoint.tag} removed by retention (keep last {new[0]}, every {new[1] or '-'})",
             )
-            transaction.on_commit(lambda path=checkpoint.path: _delete_folder(path))
+            transaction.on_commit(functools.partial(_delete_folder, checkpoint.path))
     return pruned
 
 

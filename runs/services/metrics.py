@@ -445,7 +445,7 @@ def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
             ],
             prepare=True,
         )
-        last_steps = dict(cursor.fetchall())
+        last_steps: dict[int, int] = dict(cursor.fetchall())
     for entry in work:
         if entry.run.pk not in last_steps:
             raise RunGone(f"run {entry.run.pk} no longer exists")
@@ -817,9 +817,10 @@ class _Merges:
                 [v for row in part for v in row],
             )
         for start in range(0, len(self.old_ids), 500):
-            part = self.old_ids[start : start + 500]
-            self.cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(part))})", part)
-        self.pieces, self.old_ids, self.held = [], [], 0
+            ids = self.old_ids[start : start + 500]
+            self.cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
+        self.pieces, self.held = [], 0
+        self.old_ids = []
 
     def finish(self) -> None:
         self._write()

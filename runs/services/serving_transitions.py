@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -28,6 +28,9 @@ _MACHINES: dict[tuple[type[models.Model], str], dict[str, frozenset[str]]] = {
 _TERMINAL = {JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.CANCELLED, DeploymentStatus.STOPPED, DeploymentStatus.FAILED}
 
 
+Movable = TypeVar("Movable", Artifact, Deployment)
+
+
 class IllegalMove(Exception):
     """Not in the state machine, or another actor moved the object first."""
 
@@ -49,8 +52,7 @@ def serving_event(obj: Artifact | Deployment) -> dict:
     return {"type": "deployment.update", "deployment_id": obj.pk, "status": obj.status, "url": obj.url}
 
 
-def move(*, obj: Artifact | Deployment, to: str, actor: Any, field: str = "status", reason: str = "",
-         **fields: Any) -> Artifact | Deployment:  # fmt: skip
+def move(*, obj: Movable, to: str, actor: Any, field: str = "status", reason: str = "", **fields: Any) -> Movable:
     """Move `obj.<field>` to `to` if it still holds what we read: a conditional UPDATE, so one caller wins."""
     allowed = _MACHINES[(type(obj), field)]
     frm = getattr(obj, field)

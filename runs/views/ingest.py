@@ -217,7 +217,9 @@ class IngestFastPath:
         """Store waiting requests, a group per transaction, until none is left; then give the slot back."""
         try:
             while self._waiting:
-                group, later, runs = [], [], set()
+                group: list[_Waiting] = []
+                later: list[_Waiting] = []
+                runs: set[int] = set()
                 for waiting in self._waiting:
                     if waiting.run_id in runs or waiting.run_id in self._storing or len(group) >= MAX_GROUP:
                         later.append(waiting)  # a run's next request waits for the one being stored

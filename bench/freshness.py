@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import Conn, drop_database, free_port, head, recreate_database, stop, values_at, wait_http  # noqa: E402
+from tests.chromium import CHROMIUM_ARGS, chromium_path  # noqa: E402
 
 DB = "cp_fresh"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
@@ -51,16 +52,6 @@ SEED_STEPS = 10
 PERIOD_S = 0.1  # 10 steps/s per run
 GOAL_P99_MS = 250.0
 USER, PASSWORD = "fresh-viewer", "fresh-pass-123"
-# As tests/conftest.py CHROMIUM_ARGS.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 # Runs in every page before its own scripts: records when loss steps arrive on the websocket and when they are drawn.
 PAGE_PROBE = """
@@ -300,9 +291,7 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
     socket_seen: dict[int, dict] = {run_id: {} for run_id in watched}
     stats = {"errors": 0, "metrics": args.metrics}
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"), args=CHROMIUM_ARGS
-        )
+        browser = await pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         context = await browser.new_context()
         await context.add_init_script(PAGE_PROBE)
         if args.charts_js:

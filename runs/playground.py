@@ -10,7 +10,6 @@ import asyncio
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,10 +95,9 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         self.generation = asyncio.create_task(self._relay(params))
 
     async def _relay(self, params: dict) -> None:
-        try:
-            key = (Path(self.deployment.state_dir) / "api_key").read_text().strip()
-        except OSError:
-            key = ""
+        from runs.services.deployments import deployment_api_key
+
+        key = deployment_api_key(self.deployment)
         body = {"model": self.deployment.name, "stream": True, "stream_options": {"include_usage": True}, **params}
         started = time.perf_counter()
         first = None

@@ -9,17 +9,8 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 
 import pytest
 
+from tests.chromium import CHROMIUM_ARGS, chromium_path
 from tests.slurm_fixture import slurm_cluster  # noqa: F401  (the real one-node Slurm, started on demand)
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,7 +55,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
 def browser_type_launch_args(browser_type_launch_args):
     return {
         **browser_type_launch_args,
-        "executable_path": os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"),
+        "executable_path": chromium_path(),
         "args": [*browser_type_launch_args.get("args", []), *CHROMIUM_ARGS],
     }
 

@@ -25,6 +25,7 @@ from runs.services.artifacts import (
     latency_started,
 )
 from runs.services.deployments import (
+    API_KEY_FILE,
     deployment_failed,
     deployment_health,
     deployment_running,
@@ -33,11 +34,13 @@ from runs.services.deployments import (
     serving_backend,
 )
 from runs.services.serving_transitions import IllegalMove
-from workers.backends import JobState, LaunchSpec, get_backend
+from workers.backends import JobState, JobStatus, LaunchSpec, get_backend
 from workers.backends.base import LaunchError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 600
+STARTING_POLL_S = 1.0  # while a server loads: how soon a user sees it running
+HEALTH_INTERVAL_S = 5.0  # once it runs: how often /health is asked
 HEALTH_TIMEOUT_S = 3.0
 
 
@@ -76,6 +79,16 @@ def _log_tail(job_dir: Path) -> str:
         return ""
     lines = [ln for ln in lines if ln and not ln.startswith(("warnings.warn", "  "))]
     return lines[-1][:500] if lines else ""
+
+
+def _outcome(status: JobStatus, *, report: dict | None, job_dir: Path, missing: str,
+             said: str = "") -> tuple[str, dict | None, str]:  # fmt: skip
+    """How a finished one-process job ended: (phase, its report, a reason a person can act on)."""
+    if status.state == JobState.SUCCEEDED and report:
+        return JobPhase.SUCCEEDED, report, ""
+    if status.state == JobState.CANCELLED:
+        return JobPhase.CANCELLED, None, "cancelled"
+    return JobPhase.FAILED, None, said or _log_tail(job_dir) or status.reason or missing
 
 
 def _submit(backend_kind: str, spec: LaunchSpec) -> str:
@@ -127,15 +140,12 @@ def quantize_watch(artifact_id: int) -> bool:
     status = _poll(serving_backend(artifact.run.cluster.backend), artifact.backend_job_id, out / "job")
     if not status.finished:
         return True
-    report = _read_json(out / "report.json")
-    if status.state == JobState.SUCCEEDED and report:
-        artifact_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report=report)
-    elif status.state == JobState.CANCELLED:
-        artifact_finish(artifact=artifact, status=JobPhase.CANCELLED, reason="cancelled")
-    else:
-        reason = (progress or {}).get("message") if (progress or {}).get("stage") == "failed" else ""
-        reason = reason or _log_tail(out / "job") or status.reason or "the quantize job ended without a report"
-        artifact_finish(artifact=artifact, status=JobPhase.FAILED, reason=reason)
+    said = (progress or {}).get("message", "") if (progress or {}).get("stage") == "failed" else ""
+    phase, report, reason = _outcome(
+        status, report=_read_json(out / "report.json"), job_dir=out / "job", said=said,
+        missing="the quantize job ended without a report",
+    )  # fmt: skip
+    artifact_finish(artifact=artifact, status=phase, report=report, reason=reason)
     return False
 
 
@@ -176,12 +186,11 @@ def benchmark_watch(artifact_id: int) -> bool:
     status = _poll(serving_backend(artifact.run.cluster.backend), artifact.latency_job_id, out / "latency-job")
     if not status.finished:
         return True
-    report = _read_json(out / "latency.json")
-    if status.state == JobState.SUCCEEDED and report:
-        latency_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report=report)
-    else:
-        reason = _log_tail(out / "latency-job") or status.reason or "the benchmark ended without a report"
-        latency_finish(artifact=artifact, status=JobPhase.FAILED, reason=reason)
+    phase, report, reason = _outcome(
+        status, report=_read_json(out / "latency.json"), job_dir=out / "latency-job",
+        missing="the benchmark ended without a report",
+    )  # fmt: skip
+    latency_finish(artifact=artifact, status=phase, report=report, reason=reason)
     return False
 
 
@@ -192,14 +201,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def api_key(deployment: Deployment) -> str:
-    """The endpoint's bearer key, kept in its state folder (mode 0600), never in the database."""
-    try:
-        return (Path(deployment.state_dir) / "api_key").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _write_key(path: Path) -> None:
@@ -216,14 +217,14 @@ def deploy_start(deployment_id: int) -> str:
     state = Path(deployment.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     (state / "endpoint.json").unlink(missing_ok=True)
-    _write_key(state / "api_key")
+    _write_key(state / API_KEY_FILE)
     if deployment.backend == "slurm":
         host, port = "0.0.0.0", 20000 + deployment.pk % 20000
     else:
         host, port = "127.0.0.1", _free_port()
     argv = ["-m", "jobs.serve", "--model", str(Path(deployment.artifact.directory) / deployment.variant)]
     argv += ["--host", host, "--port", str(port), "--state-dir", str(state), "--served-name", deployment.name]
-    argv += ["--engine", deployment.engine, "--api-key-file", str(state / "api_key")]
+    argv += ["--engine", deployment.engine, "--api-key-file", str(state / API_KEY_FILE)]
     try:
         spec = _spec(cluster=cluster, job_dir=state, module_argv=argv, name=f"cp-serve-{deployment.pk}", hours=24 * 7)
         job_id = _submit(deployment.backend, spec)
@@ -251,11 +252,11 @@ def _healthy(url: str) -> tuple[bool, str]:
     return response.status_code == 200, f"HTTP {response.status_code}"
 
 
-def deploy_watch(deployment_id: int) -> bool:
-    """One health check; True while the deployment should be checked again."""
+def deploy_watch(deployment_id: int) -> float | None:
+    """One look at a deployment; seconds until the next one, None once it is no longer live."""
     deployment = Deployment.objects.select_related("artifact__run").filter(pk=deployment_id).first()
     if deployment is None or not deployment.is_live or not deployment.backend_job_id:
-        return False
+        return None
     state = Path(deployment.state_dir)
     backend = get_backend(deployment.backend)
     status = backend.poll(deployment.backend_job_id, state)
@@ -264,7 +265,7 @@ def deploy_watch(deployment_id: int) -> bool:
         deployment_failed(deployment=deployment, reason=f"the server exited: {reason}")
         # Whatever the job left behind (a server whose supervisor died) must not keep its port and memory.
         backend.cancel(deployment.backend_job_id, state)
-        return False
+        return None
     if deployment.status == DeploymentStatus.STARTING:
         url = _endpoint_url(state)
         if url and _healthy(url)[0]:
@@ -272,13 +273,13 @@ def deploy_watch(deployment_id: int) -> bool:
         elif deployment.created_at.timestamp() + SERVER_START_TIMEOUT_S < time.time():
             backend.cancel(deployment.backend_job_id, state)
             deployment_failed(deployment=deployment, reason="the server did not answer /health within 10 minutes")
-            return False
-        return True
+            return None
+        return STARTING_POLL_S
     ok, detail = _healthy(deployment.url)
     deployment = deployment_health(deployment=deployment, ok=ok, detail=detail)
     if deployment.status == DeploymentStatus.FAILED:
         backend.cancel(deployment.backend_job_id, state)  # a hung server is stopped, not left holding the GPU
-    return deployment.is_live
+    return HEALTH_INTERVAL_S if deployment.is_live else None
 
 
 def deploy_stop(deployment_id: int) -> str:

@@ -16,7 +16,6 @@ from workers import (
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
-HEALTH_INTERVAL_S = 5.0
 
 
 @shared_task(name="workers.launch_run", acks_late=True)
@@ -39,12 +38,15 @@ def stop_run(run_id: int) -> str:
     return launching.stop_run(run_id)
 
 
+def _then_watch(outcome: str, watch, pk: int) -> str:
+    if outcome.startswith("submitted"):
+        watch.apply_async(args=[pk], countdown=WATCH_INTERVAL_S)
+    return outcome
+
+
 @shared_task(name="workers.quantize_artifact", acks_late=True)
 def quantize_artifact(artifact_id: int) -> str:
-    outcome = serving.quantize_start(artifact_id)
-    if outcome.startswith("submitted"):
-        watch_artifact.apply_async(args=[artifact_id], countdown=WATCH_INTERVAL_S)
-    return outcome
+    return _then_watch(serving.quantize_start(artifact_id), watch_artifact, artifact_id)
 
 
 @shared_task(name="workers.watch_artifact", acks_late=True, ignore_result=True)
@@ -55,10 +57,7 @@ def watch_artifact(artifact_id: int) -> None:
 
 @shared_task(name="workers.benchmark_artifact", acks_late=True)
 def benchmark_artifact(artifact_id: int) -> str:
-    outcome = serving.benchmark_start(artifact_id)
-    if outcome.startswith("submitted"):
-        watch_benchmark.apply_async(args=[artifact_id], countdown=WATCH_INTERVAL_S)
-    return outcome
+    return _then_watch(serving.benchmark_start(artifact_id), watch_benchmark, artifact_id)
 
 
 @shared_task(name="workers.watch_benchmark", acks_late=True, ignore_result=True)
@@ -69,20 +68,14 @@ def watch_benchmark(artifact_id: int) -> None:
 
 @shared_task(name="workers.deploy", acks_late=True)
 def deploy(deployment_id: int) -> str:
-    outcome = serving.deploy_start(deployment_id)
-    if outcome.startswith("submitted"):
-        watch_deployment.apply_async(args=[deployment_id], countdown=WATCH_INTERVAL_S)
-    return outcome
+    return _then_watch(serving.deploy_start(deployment_id), watch_deployment, deployment_id)
 
 
 @shared_task(name="workers.watch_deployment", acks_late=True, ignore_result=True)
 def watch_deployment(deployment_id: int) -> None:
-    from runs.models import Deployment, DeploymentStatus
-
-    if serving.deploy_watch(deployment_id):
-        starting = Deployment.objects.filter(pk=deployment_id, status=DeploymentStatus.STARTING).exists()
-        countdown = WATCH_INTERVAL_S if starting else HEALTH_INTERVAL_S
-        watch_deployment.apply_async(args=[deployment_id], countdown=countdown)
+    next_look = serving.deploy_watch(deployment_id)
+    if next_look is not None:
+        watch_deployment.apply_async(args=[deployment_id], countdown=next_look)
 
 
 @shared_task(name="workers.stop_deployment", acks_late=True)
@@ -90,22 +83,22 @@ def stop_deployment(deployment_id: int) -> str:
     return serving.deploy_stop(deployment_id)
 
 
+# What serving.in_flight() names -> the task that picks it up again.
+_REATTACH = {
+    "quantize_queued": quantize_artifact,
+    "quantize_running": watch_artifact,
+    "latency_queued": benchmark_artifact,
+    "latency_running": watch_benchmark,
+    "deploy_queued": deploy,
+    "deploy_live": watch_deployment,
+    "deploy_stopping": stop_deployment,
+}
+
+
 def _reattach_serving() -> None:
-    pending = serving.in_flight()
-    for pk in pending["quantize_queued"]:
-        quantize_artifact.delay(pk)
-    for pk in pending["quantize_running"]:
-        watch_artifact.delay(pk)
-    for pk in pending["latency_queued"]:
-        benchmark_artifact.delay(pk)
-    for pk in pending["latency_running"]:
-        watch_benchmark.delay(pk)
-    for pk in pending["deploy_queued"]:
-        deploy.delay(pk)
-    for pk in pending["deploy_live"]:
-        watch_deployment.delay(pk)
-    for pk in pending["deploy_stopping"]:
-        stop_deployment.delay(pk)
+    for kind, pks in serving.in_flight().items():
+        for pk in pks:
+            _REATTACH[kind].delay(pk)
 
 
 @worker_ready.connect

@@ -22,6 +22,18 @@ HEALTH_FAILURES_TO_FAIL = 3
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
+API_KEY_FILE = "api_key"
+
+
+def deployment_api_key(deployment: Deployment) -> str:
+    """The endpoint's bearer key, kept in its state folder (mode 0600, written by the deploy task), never in the
+    database; empty when the folder is gone."""
+    try:
+        return (Path(deployment.state_dir) / API_KEY_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
 def serving_backend(cluster_backend: str) -> str:
     """Where one-process jobs run: a hostfile cluster's launcher starts multi-node DeepSpeed jobs only, so its
     quantize, benchmark and server jobs run on the control plane's own machine, next to the run directory."""

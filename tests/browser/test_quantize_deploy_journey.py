@@ -62,6 +62,7 @@ def test_quantize_benchmark_deploy_prompt_stop(page: Page, stack, operator):
     import openai
 
     from runs.models import Artifact, AuditEvent, Deployment
+    from runs.services.deployments import deployment_api_key
 
     expect.set_options(timeout=240_000)
     page.set_default_timeout(60_000)
@@ -98,7 +99,7 @@ def test_quantize_benchmark_deploy_prompt_stop(page: Page, stack, operator):
     assert len(page.locator("#output").inner_text()) > len("The model")
 
     # The OpenAI client library talks to the endpoint as it would to OpenAI.
-    key = (Path(deployment.state_dir) / "api_key").read_text().strip()
+    key = deployment_api_key(deployment)
     client = openai.OpenAI(base_url=f"{deployment.url}/v1", api_key=key)
     completion = client.completions.create(model=deployment.name, prompt="hello", max_tokens=5, temperature=0)
     assert completion.usage.completion_tokens >= 1

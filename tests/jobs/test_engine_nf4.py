@@ -110,8 +110,6 @@ def test_kernel_matches_bitsandbytes_under_the_interpreter():
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stdout + proc.stderr)[-4000:]
-        if "InterpreterError" in tail and "NotImplementedError" in tail:
-            pytest.skip(f"triton's interpreter cannot run the kernel here: {tail[-500:]}")
         pytest.fail(f"interpreter run failed (exit {proc.returncode}):\n{tail}")
     results = json.loads(lines[-1].removeprefix("RESULTS "))
     assert len(results) >= 50

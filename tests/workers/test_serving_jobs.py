@@ -14,7 +14,7 @@ import pytest
 
 from runs.models import AlertKind, Artifact, Checkpoint, DeploymentStatus, JobPhase, Run, RunStatus
 from runs.services.artifacts import artifact_finish
-from runs.services.deployments import deployment_create, deployment_stop
+from runs.services.deployments import deployment_api_key, deployment_create, deployment_stop
 from runs.services.serving_transitions import move
 from tests.jobs.tiny_models import export_llama
 from tests.runs.factories import tiny_run
@@ -75,7 +75,7 @@ def test_a_local_server_comes_up_and_a_killed_one_fails_with_an_alert(artifact, 
     assert serving.deploy_start(deployment.pk).startswith("submitted local:")
     deployment = _watch_until(deployment, {DeploymentStatus.RUNNING, DeploymentStatus.FAILED})
     assert deployment.status == DeploymentStatus.RUNNING, deployment.failure_reason
-    key = serving.api_key(deployment)
+    key = deployment_api_key(deployment)
     assert (Path(deployment.state_dir) / "api_key").stat().st_mode & 0o777 == 0o600
     answer = _complete(deployment.url, key)
     assert answer["status"] == 200 and answer["body"]["usage"]["completion_tokens"] >= 1
@@ -112,7 +112,7 @@ def test_a_server_on_slurm_answers_and_stop_cancels_the_job(artifact, operator, 
     deployment = _watch_until(deployment, {DeploymentStatus.RUNNING, DeploymentStatus.FAILED}, timeout=180)
     assert deployment.status == DeploymentStatus.RUNNING, deployment.failure_reason
     assert deployment.backend_job_id.isdigit()
-    assert _complete(deployment.url, serving.api_key(deployment))["status"] == 200
+    assert _complete(deployment.url, deployment_api_key(deployment))["status"] == 200
 
     deployment = deployment_stop(deployment=deployment, actor=operator)
     serving.deploy_stop(deployment.pk)

@@ -192,6 +192,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CP_CELERY_EAGER", False)
+# Local CPU launches fork a DeepSpeed launcher that a worker started and imported ahead (workers.backends.warm).
+WARM_LAUNCHER = _env_bool("CP_WARM_LAUNCHER", True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},

@@ -98,3 +98,10 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's sync API keeps an event loop running in the main thread for the rest of
     the session, after which pytest-asyncio (the websocket consumer tests) can no longer start one."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_launcher_in_process(settings):
+    """Local launches made inside the test process start DeepSpeed's launcher themselves; the warm launcher is
+    tested on its own (tests/workers/test_local_backend.py) and by the end-to-end stack's worker."""
+    settings.WARM_LAUNCHER = False

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runs.models import Run, RunStatus, Trainer
+from runs.models import Cluster, Run, RunStatus, Trainer
 from runs.services.jobs import run_finish, run_record_job
 from runs.services.rundir import run_dir_prepare
 from runs.services.transitions import IllegalTransition, transition
@@ -29,6 +29,10 @@ def _master_port(backend: str) -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+def has_local_cpu_cluster() -> bool:
+    return Cluster.objects.filter(backend="local", accelerator="cpu").exists()
 
 
 def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -13,6 +14,7 @@ from workers import (
     watching,
     webhook_tasks,  # noqa: F401  (registers workers.deliver_webhook with this app)
 )
+from workers.backends import warm
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
@@ -112,3 +114,5 @@ def reattach(sender=None, **kwargs) -> None:
     if watch or queued:
         log.info("re-attached to runs %s, re-queued launches %s", watch, queued)
     _reattach_serving()
+    if launching.has_local_cpu_cluster():
+        warm.ensure_started(sys.executable)  # the first launch need not wait for DeepSpeed's import

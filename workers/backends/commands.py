@@ -85,16 +85,26 @@ def deepspeed_node_argv(python: str, module_argv: list[str], *, ranks: int, mast
     This is the command DeepSpeed's runner itself builds for a single host; starting it directly saves the runner's
     own interpreter start and DeepSpeed import (2.5-4 s of every local launch here).
     """
+    return [
+        python,
+        "-u",
+        "-m",
+        "deepspeed.launcher.launch",
+        *deepspeed_node_args(module_argv, ranks=ranks, master_port=master_port),
+    ]
+
+
+def deepspeed_node_args(module_argv: list[str], *, ranks: int, master_port: int) -> list[str]:
+    """The arguments of ``deepspeed.launcher.launch`` in deepspeed_node_argv."""
     validate_module_argv(module_argv)
     world_info = json.dumps({"localhost": list(range(ranks))}).encode()
-    argv = [python, "-u", "-m", "deepspeed.launcher.launch"]
-    argv += [f"--world_info={base64.urlsafe_b64encode(world_info).decode()}"]
-    argv += ["--master_addr=127.0.0.1", f"--master_port={master_port}"]
+    args = [f"--world_info={base64.urlsafe_b64encode(world_info).decode()}"]
+    args += ["--master_addr=127.0.0.1", f"--master_port={master_port}"]
     if module_argv[0] == "-m":
-        argv += ["--module", *module_argv[1:]]
+        args += ["--module", *module_argv[1:]]
     else:
-        argv += module_argv
-    return argv
+        args += module_argv
+    return args
 
 
 def job_env(spec: LaunchSpec) -> dict[str, str]:

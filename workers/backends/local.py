@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from workers.backends import commands
+from workers.backends import commands, warm
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
 
@@ -40,11 +40,24 @@ class LocalBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("exit.json", "child.json", "cancel_requested"):
             (spec.run_dir / stale).unlink(missing_ok=True)
-        argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
-        try:
-            record = spawn_group(argv, run_dir=spec.run_dir, env=process_env(spec), cwd=spec.workdir)
-        except OSError as exc:
-            raise LaunchError(f"Could not start the local job: {exc}") from exc
+        env = process_env(spec)
+        record = None
+        if spec.accelerator == "cpu" and not spec.single_process:
+            record = warm.spawn(
+                python=spec.python,
+                run_dir=spec.run_dir,
+                cwd=spec.workdir,
+                env=env,
+                launcher_args=commands.deepspeed_node_args(
+                    spec.module_argv, ranks=spec.gpus_per_node, master_port=spec.master_port
+                ),
+            )
+        if record is None:
+            argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
+            try:
+                record = spawn_group(argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir)
+            except OSError as exc:
+                raise LaunchError(f"Could not start the local job: {exc}") from exc
         return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail=record)
 
     @staticmethod

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -38,15 +39,20 @@ def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Pat
     finally:
         stdout.close()
         stderr.close()
-    ticks = start_ticks(proc.pid)
-    record = {"pid": proc.pid, "pgid": proc.pid, "start_ticks": ticks, "argv": argv, "started_at": time.time()}
+    record = job_record(run_dir=run_dir, pid=proc.pid, argv=argv)
+    # Reap the child in the background so it never lingers as a zombie while this worker lives.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return record
+
+
+def job_record(*, run_dir: Path, pid: int, argv: list[str], ticks: int | None = None, **extra) -> dict:
+    """Write run_dir/job.json for a job whose session leader is `pid`: what a restarted worker re-attaches to."""
+    ticks = start_ticks(pid) if ticks is None else ticks
+    record = {"pid": pid, "pgid": pid, "start_ticks": ticks, "argv": argv, "started_at": time.time()}
+    record.update(extra)
     tmp = run_dir / "job.json.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, run_dir / "job.json")
-    # Reap the child in the background so it never lingers as a zombie while this worker lives.
-    import threading
-
-    threading.Thread(target=proc.wait, daemon=True).start()
     return record
 
 

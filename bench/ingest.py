@@ -260,15 +260,6 @@ def load(target: dict, runs: int, steps_per_req: int, seconds: float, start_step
 # This control plane
 
 
-def server_app():
-    """uvicorn --factory target: controlplane.asgi's application behind the ingest fast path (as is, once
-    controlplane/asgi.py wraps it itself)."""
-    from controlplane.asgi import application
-    from runs.views.ingest import IngestFastPath
-
-    return application if isinstance(application, IngestFastPath) else IngestFastPath(application)
-
-
 def setup_cp(n_runs: int) -> list[tuple[int, str]]:
     env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{CP_DB}"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
@@ -303,23 +294,11 @@ def start_cp(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
         "OMP_NUM_THREADS": "1",
         "CP_LOG_LEVEL": "WARNING",
     }
+    sys.path.insert(0, str(ROOT))
+    from controlplane.processes import web_server_argv
+
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench.ingest:server_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        web_server_argv(port=port, log_level="warning", workers=workers),
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

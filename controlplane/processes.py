@@ -5,22 +5,14 @@ from __future__ import annotations
 import sys
 
 
-def web_server_argv(*, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "controlplane.asgi:application",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--timeout-graceful-shutdown",
-        "5",
-        "--log-level",
-        log_level,
-    ]
+def web_server_argv(
+    *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", workers: int | None = None
+) -> list[str]:
+    """controlplane.serve: uvicorn, in `workers` processes (default CP_WEB_WORKERS, else 1)."""
+    argv = [sys.executable, "-m", "controlplane.serve", "--host", host, "--port", str(port), "--log-level", log_level]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return argv
 
 
 def worker_argv(

@@ -22,7 +22,12 @@ class MetricSeries(models.Model):
     last_step = models.BigIntegerField(null=True, blank=True, help_text="Highest step stored.")
     last_value = models.FloatField(null=True, blank=True, help_text="Value at last_step (null when non-finite).")
     pending_blocks = models.PositiveIntegerField(default=0, help_text="Tier-0 blocks not yet compacted.")
-    detector_state = models.JSONField(default=dict, blank=True)
+    detector_state = models.JSONField(
+        default=dict, blank=True, help_text="Detector episodes (runs.services.detectors)."
+    )
+    detector_window = models.BinaryField(
+        null=True, blank=True, help_text="The detectors' last finite values, packed float64 (rewritten every ingest)."
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "key"], name="metric_series_run_key_unique")]
@@ -32,7 +37,8 @@ class MetricSeries(models.Model):
 
 
 class MetricBlock(models.Model):
-    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="blocks")
+    # No index of its own: the composite indexes below start with series.
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="blocks", db_index=False)
     step_lo = models.BigIntegerField()
     step_hi = models.BigIntegerField()
     n = models.PositiveIntegerField()
@@ -46,7 +52,13 @@ class MetricBlock(models.Model):
     rollup_coarse = models.BinaryField(null=True, help_text="Chunk summaries of ROLLUP_COARSE points.")
 
     class Meta:
-        indexes = [models.Index(fields=["series", "step_hi"]), models.Index(fields=["series", "step_lo"])]
+        indexes = [
+            models.Index(fields=["series", "step_hi"]),
+            models.Index(fields=["series", "step_lo"]),
+            # Compaction reads a tier of a series in step order: a plain index scan, which also marks the index
+            # entries of compacted-away blocks dead as it passes them (a bitmap scan would revisit them each time).
+            models.Index(fields=["series", "tier", "step_lo"], name="runs_metricblock_tier_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.series_id}[{self.step_lo}..{self.step_hi}]"

@@ -1,7 +1,7 @@
 """Streaming detectors that run on every ingested batch: NaN/Inf loss, loss spike, grad-norm blow-up, throughput drop.
 
-Each watched series keeps a small state in its row (MetricSeries.detector_state): the last WINDOW finite values
-and, per detector, whether an episode is open. Ingest holds the run's row lock while it reads and writes that
+Each watched series keeps a small state in its row: the last WINDOW finite values (MetricSeries.detector_window,
+packed) and, per detector, whether an episode is open (MetricSeries.detector_state). Ingest holds the run's row lock while it reads and writes that
 state, so any number of web processes see one consistent stream. A detector reports a finding when an episode
 opens and a resolution when it has been quiet for QUIET points; the caller turns these into one Alert per episode.
 Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows.
@@ -149,12 +149,13 @@ def _fmt(x: float) -> str:
 def detect(*, key: str, steps: np.ndarray, values: np.ndarray, state: dict, thresholds: Thresholds) -> Verdict:
     """Run the detectors that watch `key` over newly stored points (sorted by step); returns the new state."""
     state = {
-        "w": list(state.get("w", [])),
+        "w": state.get("w", ()),
         "ep": {k: dict(v) for k, v in state.get("ep", {}).items()},
         "low_run": int(state.get("low_run", 0)),
     }
     verdict = Verdict(state=state)
     if key not in WATCHED_KEYS or steps.size == 0:
+        state["w"] = list(state["w"])
         return verdict
     window = np.asarray(state["w"], dtype=np.float64)
     finite = np.isfinite(values)
@@ -281,5 +282,5 @@ def _throughput(fsteps, fvals, med, count, state, th: Thresholds, verdict: Verdi
 
 
 def _last(state: dict) -> float | None:
-    window = state.get("w") or []
-    return float(window[-1]) if window else None
+    window = state.get("w")
+    return float(window[-1]) if window is not None and len(window) else None

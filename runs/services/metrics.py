@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from runs.models import Checkpoint, MetricSeries, Run
 from runs.services import rollups as ru
 from runs.services.alerts import alert_raise, alert_resolve
 from runs.services.audit import SYSTEM, audit_record
-from runs.services.broadcast import broadcast_many_on_commit, run_group
+from runs.services.broadcast import Message, broadcast_many_on_commit, run_group
 from runs.services.checkpoints import checkpoint_retention_apply
 from runs.services.detectors import WATCHED_KEYS, Thresholds, detect
 
@@ -229,7 +230,7 @@ class IngestResult:
     last_step: int | None = None
     alerts: list[int] = field(default_factory=list)
     compact: list[int] = field(default_factory=list)  # series now due for compaction
-    push: tuple[str, dict] | None = None  # (group, websocket message) left to the caller by push=False
+    push: tuple[str, Message] | None = None  # (group, websocket message) left to the caller by push=False
 
     def as_json(self) -> dict:
         return {
@@ -279,7 +280,7 @@ class _Entry:
     batch: Batch
     result: IngestResult
     points: dict[str, tuple[np.ndarray, np.ndarray, int]]  # key -> (sorted unique steps, values, points sent)
-    pushed: dict[str, list] = field(default_factory=dict)
+    pushed: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> new steps, values
 
 
 @dataclass
@@ -339,14 +340,10 @@ def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -
                 _apply_event(entry.run, etype, step, rec, entry.result)
         for entry in work:
             if entry.pushed or entry.batch.events or entry.batch.heartbeats:
+                # Built only if someone listens (broadcast calls it): most runs have no chart open.
                 entry.result.push = (
                     run_group(entry.run.pk),
-                    {
-                        "type": "run.points",
-                        "run_id": entry.run.pk,
-                        "points": entry.pushed,
-                        "last_step": entry.result.last_step,
-                    },
+                    partial(_points_message, entry.run.pk, entry.pushed, entry.result.last_step),
                 )
         if push:
             pushes = [entry.result.push for entry in work if entry.result.push]
@@ -371,7 +368,8 @@ _PG_CREATE_SERIES = (
     "ORDER BY k.run_id, k.key ON CONFLICT (run_id, key) DO NOTHING"
 )
 _PG_LOCK_SERIES = (
-    "SELECT s.id, s.run_id, s.key, s.last_step, s.last_value, s.pending_blocks, s.detector_state "
+    "SELECT s.id, s.run_id, s.key, s.last_step, s.last_value, s.pending_blocks, s.detector_state, "
+    "s.detector_window "
     "FROM runs_metricseries AS s JOIN json_to_recordset(%s::json) AS k(run_id bigint, key text) "
     "ON s.run_id = k.run_id AND s.key = k.key ORDER BY s.id FOR UPDATE OF s"
 )
@@ -394,8 +392,10 @@ _PG_WRITE = (
     "substring(%s::bytea FROM v.at * 8 + 1 FOR v.n * 8), v.bad, 0 FROM json_to_recordset(%s::json) "
     "AS v(id bigint, lo bigint, hi bigint, n integer, vmin float8, vmax float8, at integer, bad integer)), "
     "u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, last_value = v.lv, "
-    "pending_blocks = s.pending_blocks + 1, detector_state = COALESCE(v.ds, s.detector_state) "
-    "FROM json_to_recordset(%s::json) AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb) WHERE s.id = v.id) "
+    "pending_blocks = s.pending_blocks + 1, detector_state = COALESCE(v.ds, s.detector_state), "
+    "detector_window = CASE WHEN v.wn IS NULL THEN s.detector_window ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END "
+    "FROM json_to_recordset(%s::json) AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer) "
+    "WHERE s.id = v.id) "
     "SELECT id, last_step FROM r"
 )
 
@@ -441,7 +441,7 @@ def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
                 b"".join(block.steps for block in blocks),
                 b"".join(block.values for block in blocks),
                 _json_rows(("id", "lo", "hi", "n", "vmin", "vmax", "at", "bad"), rows),
-                _json_rows(("id", "n", "ls", "lv", "ds"), updates),
+                *_series_updates(updates),
             ],
             prepare=True,
         )
@@ -450,6 +450,21 @@ def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
         if entry.run.pk not in last_steps:
             raise RunGone(f"run {entry.run.pk} no longer exists")
         entry.result.last_step = last_steps[entry.run.pk]
+
+
+def _series_updates(updates: list[tuple]) -> tuple[bytes, str]:
+    """The series rows to write, as the packed windows (one bytea) and a JSON recordset that slices them."""
+    windows: list[bytes] = []
+    rows: list[tuple] = []
+    at = 0
+    for sid, n, ls, lv, ds, window in updates:
+        if window is None:
+            rows.append((sid, n, ls, lv, ds, None, None))
+        else:
+            windows.append(window)
+            rows.append((sid, n, ls, lv, ds, at, len(window)))
+            at += len(window)
+    return b"".join(windows), _json_rows(("id", "n", "ls", "lv", "ds", "wat", "wn"), rows)
 
 
 def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
@@ -479,8 +494,8 @@ def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, st
 def _locked_rows(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
     cursor.execute(_PG_LOCK_SERIES, [_json_rows(("run_id", "key"), wanted)], prepare=True)
     return {
-        (run_id, key): [sid, last_step, last_value, pending, state]
-        for sid, run_id, key, last_step, last_value, pending, state in cursor.fetchall()
+        (run_id, key): [sid, last_step, last_value, pending, state, window]
+        for sid, run_id, key, last_step, last_value, pending, state, window in cursor.fetchall()
     }
 
 
@@ -504,11 +519,12 @@ _TOUCH_RUN = (
     "WHEN last_heartbeat_at IS NULL OR last_heartbeat_at < %s THEN %s ELSE last_heartbeat_at END "
     "WHERE id = %s RETURNING last_step"
 )
-_SERIES_COLUMNS = "id, key, last_step, last_value, pending_blocks, detector_state"
+_SERIES_COLUMNS = "id, key, last_step, last_value, pending_blocks, detector_state, detector_window"
 _BLOCK_COLUMNS = "series_id, step_lo, step_hi, n, vmin, vmax, steps, {values}, nonfinite, tier"
 _SERIES_UPDATE = (
     "UPDATE runs_metricseries SET points = points + %s, last_step = %s, last_value = %s, "
-    "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state) WHERE id = %s"
+    "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state), "
+    "detector_window = COALESCE(%s, detector_window) WHERE id = %s"
 )
 
 
@@ -548,7 +564,10 @@ def _store_portable(entry: _Entry, now: datetime.datetime) -> None:
             )
         cursor.executemany(
             _SERIES_UPDATE,
-            [[n, ls, lv, None if ds is None else orjson.dumps(ds).decode(), sid] for sid, n, ls, lv, ds in updates],
+            [
+                [n, ls, lv, None if ds is None else orjson.dumps(ds).decode(), window, sid]
+                for sid, n, ls, lv, ds, window in updates
+            ],
         )
 
 
@@ -561,8 +580,8 @@ def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
             f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})",
             [run_id, *part],
         )
-        for sid, key, last_step, last_value, pending, state in cursor.fetchall():
-            rows[key] = [sid, last_step, last_value, pending, state]
+        for sid, key, last_step, last_value, pending, state, window in cursor.fetchall():
+            rows[key] = [sid, last_step, last_value, pending, state, window]
     return rows
 
 
@@ -594,7 +613,7 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
     run, result = entry.run, entry.result
     thresholds = Thresholds.from_config(run.config)
     for key, (steps, values, submitted) in entry.points.items():
-        sid, last_step, last_value, pending, state = series[(run.pk, key)]
+        sid, last_step, last_value, pending, state, window = series[(run.pk, key)]
         stored = present.get(sid)  # steps of the stored blocks that overlap this batch's range
         if stored is not None and stored.size:
             stored = stored[(stored >= steps[0]) & (stored <= steps[-1])]
@@ -604,9 +623,9 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
         if steps.size == 0:
             continue
         result.accepted += steps.size
-        new_state = None
+        new_state = new_window = None
         if key in WATCHED_KEYS:
-            new_state = _run_detectors(run, key, steps, values, state, thresholds, result)
+            new_state, new_window = _run_detectors(run, key, steps, values, state, window, thresholds, result)
         vmin, vmax, bad = ru.finite_min_max(values)
         top = int(steps[-1])
         if last_step is None or top > last_step:
@@ -616,15 +635,20 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
                 sid, int(steps[0]), top, int(steps.size), vmin, vmax, ru.pack_steps(steps), ru.pack_values(values), bad
             )
         )
-        updates.append((sid, int(steps.size), last_step, last_value, new_state))
+        updates.append((sid, int(steps.size), last_step, last_value, new_state, new_window))
         if pending + 1 >= COMPACT_FANOUT:
             result.compact.append(sid)
-        entry.pushed[key] = _push_points(steps, values)
+        entry.pushed[key] = (steps, values)
 
 
-def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresholds, result: IngestResult) -> dict:
+def _run_detectors(
+    run: Run, key: str, steps, values, state, window: bytes | None, thresholds: Thresholds, result: IngestResult
+) -> tuple[dict | None, bytes]:
+    """(the episode state when it changed, else None; the new window, packed)."""
     current = orjson.loads(state) if isinstance(state, str | bytes) else (state or {})
-    verdict = detect(key=key, steps=steps, values=values, state=current, thresholds=thresholds)
+    current = {k: v for k, v in current.items() if k != "w"}  # a window kept in the state before 0005
+    packed = np.frombuffer(window, dtype="<f8") if window else np.empty(0)
+    verdict = detect(key=key, steps=steps, values=values, state={**current, "w": packed}, thresholds=thresholds)
     for finding in verdict.sequence:
         if isinstance(finding, str):
             alert_resolve(run=run, kind=finding)
@@ -639,7 +663,15 @@ def _run_detectors(run: Run, key: str, steps, values, state, thresholds: Thresho
         )
         if alert is not None:
             result.alerts.append(alert.pk)
-    return verdict.state  # finite numbers only (detect keeps finite values in its window): valid JSON
+    episodes = {k: v for k, v in verdict.state.items() if k != "w"}
+    new_window = np.asarray(verdict.state["w"], dtype="<f8").tobytes()
+    return (None if episodes == current else episodes), new_window
+
+
+def _points_message(run_id: int, pushed: dict[str, tuple[np.ndarray, np.ndarray]], last_step: int | None) -> dict:
+    """The websocket message of one ingest."""
+    points = {key: _push_points(steps, values) for key, (steps, values) in pushed.items()}
+    return {"type": "run.points", "run_id": run_id, "points": points, "last_step": last_step}
 
 
 def _push_points(steps: np.ndarray, values: np.ndarray) -> list:

@@ -25,7 +25,7 @@ from django.http.request import split_domain_port, validate_host
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from runs.services.broadcast import send_many_async
+from runs.services.broadcast import Message, send_many_async
 from runs.services.metrics import (
     MAX_BODY_BYTES,
     MAX_POINTS,
@@ -57,7 +57,7 @@ class Answer:
     status: int
     payload: dict
     compact: list[int] = field(default_factory=list)  # series due for compaction
-    push: tuple[str, dict] | None = None  # the websocket message, when the caller sends it (push=False)
+    push: tuple[str, Message] | None = None  # the websocket message, when the caller sends it (push=False)
 
 
 def ingest_handle(*, run_id: int, authorization: str, body: bytes, compact: bool = True) -> tuple[int, dict, list]:

@@ -178,8 +178,10 @@ def test_ingest_raises_each_episode_once_and_resolves_it(run):
 def test_detector_state_lives_in_the_database(run):
     values = noisy_loss(120)
     ingest_loss(run, values[:100])
-    state = MetricSeries.objects.get(run=run, key="loss").detector_state
-    assert len(state["w"]) == WINDOW
+    series = MetricSeries.objects.get(run=run, key="loss")
+    window = np.frombuffer(bytes(series.detector_window), dtype="<f8")
+    assert window.size == WINDOW and np.array_equal(window, values[100 - WINDOW : 100])
+    assert "w" not in series.detector_state
     # A fresh run object (another process) continues from the stored window: the spike is judged at once.
     from runs.models import Run
 

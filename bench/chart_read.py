@@ -55,6 +55,10 @@ def main() -> None:
     import django
 
     django.setup()
+    import logging
+
+    # No channel layer runs here (nothing is pushed: reads are measured); the failed pushes need not print.
+    logging.getLogger("runs.services.broadcast").setLevel(logging.ERROR)
     import numpy as np
     import orjson
     from django.conf import settings

@@ -5,7 +5,7 @@ batch of run-directory records (docs/run-config.md), then in one transaction: lo
 writer of a series takes its row lock first, so concurrent posts of the same batch serialise and the second finds
 its steps present), drops (key, step) pairs already stored, appends one packed block per key, runs the streaming
 detectors, applies heartbeats and events, and on commit pushes the new points to the run's websocket group. Small
-blocks are merged later by `metrics_compact` (triggered by ingest when a series has COMPACT_FANOUT uncompacted
+blocks are merged later by `metrics_compact` (triggered by ingest when a series has TIER0_FANOUT uncompacted
 blocks), which also writes the rollups that zoomed-out reads use.
 
 Reads (`series_read`) return every point when the requested range holds at most `max_points`, else a min/max/last
@@ -49,7 +49,15 @@ NONFINITE |= {"-inf": -math.inf, "-infinity": -math.inf}
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 ALERT_EVENTS = {"oom": ("oom", "Out of memory"), "nan": ("nan", "NaN/Inf loss")}
 
-COMPACT_FANOUT = 16  # this many blocks of one tier are merged into one block of the next
+COMPACT_FANOUT = 16  # this many blocks of one tier are merged into one block of the next...
+TIER0_FANOUT = 64  # ...except ingest blocks, which are small (one step each from a stepwise reporter): merging
+# them four times less often shares a merge's fixed cost (statements, commit) among more of them.
+
+
+def fanout(tier: int) -> int:
+    return TIER0_FANOUT if tier == 0 else COMPACT_FANOUT
+
+
 MAX_BLOCK_POINTS = 262_144  # a merge larger than this is cut into final blocks of this size
 FINAL_TIER = 99
 MAX_SERIES_PER_REQUEST = 2000
@@ -636,7 +644,7 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
             )
         )
         updates.append((sid, int(steps.size), last_step, last_value, new_state, new_window))
-        if pending + 1 >= COMPACT_FANOUT:
+        if pending + 1 >= TIER0_FANOUT:
             result.compact.append(sid)
         entry.pushed[key] = (steps, values)
 
@@ -749,7 +757,7 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
         )
         for series_id, tier, count in cursor.fetchall():
             counts.setdefault(series_id, {})[tier] = count
-    due = [sid for sid in ids if max(counts.get(sid, {}).values(), default=0) >= COMPACT_FANOUT]
+    due = [sid for sid in ids if any(count >= fanout(tier) for tier, count in counts.get(sid, {}).items())]
     if not due:
         return 0
     with transaction.atomic(), connection.cursor() as cursor:
@@ -764,14 +772,14 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
         for series_id in _compaction_locks(cursor, due):
             tiers = counts[series_id]
             for tier in sorted(tiers):
-                if tiers.get(tier, 0) >= COMPACT_FANOUT and merges.merge(series_id, tier):
+                if tiers.get(tier, 0) >= fanout(tier) and merges.merge(series_id, tier):
                     tiers[tier + 1] = tiers.get(tier + 1, 0) + 1
         merges.finish()
     return merges.merged
 
 
 def metrics_compact(*, series_id: int) -> int:
-    """Merge each tier of a series that holds COMPACT_FANOUT blocks into the next tier; returns blocks merged.
+    """Merge each tier of a series that holds fanout(tier) blocks into the next tier; returns blocks merged.
 
     Safe beside ingest (the set of stored steps is the same before and after each merge's commit) and beside
     another compaction of the same series (an advisory lock on PostgreSQL; the second one leaves).
@@ -813,7 +821,7 @@ class _Merges:
             [series_id, tier],
         )
         rows = self.cursor.fetchall()
-        if len(rows) < COMPACT_FANOUT:
+        if len(rows) < fanout(tier):
             return False
         steps = np.concatenate([ru.unpack_steps(bytes(r[1])) for r in rows])
         values = np.concatenate([ru.unpack_values(bytes(r[2])) for r in rows])

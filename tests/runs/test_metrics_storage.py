@@ -7,7 +7,7 @@ import pytest
 
 from runs.models import MetricBlock, MetricSeries
 from runs.services import rollups as ru
-from runs.services.metrics import COMPACT_FANOUT, metrics_compact, metrics_record, series_read
+from runs.services.metrics import COMPACT_FANOUT, TIER0_FANOUT, metrics_compact, metrics_record, series_read
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,13 +35,13 @@ def read(run, key="loss", **kw):
 
 
 def test_compaction_merges_tiers_and_keeps_every_point_once(run):
-    n = 50 * COMPACT_FANOUT * COMPACT_FANOUT + 130
+    n = 50 * TIER0_FANOUT * COMPACT_FANOUT + 130
     values = np.sin(np.arange(n) / 50.0)
     write(run, range(n), values)
     series = MetricSeries.objects.get(run=run, key="loss")
     tiers = sorted(set(MetricBlock.objects.filter(series=series).values_list("tier", flat=True)))
-    assert tiers[-1] == 2 and series.points == n and series.pending_blocks < COMPACT_FANOUT
-    assert MetricBlock.objects.filter(series=series).count() < 2 * COMPACT_FANOUT
+    assert tiers[-1] == 2 and series.points == n and series.pending_blocks < TIER0_FANOUT
+    assert MetricBlock.objects.filter(series=series).count() < TIER0_FANOUT + COMPACT_FANOUT
     full = read(run, max_points=10**6)
     assert full["mode"] == "full" and full["steps"].tolist() == list(range(n))
     assert np.array_equal(full["values"], values)

@@ -95,7 +95,8 @@ def test_two_ranks_run_and_succeed(tmp_path, mode):
         tmp_path,
         """
         import os
-        print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], flush=True)
+        # One string, one write: the ranks run unbuffered, and print's separate pieces would interleave.
+        print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}", flush=True)
     """,
     )
     backend = LocalBackend()
@@ -104,7 +105,9 @@ def test_two_ranks_run_and_succeed(tmp_path, mode):
     status = _wait(backend, handle.job_id, tmp_path)
     assert status.state == JobState.SUCCEEDED and status.exit_code == 0
     out = (tmp_path / "stdout.log").read_text()
-    assert "rank 0 of 2" in out and "rank 1 of 2" in out
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out, (
+        out + "\n--- stderr:\n" + (tmp_path / "stderr.log").read_text()
+    )
 
 
 def test_a_failing_rank_fails_the_job_with_its_code(tmp_path, mode):

@@ -40,21 +40,28 @@ def _listeners(pid: int, port: int) -> set[int]:
     return found
 
 
-def test_two_workers_each_listen_on_the_port_and_stop_together(tmp_path):
-    port = _port()
+def _start_two_workers(tmp_path: Path, port: int) -> subprocess.Popen:
+    """The server with two workers, once both listen."""
     env = {**os.environ, "CP_VAR_DIR": str(tmp_path), "CP_LOG_LEVEL": "WARNING"}
     server = subprocess.Popen(
         [sys.executable, "-m", "controlplane.serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "server.log").open("wb"),
     )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(_listeners(server.pid, port)) < 2:
+        if server.poll() is not None:
+            raise AssertionError((tmp_path / "server.log").read_text()[-2000:])
+        time.sleep(0.3)
+    return server
+
+
+def test_two_workers_each_listen_on_the_port_and_stop_together(tmp_path):
+    port = _port()
+    server = _start_two_workers(tmp_path, port)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(_listeners(server.pid, port)) < 2:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:] if server.stderr else ""
-            time.sleep(0.3)
         workers = _listeners(server.pid, port)
         assert len(workers) == 2 and server.pid not in workers  # the parent only supervises
         assert all(_get(port, "/healthz").startswith(b"HTTP/1.1 200") for _ in range(6))
@@ -69,18 +76,8 @@ def test_two_workers_each_listen_on_the_port_and_stop_together(tmp_path):
 
 def test_one_worker_exiting_stops_the_server(tmp_path):
     port = _port()
-    env = {**os.environ, "CP_VAR_DIR": str(tmp_path), "CP_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = _start_two_workers(tmp_path, port)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(_listeners(server.pid, port)) < 2:
-            time.sleep(0.3)
         victim = sorted(_listeners(server.pid, port))[0]
         os.kill(victim, signal.SIGKILL)
         assert server.wait(30) != 0  # the server is not whole: it stops and says so

@@ -401,8 +401,10 @@ _PG_WRITE = (
     "AS v(id bigint, lo bigint, hi bigint, n integer, vmin float8, vmax float8, at integer, bad integer)), "
     "u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, last_value = v.lv, "
     "pending_blocks = s.pending_blocks + 1, detector_state = COALESCE(v.ds, s.detector_state), "
-    "detector_window = CASE WHEN v.wn IS NULL THEN s.detector_window ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END "
-    "FROM json_to_recordset(%s::json) AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer) "
+    "detector_window = CASE WHEN v.wn IS NULL THEN s.detector_window "
+    "ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END "
+    "FROM json_to_recordset(%s::json) "
+    "AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer) "
     "WHERE s.id = v.id) "
     "SELECT id, last_step FROM r"
 )

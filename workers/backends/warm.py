@@ -39,15 +39,17 @@ def _paths(python: str) -> tuple[Path, Path] | None:
     return sock, folder / f"{name}.pid"
 
 
-def _enabled(python: str) -> bool:
-    return bool(settings.WARM_LAUNCHER) and _paths(python) is not None
+def _in_use(python: str) -> tuple[Path, Path] | None:
+    """_paths when the warm launcher is switched on (settings.WARM_LAUNCHER), else None."""
+    return _paths(python) if settings.WARM_LAUNCHER else None
 
 
 def ensure_started(python: str) -> bool:
     """Start a warm launcher for `python` unless one is serving or starting; True when one was started."""
-    if not _enabled(python):
+    where = _in_use(python)
+    if where is None:
         return False
-    sock, pid_file = _paths(python)  # type: ignore[misc]
+    sock, pid_file = where
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.parent.chmod(0o700)  # the socket starts jobs as this user: no one else may reach it
     with open(pid_file.with_suffix(".lock"), "w") as lock:
@@ -86,9 +88,10 @@ def _starting_pid(pid_file: Path) -> int | None:
 
 def spawn(*, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launcher_args: list[str]) -> dict | None:
     """Have the warm launcher start a job; its job.json record, or None when the caller must start it itself."""
-    if not _enabled(python):
+    where = _in_use(python)
+    if where is None:
         return None
-    sock_path, pid_file = _paths(python)  # type: ignore[misc]
+    sock_path, pid_file = where
     deadline = time.monotonic() + STARTING_WAIT_S
     while True:
         conn = _connect(sock_path)

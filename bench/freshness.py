@@ -16,11 +16,12 @@ Per loss point of the watched runs, all on this machine's wall clock:
   layer    the `run.points` message off the channel layer (a listener of this process in the run's group)
   socket   the frame received by a websocket client of this process on /ws/runs/<id>/ (the page's consumer path)
   ws       the websocket message event in the page       (Date.now(), a listener added before the page's own)
-  call     the loss chart's Plotly.extendTraces called   (a wrapper this bench puts on Plotly.extendTraces)
-  drawn    that call resolved                            (window.cpOnDrawn, the hook in static/js/charts.js)
+  drawn    the loss chart drew it                        (window.cpOnDrawn, the hook in static/js/charts.js: the
+           new points appended to the drawn line, or Plotly's redraw with them resolved)
 Freshness = drawn - emitted. A step drawn as part of a batch counts at that batch's draw time. It also reports the
-CPU used in the measured window by the web server, its PostgreSQL connections, Chromium and itself, and Chromium's
-CPU per chart redraw. `--charts-js FILE` serves FILE in place of static/js/charts.js (to compare client versions;
+CPU used in the measured window by the web server, its PostgreSQL connections, Chromium and itself, Chromium's
+CPU per chart draw, and how many draws were Plotly's full redraws (a wrapper on Plotly.extendTraces). Each page is
+a window of its own, as if each run were watched on its own screen. `--charts-js FILE` serves FILE in place of static/js/charts.js (to compare client versions;
 it needs the same cpOnDrawn hook); `--metrics 1` posts loss only (one chart per page). Results go to
 bench/results/freshness.json (or --json); the server's log to bench/out/freshness-web.log.
 """
@@ -56,15 +57,16 @@ USER, PASSWORD = "fresh-viewer", "fresh-pass-123"
 # Runs in every page before its own scripts: records when loss steps arrive on the websocket and when they are drawn.
 PAGE_PROBE = """
 (() => {
-  window.cpDrawn = {}; window.cpWs = {}; window.cpBatches = []; window.cpWsOpen = false;
+  window.cpDrawn = {}; window.cpWs = {}; window.cpBatches = []; window.cpDraws = []; window.cpWsOpen = false;
   window.cpOnDrawn = (runId, key, steps) => {
-    if (key !== "loss") return;
     const t = Date.now();
+    window.cpDraws.push(t);
+    if (key !== "loss") return;
     window.cpBatches.push(steps.length);
     for (const s of steps) if (!(s in window.cpDrawn)) window.cpDrawn[s] = t;
   };
-  // When the loss chart's extendTraces is called (the page's draw starts) and how long it runs synchronously.
-  window.cpCall = {}; window.cpSync = []; window.cpRedraws = [];
+  // Plotly's full redraws of live points (any chart), and how long the loss chart's run synchronously.
+  window.cpSync = []; window.cpRedraws = [];
   let plotly;
   Object.defineProperty(window, "Plotly", {configurable: true, get: () => plotly, set: (v) => {
     plotly = v;
@@ -73,10 +75,7 @@ PAGE_PROBE = """
       const t = Date.now();
       const out = extend.call(this, gd, update, ...rest);
       window.cpRedraws.push(t);
-      if (gd && gd.id === "chart-loss") {
-        window.cpSync.push(Date.now() - t);
-        for (const xs of update.x) for (const s of xs) if (!(s in window.cpCall)) window.cpCall[s] = t;
-      }
+      if (gd && gd.id === "chart-loss") window.cpSync.push(Date.now() - t);
       return out;
     };
   }});
@@ -292,23 +291,29 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
     stats = {"errors": 0, "metrics": args.metrics}
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        context = await browser.new_context()
-        await context.add_init_script(PAGE_PROBE)
-        if args.charts_js:
-            script = Path(args.charts_js).read_text()
-            await context.route(
-                "**/static/js/charts.js*",
-                lambda route: route.fulfill(body=script, content_type="application/javascript"),
-            )
-        login = await context.new_page()
+        script = Path(args.charts_js).read_text() if args.charts_js else ""
+
+        async def serve_charts_js(route):
+            await route.fulfill(body=script, content_type="application/javascript")
+
+        login_context = await browser.new_context()
+        login = await login_context.new_page()
         await login.goto(f"{base}/accounts/login/")
         await login.fill("#id_username", USER)
         await login.fill("#id_password", PASSWORD)
         await login.click("button[type=submit]")
         await login.wait_for_load_state()
-        await login.close()
+        session = await login_context.storage_state()
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in await login_context.cookies(base))
+        await login_context.close()
         pages = {}
         for run_id in watched:
+            # A context of its own per page, so each page is a window of its own in front: a tab behind another
+            # in one window is not on screen, and Chromium then holds its animation frames back for up to a second.
+            context = await browser.new_context(storage_state=session)
+            await context.add_init_script(PAGE_PROBE)
+            if args.charts_js:
+                await context.route("**/static/js/charts.js*", serve_charts_js)
             page = await context.new_page()
             await page.goto(f"{base}/runs/{run_id}/")
             await page.wait_for_function(
@@ -319,7 +324,6 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
             pages[run_id] = page
         visibility = [await p.evaluate("document.visibilityState") for p in pages.values()]
 
-        cookie = "; ".join(f"{c['name']}={c['value']}" for c in await context.cookies(base))
         readies = [asyncio.Event() for _ in range(len(watched) + 1)]
         listeners = [asyncio.ensure_future(layer_listener(watched, layer_seen, readies[0]))]
         listeners += [
@@ -370,7 +374,7 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
         await asyncio.gather(*listeners, return_exceptions=True)
         page_data = {
             run_id: await page.evaluate(
-                "({drawn: cpDrawn, ws: cpWs, call: cpCall, sync: cpSync, redraws: cpRedraws, batches: cpBatches})"
+                "({drawn: cpDrawn, ws: cpWs, sync: cpSync, redraws: cpRedraws, draws: cpDraws, batches: cpBatches})"
             )
             for run_id, page in pages.items()
         }
@@ -389,15 +393,15 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
     }
     cpu = {k: round(v, 3) for k, v in cpu.items()} | {"chromium_renderers": renderers}
 
-    fresh, stages = [], {"ack": [], "layer": [], "socket": [], "ws": [], "ws_to_call": [], "call_to_drawn": []}
-    missing, batches, sync_ms, redraws = 0, [], [], 0
+    fresh, stages = [], {"ack": [], "layer": [], "socket": [], "ws": [], "ws_to_drawn": []}
+    missing, batches, sync_ms, redraws, draws = 0, [], [], 0, 0
     for run_id in watched:
         drawn = {int(k): v / 1000 for k, v in page_data[run_id]["drawn"].items()}
         ws = {int(k): v / 1000 for k, v in page_data[run_id]["ws"].items()}
-        call = {int(k): v / 1000 for k, v in page_data[run_id]["call"].items()}
         batches += page_data[run_id]["batches"]
         sync_ms += page_data[run_id]["sync"]
         redraws += sum(1 for t in page_data[run_id]["redraws"] if t_window[0] <= t / 1000 <= t_window[1])
+        draws += sum(1 for t in page_data[run_id]["draws"] if t_window[0] <= t / 1000 <= t_window[1])
         for step, (emitted, acked) in posted[run_id].items():
             if not t_measure <= emitted <= t_end:
                 continue
@@ -412,10 +416,8 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
                 missing += 1
                 continue
             fresh.append((drawn[step] - emitted) * 1000)
-            if step in ws and step in call:
-                stages["ws_to_call"].append((call[step] - ws[step]) * 1000)
-            if step in call:
-                stages["call_to_drawn"].append((drawn[step] - call[step]) * 1000)
+            if step in ws:
+                stages["ws_to_drawn"].append((drawn[step] - ws[step]) * 1000)
     posted_window = sum(1 for steps in posted.values() for e, _ in steps.values() if t_measure <= e <= t_end)
     return {
         "config": {
@@ -431,8 +433,9 @@ async def measure(args, runs: list[tuple[int, str]], port: int, web_pid: int) ->
         "stages_ms": {k: summary(v) for k, v in stages.items()},
         "watched_steps_never_drawn": missing,
         "loss_extendtraces_sync_ms": summary(sync_ms),
-        "chart_redraws_per_s": redraws / wall,
-        "chromium_cpu_ms_per_redraw": cpu["chromium_cores"] * wall * 1000 / redraws if redraws else float("nan"),
+        "chart_draws_per_s": draws / wall,
+        "plotly_redraws_per_s": redraws / wall,
+        "chromium_cpu_ms_per_draw": cpu["chromium_cores"] * wall * 1000 / draws if draws else float("nan"),
         "steps_per_draw_max": max(batches) if batches else 0,
         "draws_with_more_than_one_step": sum(1 for b in batches if b > 1),
         "steps_posted": posted_window,
@@ -470,19 +473,16 @@ def report(r: dict) -> None:
         ("layer", "off the channel layer (listener here)"),
         ("socket", "websocket frame at a Python client here"),
         ("ws", "websocket message event in the page"),
-        ("ws_to_call", "page: message event -> loss chart's draw starts"),
-        ("call_to_drawn", "page: draw starts -> drawn (extendTraces)"),
+        ("ws_to_drawn", "page: message event -> drawn"),
     ):
         print(f"  {label:<50} {s[name]['p50']:7.0f} / {s[name]['p99']:.0f}")
     sync = r["loss_extendtraces_sync_ms"]
     print(
-        f"loss chart's Plotly.extendTraces, synchronous part: p50 {sync['p50']:.0f} ms, p99 {sync['p99']:.0f} ms; "
-        f"up to {r['steps_per_draw_max']} steps per draw"
+        f"chart draws in the pages: {r['chart_draws_per_s']:.0f}/s, of them Plotly redraws "
+        f"{r['plotly_redraws_per_s']:.0f}/s (the rest appended to the drawn line); chromium CPU per draw "
+        f"{r['chromium_cpu_ms_per_draw']:.1f} ms; up to {r['steps_per_draw_max']} steps per draw"
     )
-    print(
-        f"chart redraws in the pages: {r['chart_redraws_per_s']:.0f}/s, chromium CPU per redraw "
-        f"{r['chromium_cpu_ms_per_redraw']:.0f} ms"
-    )
+    print(f"loss chart's Plotly redraw, synchronous part: p50 {sync['p50']:.0f} ms, p99 {sync['p99']:.0f} ms")
     print(
         f"CPU in the window (cores of {c['cores']}): web server {c['web_server_cores']:.2f}, PostgreSQL "
         f"{c['postgres_cores']:.2f}, chromium {c['chromium_cores']:.2f} ({c['chromium_renderers']} renderers), "

@@ -84,6 +84,8 @@ class RunCharts {
       this.charts.set(group.id, {div, group, items, zoomed: false});
       await this.draw(group.id);
       div.on("plotly_relayout", (ev) => this.relayout(group.id, ev));
+      div.addEventListener("pointerenter", () => this.hover(this.charts.get(group.id), true));
+      div.addEventListener("pointerleave", () => this.hover(this.charts.get(group.id), false));
     }
     return true;
   }
@@ -91,6 +93,7 @@ class RunCharts {
   async draw(groupId, lo = null, hi = null) {
     const chart = this.charts.get(groupId);
     chart.pending = null; // queued live points are stored already: the read below has them
+    chart.stale = false;
     const traces = [];
     let color = 0;
     for (const item of chart.items) {
@@ -166,12 +169,96 @@ class RunCharts {
     chart.pending = chart.frame = null;
     if (!pending || chart.zoomed || this.charts.get(chart.group.id) !== chart) return;
     const items = [...pending.keys()];
-    const drawn = Plotly.extendTraces(chart.div, {x: items.map((i) => pending.get(i).x), y: items.map((i) => pending.get(i).y)},
-      items.map((i) => i.lineIndex));
+    let drawn = null;
+    if (chart.hovered || !items.every((i) => this.appendable(chart, i, pending.get(i)))) {
+      this.makeRoom(chart, items.map((i) => pending.get(i)));
+      drawn = Plotly.extendTraces(chart.div, {x: items.map((i) => pending.get(i).x), y: items.map((i) => pending.get(i).y)},
+        items.map((i) => i.lineIndex));
+      chart.stale = false;
+    } else {
+      for (const i of items) this.append(chart, i, pending.get(i));
+      chart.stale = true;
+    }
     chart.div.dataset.points = String(Number(chart.div.dataset.points || 0) + items.reduce((n, i) => n + pending.get(i).x.length, 0));
     Promise.resolve(drawn).then(() => { // bench/freshness.py measures with this hook
       if (typeof window.cpOnDrawn === "function") for (const i of items) window.cpOnDrawn(i.run, i.key, pending.get(i).x);
     });
+  }
+
+  // A full Plotly redraw of one chart costs ~15 ms of a browser's CPU here, most of it axes and tick labels that new
+  // points rarely change; ten steps a second on a few charts and pages fill a core. So live points that follow the
+  // line's last point inside the axes' current ranges are appended to the drawn SVG path itself (~3 ms), and the
+  // trace's arrays, so any later redraw (a zoom, an alert marker, a resize) draws them too. Plotly's own redraw runs
+  // when a point falls outside the ranges (which then grow with room to spare), comes out of order or is missing,
+  // and while the pointer is over the chart, so hover labels always see every point.
+  appendable(chart, item, queued) {
+    const gd = chart.div, full = gd._fullLayout, trace = gd.data && gd.data[item.lineIndex];
+    const xa = full && full.xaxis, ya = full && full.yaxis;
+    if (!trace || !xa || !ya || xa.type !== "linear" || ya.type !== "linear" || !Array.isArray(trace.x)) return false;
+    let prev = trace.x[trace.x.length - 1];
+    if (prev == null || !Number.isFinite(trace.y[trace.y.length - 1])) return false;
+    const [x0, x1] = xa.range, [y0, y1] = ya.range;
+    for (let k = 0; k < queued.x.length; k++) {
+      const x = queued.x[k], y = queued.y[k];
+      if (!(x > prev && x >= x0 && x <= x1 && Number.isFinite(y) && y >= Math.min(y0, y1) && y <= Math.max(y0, y1))) return false;
+      prev = x;
+    }
+    return this.linePath(chart, item) !== null;
+  }
+
+  // The SVG path Plotly drew last for the trace (a line broken by gaps is several paths).
+  linePath(chart, item) {
+    for (const g of chart.div.querySelectorAll(".scatterlayer .trace")) {
+      const cd = g.__data__;
+      if (cd && cd[0] && cd[0].trace && cd[0].trace.index === item.lineIndex) {
+        const paths = g.querySelectorAll("path.js-line");
+        return paths.length ? paths[paths.length - 1] : null;
+      }
+    }
+    return null;
+  }
+
+  append(chart, item, queued) {
+    const full = chart.div._fullLayout, trace = chart.div.data[item.lineIndex], path = this.linePath(chart, item);
+    const px = (v) => Math.round(v * 100) / 100;
+    let d = "";
+    for (let k = 0; k < queued.x.length; k++) {
+      trace.x.push(queued.x[k]);
+      trace.y.push(queued.y[k]);
+      d += `L${px(full.xaxis.l2p(queued.x[k]))},${px(full.yaxis.l2p(queued.y[k]))}`;
+    }
+    path.setAttribute("d", path.getAttribute("d") + d);
+  }
+
+  // Before a live redraw: axes the new points overflow are widened past them (steps by a fifth of the span, values
+  // by a tenth), so the points after them can be appended without a redraw. A reset zoom returns to autorange.
+  makeRoom(chart, queued) {
+    const gd = chart.div, full = gd._fullLayout;
+    if (!full || !full.xaxis || !full.yaxis || full.xaxis.type !== "linear" || full.yaxis.type !== "linear") return;
+    const xs = queued.flatMap((q) => q.x), ys = queued.flatMap((q) => q.y).filter(Number.isFinite);
+    const grow = (range, values, lead, minPad) => {
+      if (!values.length) return null;
+      let [lo, hi] = range;
+      const vlo = Math.min(...values), vhi = Math.max(...values);
+      if (vlo >= lo && vhi <= hi) return null;
+      const pad = Math.max(minPad, (Math.max(hi, vhi) - Math.min(lo, vlo)) * lead);
+      if (vlo < lo) lo = vlo - pad;
+      if (vhi > hi) hi = vhi + pad;
+      return [lo, hi];
+    };
+    const x = grow(full.xaxis.range, xs, 0.2, 10);
+    const y = grow(full.yaxis.range, ys, 0.1, 1e-9);
+    if (x) gd.layout.xaxis = {...gd.layout.xaxis, range: x, autorange: false};
+    if (y) gd.layout.yaxis = {...gd.layout.yaxis, range: y, autorange: false};
+  }
+
+  hover(chart, inside) {
+    if (!chart) return;
+    chart.hovered = inside;
+    if (inside && chart.stale && !chart.zoomed) {
+      chart.stale = false;
+      Plotly.redraw(chart.div);
+    }
   }
 
   // After a reconnect: fetch what was missed since the last step drawn.

@@ -1,6 +1,7 @@
 """Ingest throughput: this control plane against MLflow 3's tracking server, both on the same PostgreSQL.
 
-    .venv/bin/python bench/ingest.py [--seconds 6] [--workers 2] [--skip-mlflow]
+    .venv/bin/python bench/ingest.py [--seconds 6] [--workers 2] [--skip-mlflow] [--runs 1 8 32]
+                                     [--modes batched stepwise]
 
 Simulated runs post like a trainer's reporter: one keep-alive connection each, one request at a time, 4 metrics
 per step (loss, lr, grad_norm, tokens_per_s, so the detectors run), either 50 steps per request or one. Every
@@ -388,12 +389,12 @@ async def _json_call(conn: Conn, port: int, path: str, body: bytes) -> dict:
     return orjson.loads(payload)
 
 
-def run_matrix(target: dict, seconds: float, results: dict, name: str) -> None:
+def run_matrix(target: dict, seconds: float, results: dict, name: str, counts, modes) -> None:
     step = 0
     # Warm-up (connection pools, imports, first compactions) on runs that are not measured.
     load({**target, "runs": target["runs"][-WARM_RUNS:]}, WARM_RUNS, 50, 2.0, 0)
-    for runs in RUN_COUNTS:
-        for mode, steps_per_req in MODES:
+    for runs in counts:
+        for mode, steps_per_req in modes:
             results[(name, runs, mode)] = r = load(target, runs, steps_per_req, seconds, step)
             step += 10**6
             print(
@@ -408,7 +409,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="load time per configuration (default 6)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers for this control plane")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--runs", type=int, nargs="+", choices=RUN_COUNTS, default=RUN_COUNTS, help="run counts")
+    parser.add_argument("--modes", nargs="+", choices=[m for m, _ in MODES], default=[m for m, _ in MODES])
     args = parser.parse_args()
+    counts, modes = args.runs, [m for m in MODES if m[0] in args.modes]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
@@ -421,7 +425,7 @@ def main() -> None:
         runs = setup_cp(max(RUN_COUNTS) + WARM_RUNS)
         proc, port = start_cp(args.workers, out / "cp-server.log")
         try:
-            run_matrix({"kind": "cp", "port": port, "runs": runs}, args.seconds, results, systems[0])
+            run_matrix({"kind": "cp", "port": port, "runs": runs}, args.seconds, results, systems[0], counts, modes)
         finally:
             stop(proc)
     finally:
@@ -437,7 +441,9 @@ def main() -> None:
                 proc, port = start_mlflow(extra, out / f"mlflow-{len(systems)}.log")
                 try:
                     ids = mlflow_runs(port, max(RUN_COUNTS) + WARM_RUNS, str(len(systems)))
-                    run_matrix({"kind": "mlflow", "port": port, "runs": ids}, args.seconds, results, label)
+                    run_matrix(
+                        {"kind": "mlflow", "port": port, "runs": ids}, args.seconds, results, label, counts, modes
+                    )
                     systems.append(label)
                 finally:
                     stop(proc)
@@ -450,8 +456,8 @@ def main() -> None:
         + "".join(f"{s:>30}" for s in systems)
         + ("   ours / best MLflow" if len(systems) > 1 else "")
     )
-    for runs in RUN_COUNTS:
-        for mode, _ in MODES:
+    for runs in counts:
+        for mode, _ in modes:
             row = [results[(s, runs, mode)] for s in systems]
             cells = "".join(
                 f"{r['pps']:>12,.0f} pts/s {r['p50']:>5.1f}/{r['p99']:<5.0f}ms e{r['errors']:<3}" for r in row

@@ -21,9 +21,10 @@ Per loss point of the watched runs, all on this machine's wall clock:
 Freshness = drawn - emitted. A step drawn as part of a batch counts at that batch's draw time. It also reports the
 CPU used in the measured window by the web server, its PostgreSQL connections, Chromium and itself, Chromium's
 CPU per chart draw, and how many draws were Plotly's full redraws (a wrapper on Plotly.extendTraces). Each page is
-a window of its own, as if each run were watched on its own screen. `--charts-js FILE` serves FILE in place of static/js/charts.js (to compare client versions;
-it needs the same cpOnDrawn hook); `--metrics 1` posts loss only (one chart per page). Results go to
-bench/results/freshness.json (or --json); the server's log to bench/out/freshness-web.log.
+a window of its own, as if each run were watched on its own screen. `--charts-js FILE` serves FILE in place of
+static/js/charts.js (to compare client versions; it needs the same cpOnDrawn hook); `--metrics 1` posts loss only
+(one chart per page). Results go to bench/results/freshness.json (or --json); the server's log to
+bench/out/freshness-web.log.
 """
 
 from __future__ import annotations

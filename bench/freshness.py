@@ -216,10 +216,12 @@ async def layer_listener(run_ids: list[int], seen: dict, ready: asyncio.Event):
     """Joins the watched runs' groups on the server's channel layer and stamps each loss step as it comes off."""
     from channels_redis.core import RedisChannelLayer
 
+    from runs.services.listeners import group_join
+
     layer = RedisChannelLayer(hosts=[{"address": REDIS_URL, "socket_timeout": 30}], capacity=2000, expiry=30)
     channel = await layer.new_channel()
     for run_id in run_ids:
-        await layer.group_add(f"run-{run_id}", channel)
+        await group_join(layer, f"run-{run_id}", channel)  # as a page's consumer joins: the server hears of it
     ready.set()
     try:
         while True:

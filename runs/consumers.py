@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from runs.services.broadcast import RUN_LIST_GROUP, run_group
+from runs.services.listeners import group_join
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -59,7 +60,7 @@ class RunConsumer(_Base):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.group = run_group(run_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await group_join(self.channel_layer, self.group, self.channel_name)
         await self.accept()
 
 
@@ -68,5 +69,5 @@ class RunListConsumer(_Base):
         if not await self._allowed():
             return
         self.group = RUN_LIST_GROUP
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await group_join(self.channel_layer, self.group, self.channel_name)
         await self.accept()

@@ -11,6 +11,8 @@ from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.db import transaction
 
+from runs.services.listeners import GroupListeners, groups_with_members
+
 log = logging.getLogger(__name__)
 
 RUN_LIST_GROUP = "runs"
@@ -34,37 +36,24 @@ def send_many(messages: list[tuple[str, Message]]) -> None:
             log.warning("broadcast to %s failed", ", ".join(g for g, _ in messages), exc_info=True)
 
 
-async def send_many_async(messages: list[tuple[str, Message]]) -> None:
+async def send_many_async(messages: list[tuple[str, Message]], *, listeners: GroupListeners | None = None) -> None:
+    """Send each message whose group has a member. `listeners` answers that from what this process knows (the
+    ingest path); without it, Redis is asked."""
     layer = get_channel_layer()
     if layer is None or not messages:
         return
-    joined = await _to_joined_groups(layer, messages)
-    messages = [(group, message() if callable(message) else message) for group, message in joined]
+    if isinstance(layer, RedisChannelLayer):
+        # channels_redis spends two Redis commands on a send to a group nobody joined (most runs, most of the
+        # time: no chart open). A group is a sorted set that exists while it has members, so skipping the others
+        # changes nothing delivered.
+        groups = [group for group, _ in messages]
+        members = await (listeners.with_members(groups) if listeners else groups_with_members(layer, groups))
+        messages = [m for m, joined in zip(messages, members, strict=True) if joined]
+    messages = [(group, message() if callable(message) else message) for group, message in messages]
     outcomes = await asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True)
     for (group, _), outcome in zip(messages, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             log.warning("broadcast to %s failed", group, exc_info=outcome)
-
-
-# Which of the given keys exist, in one command.
-_EXISTING = "local found = {} for i, key in ipairs(KEYS) do found[i] = redis.call('EXISTS', key) end return found"
-
-
-async def _to_joined_groups(layer, messages: list[tuple[str, Message]]) -> list[tuple[str, Message]]:
-    """The messages whose group has a member. channels_redis spends two Redis commands on a send to a group nobody
-    joined (most runs, most of the time: no chart open); one script asks a server about all the groups at once.
-    A group is a sorted set that exists while it has members, so skipping the others changes nothing delivered."""
-    if not isinstance(layer, RedisChannelLayer):
-        return messages
-    by_server: dict[int, list[int]] = {}
-    for i, (group, _) in enumerate(messages):
-        by_server.setdefault(layer.consistent_hash(group), []).append(i)
-    joined: list[tuple[str, Message]] = []
-    for server, indexes in by_server.items():
-        keys = [layer._group_key(messages[i][0]) for i in indexes]
-        found = await layer.connection(server).eval(_EXISTING, len(keys), *keys)
-        joined += [messages[i] for i, exists in zip(indexes, found, strict=True) if exists]
-    return joined
 
 
 def broadcast_on_commit(group: str, message: dict) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import orjson
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
@@ -26,6 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from runs.services.broadcast import Message, send_many_async
+from runs.services.listeners import GroupListeners
 from runs.services.metrics import (
     MAX_BODY_BYTES,
     MAX_POINTS,
@@ -173,6 +176,7 @@ class IngestFastPath:
         self._busy = 0
         self._compacting: set[int] = set()  # series queued or being compacted: asked once, not per ingest
         self._background: set[asyncio.Task] = set()
+        self._listeners: GroupListeners | None = None  # made on first use, on the server's event loop
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -243,11 +247,14 @@ class IngestFastPath:
         finally:
             self._busy -= 1
 
-    @staticmethod
-    async def _push_then_answer(group: list[_Waiting], answers: list) -> None:
+    async def _push_then_answer(self, group: list[_Waiting], answers: list) -> None:
         pushes = [a.push for a in answers if isinstance(a, Answer) and a.push is not None]
         try:
-            await send_many_async(pushes)
+            if pushes and self._listeners is None:
+                layer = get_channel_layer()
+                if isinstance(layer, RedisChannelLayer):
+                    self._listeners = GroupListeners(layer)
+            await send_many_async(pushes, listeners=self._listeners)
         except Exception:  # the database holds the truth; a missed push is back-filled on reconnect
             log.warning("broadcast of %d ingests failed", len(pushes), exc_info=True)
         for waiting, answer in zip(group, answers, strict=True):

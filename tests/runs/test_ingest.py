@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import math
@@ -316,32 +317,33 @@ def test_fast_path_stores_and_passes_other_requests_through(run_and_token):
 
 def _asgi_posts_at_once(app, requests: list[tuple[int, bytes, str]]) -> list[tuple[int, dict]]:
     """(status, answer) of each (run id, body, token), all posted before the app runs any of them."""
+    return async_to_sync(_asgi_posts_in_loop)(app, requests)
 
-    async def call():
-        comms = []
-        for run_id, body, token in requests:
-            scope = {
-                "type": "http",
-                "method": "POST",
-                "path": f"/api/v1/ingest/{run_id}/",
-                "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {token}".encode())],
-                "query_string": b"",
-                "http_version": "1.1",
-                "scheme": "http",
-                "server": ("127.0.0.1", 8000),
-                "client": ("127.0.0.1", 1),
-            }
-            comm = ApplicationCommunicator(app, scope)
-            await comm.send_input({"type": "http.request", "body": body, "more_body": False})
-            comms.append(comm)
-        answers = []
-        for comm in comms:
-            start = await comm.receive_output(20)
-            content = await comm.receive_output(20)
-            answers.append((start["status"], json.loads(content["body"])))
-        return answers
 
-    return async_to_sync(call)()
+async def _asgi_posts_in_loop(app, requests: list[tuple[int, bytes, str]]) -> list[tuple[int, dict]]:
+    """_asgi_posts_at_once on the running event loop."""
+    comms = []
+    for run_id, body, token in requests:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": f"/api/v1/ingest/{run_id}/",
+            "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {token}".encode())],
+            "query_string": b"",
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 1),
+        }
+        comm = ApplicationCommunicator(app, scope)
+        await comm.send_input({"type": "http.request", "body": body, "more_body": False})
+        comms.append(comm)
+    answers = []
+    for comm in comms:
+        start = await comm.receive_output(20)
+        content = await comm.receive_output(20)
+        answers.append((start["status"], json.loads(content["body"])))
+    return answers
 
 
 @pytest.fixture
@@ -404,6 +406,40 @@ def test_fast_path_pushes_each_requests_points(run_and_token, fast_path):
     finally:
         async_to_sync(layer.group_discard)(run_group(run.pk), channel)
     assert message["run_id"] == run.pk and message["points"] == {"mfu": [[7, 0.5]]} and message["last_step"] == 7
+
+
+def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_one(run_and_token, fast_path):
+    from runs.services.listeners import group_join
+
+    run, token = run_and_token
+    layer = get_channel_layer()
+    group = run_group(run.pk)
+
+    def body(step: int) -> bytes:
+        return json.dumps({"records": [metrics(step, mfu=0.5)]}).encode()
+
+    async def scenario():
+        channel = await layer.new_channel()
+        assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(1), token)]))[0][0] == 200
+        listeners = fast_path._listeners
+        while not listeners.subscription:
+            await asyncio.sleep(0.01)
+        assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(2), token)]))[0][0] == 200
+        assert listeners.known[group][0] is False  # nobody listens: later pushes do not ask
+        await group_join(layer, group, channel)  # as the run page's socket joins
+        try:
+            while not listeners.known[group][0]:
+                await asyncio.sleep(0.01)
+            assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(3), token)]))[0][0] == 200
+            while True:
+                message = await asyncio.wait_for(layer.receive(channel), 5)
+                if message["type"] == "run.points" and "mfu" in message["points"]:
+                    return message
+        finally:
+            await layer.group_discard(group, channel)
+
+    message = async_to_sync(scenario)()
+    assert message["points"] == {"mfu": [[3, 0.5]]}
 
 
 # The job's own reporter against a real HTTP server

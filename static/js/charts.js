@@ -57,7 +57,12 @@ class RunCharts {
 
   label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
 
-  async load() {
+  load() {
+    this.loading = this.loadCharts();
+    return this.loading;
+  }
+
+  async loadCharts() {
     const byGroup = new Map();
     for (const run of this.runIds) {
       const info = await fetchJSON(`/api/v1/runs/${run}/keys/`);
@@ -102,6 +107,7 @@ class RunCharts {
       this.lastStep.set(item.run, Math.max(this.lastStep.get(item.run) ?? -1, data.last_step ?? -1));
       const tr = tracesFor(this.label(item.run, item.key), s, PALETTE[color++ % PALETTE.length]);
       item.lineIndex = traces.length + tr.length - 1;
+      item.lastX = s.steps.length ? s.steps[s.steps.length - 1] : -Infinity;
       item.mode = s.mode;
       traces.push(...tr);
     }
@@ -149,9 +155,13 @@ class RunCharts {
       const chart = this.charts.get(g.id);
       const item = chart && chart.items.find((i) => i.run === runId && i.key === key);
       if (!item) { unknown = true; continue; }
-      if (chart.zoomed || !pairs.length) continue;
+      // A point at or before the line's last one was drawn already (pushed and read back after a reconnect), or
+      // came late: the line stays in step order, and the next full read of the chart has every point.
+      const fresh = pairs.filter(([x]) => x > (item.lastX ?? -Infinity));
+      if (chart.zoomed || !fresh.length) continue;
       const queued = (chart.pending ||= new Map()).get(item) || {x: [], y: []};
-      for (const [x, y] of pairs) { queued.x.push(x); queued.y.push(y); }
+      for (const [x, y] of fresh) { queued.x.push(x); queued.y.push(y); }
+      item.lastX = fresh[fresh.length - 1][0];
       chart.pending.set(item, queued);
       chart.frame ||= requestAnimationFrame(() => this.flush(chart));
     }
@@ -261,7 +271,14 @@ class RunCharts {
     }
   }
 
-  // After a reconnect: fetch what was missed since the last step drawn.
+  // Once the run's socket is open (first or again): points stored after the page read its history and before the
+  // socket joined the run's group were never pushed to it, so read what came after the last step drawn.
+  async catchUp(runId) {
+    await this.loading;
+    if (this.charts.size) await this.backfill(runId);
+  }
+
+  // Fetch what was missed since the last step drawn.
   async backfill(runId) {
     if (!this.charts.size) { await this.load(); return; }
     const since = (this.lastStep.get(runId) ?? -1) + 1;
@@ -278,7 +295,7 @@ class RunCharts {
 }
 
 function liveRun(runId, charts) {
-  let delay = 500, first = true;
+  let delay = 500;
   const banner = document.getElementById("alert-banner");
   const labels = {draft: "Draft", queued: "Queued", launching: "Launching", running: "Running", remediating: "Remediating",
     succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled"};
@@ -293,8 +310,7 @@ function liveRun(runId, charts) {
       delay = 500;
       // Re-read the status: it may have changed before this socket was open.
       fetchJSON(`/runs/${runId}/state/`).then((st) => setStatus(st.status)).catch(() => {});
-      if (!first) await charts.backfill(runId);
-      first = false;
+      await charts.catchUp(runId);
     };
     ws.onmessage = async (ev) => {
       const msg = JSON.parse(ev.data);

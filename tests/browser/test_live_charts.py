@@ -172,3 +172,21 @@ def test_resetting_the_zoom_returns_the_axes_to_autorange(run_page):
     page.dblclick("#chart-loss .nsewdrag")
     page.wait_for_function(f"() => document.getElementById('chart-loss')._fullLayout.xaxis.range[1] <= {SEED}")
     assert _line(page)["n"] == SEED + 1
+
+
+def test_a_point_handed_over_twice_is_drawn_once(run_page):
+    page, run_id = run_page
+    _push(page, run_id, [(SEED, _inside(SEED))])
+    page.evaluate(f"() => charts.extend({run_id}, {{loss: [[{SEED}, 2.7]]}})")  # a push read back after a reconnect
+    _push(page, run_id, [(SEED + 1, _inside(SEED + 1))])
+    line = _line(page)
+    assert line["n"] == SEED + 2
+    assert page.locator("#chart-loss").get_attribute("data-points") == str(SEED + 2)
+
+
+def test_catching_up_draws_points_stored_while_the_socket_was_not_listening(run_page):
+    page, run_id = run_page
+    _record(run_id, [(SEED + s, _inside(SEED + s)) for s in range(3)])  # stored, never pushed to this page
+    page.evaluate(f"() => charts.catchUp({run_id})")
+    page.wait_for_function(f"() => Number(document.querySelector('#chart-loss').dataset.points) === {SEED + 3}")
+    assert _line(page)["n"] == SEED + 3

@@ -53,16 +53,41 @@ class RunCharts {
     this.charts = new Map(); // group id -> {div, keys: [{run, key, lineIndex}], zoomed}
     this.lastStep = new Map(); // run -> last step seen
     this.alertSteps = [];
+    this.held = []; // [run, points] that arrived while the charts were being built
+    this.loader = null;
   }
 
   label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
 
+  // Builds the charts from the stored series, one build at a time: points that arrive meanwhile are held and drawn
+  // after it (those its read had already are skipped), and a key that still has no chart starts another build.
+  // Without this, a build started while another ran (the first points of a new run, keys that appear one by one)
+  // left the first build's charts on the page, frozen, beside the second's.
   load() {
-    this.loading = this.loadCharts();
-    return this.loading;
+    this.loader ||= this.build();
+    this.loading = this.loader;
+    return this.loader;
+  }
+
+  async build() {
+    try {
+      let again = true;
+      for (let builds = 0; again && builds < 3; builds++) {
+        again = false;
+        await this.loadCharts();
+        while (this.held.length && !again) {
+          const [runId, points] = this.held.shift();
+          again = !this.queue(runId, points);
+        }
+      }
+      this.held = [];
+    } finally {
+      this.loader = null;
+    }
   }
 
   async loadCharts() {
+    this.charts.clear();
     const byGroup = new Map();
     for (const run of this.runIds) {
       const info = await fetchJSON(`/api/v1/runs/${run}/keys/`);
@@ -97,6 +122,7 @@ class RunCharts {
 
   async draw(groupId, lo = null, hi = null) {
     const chart = this.charts.get(groupId);
+    if (!chart) return; // the charts are being built again
     chart.pending = null; // queued live points are stored already: the read below has them
     chart.stale = false;
     const traces = [];
@@ -149,8 +175,18 @@ class RunCharts {
   }
 
   async extend(runId, points) {
+    if (this.loader) {
+      this.held.push([runId, points]);
+      return;
+    }
+    if (!this.queue(runId, points)) await this.load();
+  }
+
+  // Queues live points for their charts' next frame; false if a key has no chart.
+  queue(runId, points) {
     let unknown = false;
     for (const [key, pairs] of Object.entries(points)) {
+      if (this.onlyKeys && !this.onlyKeys.includes(key)) continue;
       const g = groupOf(key);
       const chart = this.charts.get(g.id);
       const item = chart && chart.items.find((i) => i.run === runId && i.key === key);
@@ -168,7 +204,7 @@ class RunCharts {
     for (const pairs of Object.values(points)) {
       for (const [step] of pairs) this.lastStep.set(runId, Math.max(this.lastStep.get(runId) ?? -1, step));
     }
-    if (unknown) { this.charts.clear(); await this.load(); }
+    return !unknown;
   }
 
   // Live points are drawn once per chart and animation frame: a redraw costs milliseconds whatever the number of
@@ -315,7 +351,7 @@ function liveRun(runId, charts) {
     ws.onmessage = async (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.type === "run.points") {
-        if (!charts.charts.size) await charts.load(); else await charts.extend(runId, msg.points);
+        await charts.extend(runId, msg.points);
       } else if (msg.type === "run.alert") {
         const a = msg.alert;
         banner.hidden = false;

@@ -190,3 +190,17 @@ def test_catching_up_draws_points_stored_while_the_socket_was_not_listening(run_
     page.evaluate(f"() => charts.catchUp({run_id})")
     page.wait_for_function(f"() => Number(document.querySelector('#chart-loss').dataset.points) === {SEED + 3}")
     assert _line(page)["n"] == SEED + 3
+
+
+def test_charts_built_twice_at_once_leave_one_chart_each_and_draw_what_came_meanwhile(run_page):
+    page, run_id = run_page
+    page.evaluate(
+        f"""async () => {{
+          const first = charts.load(), second = charts.load();
+          await charts.extend({run_id}, {{loss: [[{SEED}, {_inside(SEED)}]]}});  // arrives during the build
+          await Promise.all([first, second]);
+        }}"""
+    )
+    page.wait_for_function(f"() => document.getElementById('chart-loss').data[0].x.length === {SEED + 1}")
+    assert page.locator(".chart").count() == 1
+    assert page.locator("#chart-loss").count() == 1

@@ -148,7 +148,7 @@ class RunCharts {
 
   async relayout(groupId, ev) {
     const chart = this.charts.get(groupId);
-    if (chart.busy) return;
+    if (!chart || chart.busy) return;
     chart.busy = true;
     try {
       if (ev["xaxis.autorange"]) {

@@ -121,9 +121,10 @@ class GroupListeners:
         except Exception:
             log.warning("following websocket group announcements failed; asking Redis on every push", exc_info=True)
         finally:
-            self.subscription = 0
-            self.known.clear()
-            self._failed_at = time.monotonic()
+            if self._task is asyncio.current_task():  # not a task of a loop this process has left
+                self.subscription = 0
+                self.known.clear()
+                self._failed_at = time.monotonic()
             for pubsub in pubsubs:
                 try:
                     await pubsub.aclose()

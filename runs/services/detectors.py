@@ -2,8 +2,9 @@
 
 Each watched series keeps a small state in its row: the last WINDOW finite values (MetricSeries.detector_window,
 packed) and, per detector, whether an episode is open (MetricSeries.detector_state). Ingest holds the series row's
-lock while it reads and writes that state, so any number of web processes see one consistent stream. A detector reports a finding when an episode
-opens and a resolution when it has been quiet for QUIET points; the caller turns these into one Alert per episode.
+lock while it reads and writes that state, so any number of web processes see one consistent stream. A detector
+reports a finding when an episode opens and a resolution when it has been quiet for QUIET points; the caller turns
+these into one Alert per episode.
 Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows.
 """
 

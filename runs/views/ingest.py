@@ -176,7 +176,8 @@ class IngestFastPath:
         self._busy = 0
         self._compacting: set[int] = set()  # series queued or being compacted: asked once, not per ingest
         self._background: set[asyncio.Task] = set()
-        self._listeners: GroupListeners | None = None  # made on first use, on the server's event loop
+        layer = get_channel_layer()
+        self._listeners = GroupListeners(layer) if isinstance(layer, RedisChannelLayer) else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -250,10 +251,6 @@ class IngestFastPath:
     async def _push_then_answer(self, group: list[_Waiting], answers: list) -> None:
         pushes = [a.push for a in answers if isinstance(a, Answer) and a.push is not None]
         try:
-            if pushes and self._listeners is None:
-                layer = get_channel_layer()
-                if isinstance(layer, RedisChannelLayer):
-                    self._listeners = GroupListeners(layer)
             await send_many_async(pushes, listeners=self._listeners)
         except Exception:  # the database holds the truth; a missed push is back-filled on reconnect
             log.warning("broadcast of %d ingests failed", len(pushes), exc_info=True)

@@ -65,7 +65,6 @@ class RunCharts {
   // left the first build's charts on the page, frozen, beside the second's.
   load() {
     this.loader ||= this.build();
-    this.loading = this.loader;
     return this.loader;
   }
 
@@ -216,13 +215,15 @@ class RunCharts {
     if (!pending || chart.zoomed || this.charts.get(chart.group.id) !== chart) return;
     const items = [...pending.keys()];
     let drawn = null;
-    if (chart.hovered || !items.every((i) => this.appendable(chart, i, pending.get(i)))) {
+    // The line each item's points can be appended to; none while the pointer is on the chart.
+    const paths = chart.hovered ? null : items.map((i) => this.appendablePath(chart, i, pending.get(i)));
+    if (!paths || paths.includes(null)) {
       this.makeRoom(chart, items.map((i) => pending.get(i)));
       drawn = Plotly.extendTraces(chart.div, {x: items.map((i) => pending.get(i).x), y: items.map((i) => pending.get(i).y)},
         items.map((i) => i.lineIndex));
       chart.stale = false;
     } else {
-      for (const i of items) this.append(chart, i, pending.get(i));
+      items.forEach((i, k) => this.append(chart, i, pending.get(i), paths[k]));
       chart.stale = true;
     }
     chart.div.dataset.points = String(Number(chart.div.dataset.points || 0) + items.reduce((n, i) => n + pending.get(i).x.length, 0));
@@ -237,19 +238,19 @@ class RunCharts {
   // trace's arrays, so any later redraw (a zoom, an alert marker, a resize) draws them too. Plotly's own redraw runs
   // when a point falls outside the ranges (which then grow with room to spare), comes out of order or is missing,
   // and while the pointer is over the chart, so hover labels always see every point.
-  appendable(chart, item, queued) {
+  appendablePath(chart, item, queued) {
     const gd = chart.div, full = gd._fullLayout, trace = gd.data && gd.data[item.lineIndex];
     const xa = full && full.xaxis, ya = full && full.yaxis;
-    if (!trace || !xa || !ya || xa.type !== "linear" || ya.type !== "linear" || !Array.isArray(trace.x)) return false;
+    if (!trace || !xa || !ya || xa.type !== "linear" || ya.type !== "linear" || !Array.isArray(trace.x)) return null;
     let prev = trace.x[trace.x.length - 1];
-    if (prev == null || !Number.isFinite(trace.y[trace.y.length - 1])) return false;
+    if (prev == null || !Number.isFinite(trace.y[trace.y.length - 1])) return null;
     const [x0, x1] = xa.range, [y0, y1] = ya.range;
     for (let k = 0; k < queued.x.length; k++) {
       const x = queued.x[k], y = queued.y[k];
-      if (!(x > prev && x >= x0 && x <= x1 && Number.isFinite(y) && y >= Math.min(y0, y1) && y <= Math.max(y0, y1))) return false;
+      if (!(x > prev && x >= x0 && x <= x1 && Number.isFinite(y) && y >= Math.min(y0, y1) && y <= Math.max(y0, y1))) return null;
       prev = x;
     }
-    return this.linePath(chart, item) !== null;
+    return this.linePath(chart, item);
   }
 
   // The SVG path Plotly drew last for the trace (a line broken by gaps is several paths).
@@ -264,8 +265,8 @@ class RunCharts {
     return null;
   }
 
-  append(chart, item, queued) {
-    const full = chart.div._fullLayout, trace = chart.div.data[item.lineIndex], path = this.linePath(chart, item);
+  append(chart, item, queued, path) {
+    const full = chart.div._fullLayout, trace = chart.div.data[item.lineIndex];
     const px = (v) => Math.round(v * 100) / 100;
     let d = "";
     for (let k = 0; k < queued.x.length; k++) {
@@ -310,7 +311,7 @@ class RunCharts {
   // Once the run's socket is open (first or again): points stored after the page read its history and before the
   // socket joined the run's group were never pushed to it, so read what came after the last step drawn.
   async catchUp(runId) {
-    await this.loading;
+    await this.loader; // a build under way
     if (this.charts.size) await this.backfill(runId);
   }
 

@@ -25,6 +25,7 @@ from runs.services.transitions import transition
 from runs.views.ingest import IngestFastPath
 from tests.runs.factories import tiny_run
 from tests.runs.test_detectors import receive_matching
+from tests.runs.test_listeners import _until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -422,14 +423,12 @@ def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_
         channel = await layer.new_channel()
         assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(1), token)]))[0][0] == 200
         listeners = fast_path._listeners
-        while not listeners.subscription:
-            await asyncio.sleep(0.01)
+        await _until(lambda: listeners.subscription)
         assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(2), token)]))[0][0] == 200
         assert listeners.known[group][0] is False  # nobody listens: later pushes do not ask
         await group_join(layer, group, channel)  # as the run page's socket joins
         try:
-            while not listeners.known[group][0]:
-                await asyncio.sleep(0.01)
+            await _until(lambda: listeners.known[group][0])
             assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(3), token)]))[0][0] == 200
             while True:
                 message = await asyncio.wait_for(layer.receive(channel), 5)

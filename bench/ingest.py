@@ -99,6 +99,28 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+def backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL backend connected to `database` (their titles name it)."""
+    used = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if f" {database} ".encode() not in title or not title.startswith(b"postgres:"):
+                continue
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two backends_cpu readings; a backend that exited meanwhile is not counted."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def wait_idle(proc: subprocess.Popen, timeout: float = 120) -> None:
     """Wait until the server's processes are idle. controlplane.asgi imports DeepSpeed's planners in a background
     thread of every worker at start (seconds of CPU each): that start-up must not be measured as ingest."""
@@ -243,9 +265,15 @@ def load(target: dict, runs: int, steps_per_req: int, seconds: float, start_step
         until = time.monotonic() + seconds
         await asyncio.gather(*(simulate(target, i, steps_per_req, until, stats, start_step) for i in range(runs)))
 
+    server0, backends0, load0 = process_tree_cpu(target["pid"]), backends_cpu(target["database"]), time.process_time()
     t0 = time.monotonic()
     asyncio.run(main())
     wall = time.monotonic() - t0
+    used = (
+        process_tree_cpu(target["pid"]) - server0,
+        cpu_used(backends0, backends_cpu(target["database"])),
+        time.process_time() - load0,
+    )
     lat = sorted(stats["latency"])
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
     return {
@@ -255,6 +283,8 @@ def load(target: dict, runs: int, steps_per_req: int, seconds: float, start_step
         "errors": stats["errors"],
         "requests": len(lat),
         "statuses": sorted(stats.get("statuses", ())),
+        # CPU ms per answered request: the server's processes, its PostgreSQL backends, this load generator
+        "cpu": [seconds * 1000 / max(1, len(lat)) for seconds in used],
     }
 
 
@@ -399,7 +429,8 @@ def run_matrix(target: dict, seconds: float, results: dict, name: str, counts, m
             step += 10**6
             print(
                 f"  {name:<24} {runs:>2} runs {mode:<8} {r['pps']:>11,.0f} points/s  p50 {r['p50']:7.1f} ms  "
-                f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}",
+                f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}  "
+                "CPU ms/request: server {:.2f}, PostgreSQL {:.2f}, load {:.2f}".format(*r["cpu"]),
                 flush=True,
             )
 
@@ -425,7 +456,14 @@ def main() -> None:
         runs = setup_cp(max(RUN_COUNTS) + WARM_RUNS)
         proc, port = start_cp(args.workers, out / "cp-server.log")
         try:
-            run_matrix({"kind": "cp", "port": port, "runs": runs}, args.seconds, results, systems[0], counts, modes)
+            run_matrix(
+                {"kind": "cp", "port": port, "runs": runs, "pid": proc.pid, "database": CP_DB},
+                args.seconds,
+                results,
+                systems[0],
+                counts,
+                modes,
+            )
         finally:
             stop(proc)
     finally:
@@ -442,7 +480,12 @@ def main() -> None:
                 try:
                     ids = mlflow_runs(port, max(RUN_COUNTS) + WARM_RUNS, str(len(systems)))
                     run_matrix(
-                        {"kind": "mlflow", "port": port, "runs": ids}, args.seconds, results, label, counts, modes
+                        {"kind": "mlflow", "port": port, "runs": ids, "pid": proc.pid, "database": MLFLOW_DB},
+                        args.seconds,
+                        results,
+                        label,
+                        counts,
+                        modes,
                     )
                     systems.append(label)
                 finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ MAD_FLOOR_REL = 0.005  # a nearly constant series still needs a 0.5 % change per
 GRAD_NORM_FACTOR = 10.0  # grad norm above this many times its rolling median is a blow-up
 THROUGHPUT_MIN_POINTS = 5  # consecutive low points before a throughput drop is reported
 
-_FLOAT_MAX = np.finfo(np.float64).max
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 LOSS_KEY, GRAD_NORM_KEY, THROUGHPUT_KEY = "loss", "grad_norm", "tokens_per_s"
 WATCHED_KEYS = frozenset({LOSS_KEY, GRAD_NORM_KEY, THROUGHPUT_KEY})
@@ -90,8 +91,9 @@ def _row_medians(rows: np.ndarray) -> np.ndarray:
     return (ordered[:, half - 1] + ordered[:, half]) / 2
 
 
-def _rolling(window: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each new finite value: median and MAD of the WINDOW values before it, and how many there were."""
+def _rolling(window: np.ndarray, new: np.ndarray, *, with_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each new finite value: median and (with_mad, else NaN) MAD of the WINDOW values before it, and how many
+    there were."""
     combined = np.concatenate([window, new])
     m, start = new.size, window.size
     if m == 0:
@@ -101,7 +103,7 @@ def _rolling(window: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarra
         step = combined.strides[0]
         views = as_strided(combined[start - WINDOW :], shape=(m, WINDOW), strides=(step, step), writeable=False)
         med = _row_medians(views)
-        mad = _row_medians(np.abs(views - med[:, None]))
+        mad = _row_medians(np.abs(views - med[:, None])) if with_mad else np.full(m, np.nan)
         return med, mad, np.full(m, WINDOW, dtype=np.int64)
     med, mad, count = np.full(m, np.nan), np.full(m, np.nan), np.zeros(m, dtype=np.int64)
     for j in range(m):  # the first WINDOW points of a series only
@@ -109,8 +111,15 @@ def _rolling(window: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarra
         count[j] = hist.size
         if hist.size:
             med[j] = _row_medians(hist[None])[0]
-            mad[j] = _row_medians(np.abs(hist - med[j])[None])[0]
+            if with_mad:
+                mad[j] = _row_medians(np.abs(hist - med[j])[None])[0]
     return med, mad, count
+
+
+def _median(ordered: list[float]) -> float:
+    """The median of sorted finite values, as _row_medians computes it."""
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 class _Episodes:
@@ -121,26 +130,31 @@ class _Episodes:
         self.slot = state.setdefault("ep", {}).setdefault(kind, {"open": False, "quiet": 0})
 
     def feed(self, triggered: np.ndarray, steps: np.ndarray, verdict: Verdict, describe) -> None:
-        slot = self.slot
-        if not slot["open"] and not triggered.any():
+        """A batch: describe(j) builds the finding of the point j that opens an episode."""
+        if not self.slot["open"] and not triggered.any():
             return
         for j in range(triggered.size):
-            if triggered[j]:
+            self.point(bool(triggered[j]), int(steps[j]), verdict, partial(describe, j))
+
+    def point(self, triggered: bool, step: int, verdict: Verdict, describe) -> None:
+        """One point: describe() builds the finding if this point opens an episode."""
+        slot = self.slot
+        if triggered:
+            slot["quiet"] = 0
+            if not slot["open"]:
+                slot["open"] = True
+                slot["since"] = step
+                finding = describe()
+                verdict.findings.append(finding)
+                verdict.sequence.append(finding)
+        elif slot["open"]:
+            slot["quiet"] += 1
+            if slot["quiet"] >= QUIET:
+                slot["open"] = False
                 slot["quiet"] = 0
-                if not slot["open"]:
-                    slot["open"] = True
-                    slot["since"] = int(steps[j])
-                    finding = describe(j)
-                    verdict.findings.append(finding)
-                    verdict.sequence.append(finding)
-            elif slot["open"]:
-                slot["quiet"] += 1
-                if slot["quiet"] >= QUIET:
-                    slot["open"] = False
-                    slot["quiet"] = 0
-                    slot.pop("since", None)
-                    verdict.resolved.append(self.kind)
-                    verdict.sequence.append(self.kind)
+                slot.pop("since", None)
+                verdict.resolved.append(self.kind)
+                verdict.sequence.append(self.kind)
 
 
 def _fmt(x: float) -> str:
@@ -148,7 +162,10 @@ def _fmt(x: float) -> str:
 
 
 def detect(*, key: str, steps: np.ndarray, values: np.ndarray, state: dict, thresholds: Thresholds) -> Verdict:
-    """Run the detectors that watch `key` over newly stored points (sorted by step); returns the new state."""
+    """Run the detectors that watch `key` over newly stored points (sorted by step); returns the new state.
+
+    A batch of one point (a reporter that posts every step) is judged in plain Python, a larger one in one numpy
+    pass; both give the same verdicts and state, bit for bit (tests/runs/test_detectors.py feeds both)."""
     state = {
         "w": state.get("w", ()),
         "ep": {k: dict(v) for k, v in state.get("ep", {}).items()},
@@ -158,10 +175,13 @@ def detect(*, key: str, steps: np.ndarray, values: np.ndarray, state: dict, thre
     if key not in WATCHED_KEYS or steps.size == 0:
         state["w"] = list(state["w"])
         return verdict
+    if steps.size == 1:
+        _detect_point(key, int(steps[0]), float(values[0]), state, thresholds, verdict)
+        return verdict
     window = np.asarray(state["w"], dtype=np.float64)
     finite = np.isfinite(values)
     fsteps, fvals = steps[finite], values[finite]
-    med, mad, count = _rolling(window, fvals)
+    med, mad, count = _rolling(window, fvals, with_mad=key == LOSS_KEY)
 
     if key == LOSS_KEY:
         _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, thresholds, verdict)
@@ -174,41 +194,127 @@ def detect(*, key: str, steps: np.ndarray, values: np.ndarray, state: dict, thre
     return verdict
 
 
+def _detect_point(key: str, step: int, value: float, state: dict, th: Thresholds, verdict: Verdict) -> None:
+    """detect() for one point: the same arithmetic on Python floats, without numpy's per-call cost."""
+    raw = state["w"]
+    window = (raw.tolist() if isinstance(raw, np.ndarray) else list(raw))[-WINDOW:]
+    finite = math.isfinite(value)
+    count = len(window)
+    med = mad = math.nan
+    if finite and count:
+        med = _median(sorted(window))
+        if key == LOSS_KEY:
+            mad = _median(sorted([abs(x - med) for x in window]))
+    if key == LOSS_KEY:
+        _Episodes(state, "nan").point(
+            not finite, step, verdict, partial(_nan_finding, step, value, window[-1] if window else None)
+        )
+        if finite:
+            z = 0.0
+            if count >= MIN_WINDOW:
+                z = (value - med) / (MAD_SCALE * max(mad, MAD_FLOOR_REL * abs(med) + 1e-12))
+                z = 0.0 if math.isnan(z) else min(max(z, -_FLOAT_MAX), _FLOAT_MAX)
+            describe = partial(_spike_finding, step, value, med, mad, z, th, count)
+            _Episodes(state, "loss_spike").point(z >= th.loss_spike_z, step, verdict, describe)
+    elif key == GRAD_NORM_KEY:
+        over_max = finite and value > th.grad_norm_max
+        over_median = finite and count >= MIN_WINDOW and value > GRAD_NORM_FACTOR * med
+        describe = partial(_grad_norm_finding, step, value, finite, over_max, med, th)
+        _Episodes(state, "grad_norm").point(not finite or over_max or over_median, step, verdict, describe)
+    elif finite:
+        low = count >= MIN_WINDOW and value < (100.0 - th.throughput_drop_pct) / 100.0 * med
+        state["low_run"] = state["low_run"] + 1 if low else 0
+        describe = partial(_throughput_finding, step, value, med, th)
+        _Episodes(state, "throughput").point(state["low_run"] >= THROUGHPUT_MIN_POINTS, step, verdict, describe)
+    state["w"] = (window + [value])[-WINDOW:] if finite else window
+
+
+def _nan_finding(step: int, value: float, last_finite: float | None) -> Finding:
+    return Finding(
+        kind="nan",
+        severity="critical",
+        step=step,
+        message=f"Loss is {_fmt(value)} at step {step}.",
+        evidence={"key": LOSS_KEY, "value": str(value), "step": step, "last_finite": last_finite},
+    )
+
+
+def _spike_finding(step: int, value: float, med: float, mad: float, z: float, th: Thresholds, count: int) -> Finding:
+    return Finding(
+        kind="loss_spike",
+        severity="warning",
+        step=step,
+        message=(
+            f"Loss spiked to {_fmt(value)} at step {step} against a rolling median of {_fmt(med)} "
+            f"(robust z {z:.1f} >= {th.loss_spike_z:g})."
+        ),
+        evidence={
+            "key": LOSS_KEY,
+            "value": value,
+            "median": med,
+            "mad": mad,
+            "z": round(z, 3),
+            "threshold": th.loss_spike_z,
+            "window": count,
+        },
+    )
+
+
+def _grad_norm_finding(step: int, value: float, finite: bool, over_max: bool, med: float, th: Thresholds) -> Finding:
+    if not finite:
+        why = "is not finite"
+    elif over_max:
+        why = f"exceeds alerts.grad_norm_max {th.grad_norm_max:g}"
+    else:
+        why = f"is over {GRAD_NORM_FACTOR:g}x its rolling median {_fmt(med)}"
+    return Finding(
+        kind="grad_norm",
+        severity="warning",
+        step=step,
+        message=f"Grad norm {_fmt(value)} at step {step} {why}.",
+        evidence={
+            "key": GRAD_NORM_KEY,
+            "value": value if math.isfinite(value) else str(value),
+            "median": None if math.isnan(med) else med,
+            "grad_norm_max": th.grad_norm_max,
+            "factor": GRAD_NORM_FACTOR,
+        },
+    )
+
+
+def _throughput_finding(step: int, value: float, med: float, th: Thresholds) -> Finding:
+    return Finding(
+        kind="throughput",
+        severity="warning",
+        step=step,
+        message=(
+            f"Throughput fell to {_fmt(value)} tokens/s at step {step}, below {100 - th.throughput_drop_pct:g} % "
+            f"of its rolling median {_fmt(med)} for {THROUGHPUT_MIN_POINTS} steps."
+        ),
+        evidence={
+            "key": THROUGHPUT_KEY,
+            "value": value,
+            "median": med,
+            "drop_pct": th.throughput_drop_pct,
+            "points": THROUGHPUT_MIN_POINTS,
+        },
+    )
+
+
 def _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, th: Thresholds, verdict: Verdict) -> None:
     def nan_finding(j: int) -> Finding:
-        value = float(values[j])
-        return Finding(
-            kind="nan",
-            severity="critical",
-            step=int(steps[j]),
-            message=f"Loss is {_fmt(value)} at step {int(steps[j])}.",
-            evidence={"key": LOSS_KEY, "value": str(value), "step": int(steps[j]), "last_finite": _last(state)},
-        )
+        before = values[:j][finite[:j]]  # the last finite value is this batch's, if it has one before j
+        last = float(before[-1]) if before.size else _last(state)
+        return _nan_finding(int(steps[j]), float(values[j]), last)
 
     _Episodes(state, "nan").feed(~finite, steps, verdict, nan_finding)
-
     scale = MAD_SCALE * np.maximum(mad, MAD_FLOOR_REL * np.abs(med) + 1e-12)
     z = np.where(count >= MIN_WINDOW, (fvals - med) / scale, 0.0)
     z = _nan_to(z, 0.0)
 
     def spike_finding(j: int) -> Finding:
-        return Finding(
-            kind="loss_spike",
-            severity="warning",
-            step=int(fsteps[j]),
-            message=(
-                f"Loss spiked to {_fmt(float(fvals[j]))} at step {int(fsteps[j])} against a rolling median of "
-                f"{_fmt(float(med[j]))} (robust z {z[j]:.1f} >= {th.loss_spike_z:g})."
-            ),
-            evidence={
-                "key": LOSS_KEY,
-                "value": float(fvals[j]),
-                "median": float(med[j]),
-                "mad": float(mad[j]),
-                "z": round(float(z[j]), 3),
-                "threshold": th.loss_spike_z,
-                "window": int(count[j]),
-            },
+        return _spike_finding(
+            int(fsteps[j]), float(fvals[j]), float(med[j]), float(mad[j]), float(z[j]), th, int(count[j])
         )
 
     _Episodes(state, "loss_spike").feed(z >= th.loss_spike_z, fsteps, verdict, spike_finding)
@@ -225,25 +331,8 @@ def _grad_norm(steps, values, finite, med, count, state, th: Thresholds, verdict
     triggered = ~finite | over_max | over_median
 
     def finding(j: int) -> Finding:
-        value = float(values[j])
-        if not finite[j]:
-            why = "is not finite"
-        elif over_max[j]:
-            why = f"exceeds alerts.grad_norm_max {th.grad_norm_max:g}"
-        else:
-            why = f"is over {GRAD_NORM_FACTOR:g}x its rolling median {_fmt(float(rel[j]))}"
-        return Finding(
-            kind="grad_norm",
-            severity="warning",
-            step=int(steps[j]),
-            message=f"Grad norm {_fmt(value)} at step {int(steps[j])} {why}.",
-            evidence={
-                "key": GRAD_NORM_KEY,
-                "value": value if math.isfinite(value) else str(value),
-                "median": None if math.isnan(rel[j]) else float(rel[j]),
-                "grad_norm_max": th.grad_norm_max,
-                "factor": GRAD_NORM_FACTOR,
-            },
+        return _grad_norm_finding(
+            int(steps[j]), float(values[j]), bool(finite[j]), bool(over_max[j]), float(rel[j]), th
         )
 
     _Episodes(state, "grad_norm").feed(triggered, steps, verdict, finding)
@@ -261,23 +350,7 @@ def _throughput(fsteps, fvals, med, count, state, th: Thresholds, verdict: Verdi
     state["low_run"] = run_len
 
     def finding(j: int) -> Finding:
-        return Finding(
-            kind="throughput",
-            severity="warning",
-            step=int(fsteps[j]),
-            message=(
-                f"Throughput fell to {_fmt(float(fvals[j]))} tokens/s at step {int(fsteps[j])}, below "
-                f"{100 - th.throughput_drop_pct:g} % of its rolling median {_fmt(float(med[j]))} "
-                f"for {THROUGHPUT_MIN_POINTS} steps."
-            ),
-            evidence={
-                "key": THROUGHPUT_KEY,
-                "value": float(fvals[j]),
-                "median": float(med[j]),
-                "drop_pct": th.throughput_drop_pct,
-                "points": THROUGHPUT_MIN_POINTS,
-            },
-        )
+        return _throughput_finding(int(fsteps[j]), float(fvals[j]), float(med[j]), th)
 
     _Episodes(state, "throughput").feed(sustained, fsteps, verdict, finding)
 

@@ -16,7 +16,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 WINDOW = 64  # points of history for the rolling median / MAD
 MIN_WINDOW = 16  # no verdict on spikes or drops before this much history
@@ -100,8 +99,7 @@ def _rolling(window: np.ndarray, new: np.ndarray, *, with_mad: bool) -> tuple[np
         return np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
     if start >= WINDOW:
         # Row j: the WINDOW values before new[j] (sliding_window_view's rows, without its per-call overhead).
-        step = combined.strides[0]
-        views = as_strided(combined[start - WINDOW :], shape=(m, WINDOW), strides=(step, step), writeable=False)
+        views = np.ndarray((m, WINDOW), dtype=np.float64, buffer=combined, offset=(start - WINDOW) * 8, strides=(8, 8))
         med = _row_medians(views)
         mad = _row_medians(np.abs(views - med[:, None])) if with_mad else np.full(m, np.nan)
         return med, mad, np.full(m, WINDOW, dtype=np.int64)
@@ -322,11 +320,15 @@ def _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, th: Thre
 
 def _grad_norm(steps, values, finite, med, count, state, th: Thresholds, verdict: Verdict) -> None:
     # Judged on every point (a NaN grad norm is a blow-up too); the rolling median covers finite points only.
-    rel = np.full(steps.size, np.nan)
-    rel_count = np.zeros(steps.size, dtype=np.int64)
-    rel[finite] = med
-    rel_count[finite] = count
-    over_max = finite & (np.where(finite, values, 0.0) > th.grad_norm_max)
+    if finite.all():  # the usual batch: the finite points are all of them
+        rel, rel_count = med, count
+        over_max = values > th.grad_norm_max
+    else:
+        rel = np.full(steps.size, np.nan)
+        rel_count = np.zeros(steps.size, dtype=np.int64)
+        rel[finite] = med
+        rel_count[finite] = count
+        over_max = finite & (np.where(finite, values, 0.0) > th.grad_norm_max)
     over_median = finite & (rel_count >= MIN_WINDOW) & (values > GRAD_NORM_FACTOR * _nan_to(rel, np.inf))
     triggered = ~finite | over_max | over_median
 

@@ -753,10 +753,11 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
         return 0
     counts: dict[int, dict[int, int]] = {}
     with connection.cursor() as cursor:
+        where, params = _id_in("series_id", ids)
         cursor.execute(
-            f"SELECT series_id, tier, COUNT(*) FROM runs_metricblock WHERE series_id IN ({', '.join(['%s'] * len(ids))}) "
-            "AND tier < %s GROUP BY series_id, tier",
-            [*ids, FINAL_TIER],
+            f"SELECT series_id, tier, COUNT(*) FROM runs_metricblock WHERE {where} AND tier < %s "
+            "GROUP BY series_id, tier",
+            [*params, FINAL_TIER],
         )
         for series_id, tier, count in cursor.fetchall():
             counts.setdefault(series_id, {})[tier] = count
@@ -788,6 +789,14 @@ def metrics_compact(*, series_id: int) -> int:
     another compaction of the same series (an advisory lock on PostgreSQL; the second one leaves).
     """
     return metrics_compact_due([series_id])
+
+
+def _id_in(column: str, ids: list[int]) -> tuple[str, list]:
+    """`column` is one of ids: one array parameter on PostgreSQL, so the statement's text (and psycopg's parse of
+    it) is the same whatever the count; a list of placeholders elsewhere."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(ids)]
+    return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
 def _compaction_locks(cursor, series_ids: list[int]) -> list[int]:
@@ -860,8 +869,8 @@ class _Merges:
                 [v for row in part for v in row],
             )
         for start in range(0, len(self.old_ids), 500):
-            ids = self.old_ids[start : start + 500]
-            self.cursor.execute(f"DELETE FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
+            where, params = _id_in("id", self.old_ids[start : start + 500])
+            self.cursor.execute(f"DELETE FROM runs_metricblock WHERE {where}", params)
         self.pieces, self.held = [], 0
         self.old_ids = []
 

@@ -9,6 +9,7 @@ approximated, and the readers use rollups only where chunks are several times na
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,9 @@ def unpack_values(blob) -> np.ndarray:
 
 def finite_min_max(values: np.ndarray) -> tuple[float | None, float | None, int]:
     """(min, max) over finite values (None when there are none) and the count of non-finite values."""
+    if values.size == 1:  # a stepwise reporter's block: no numpy calls for one value
+        value = float(values[0])
+        return (value, value, 0) if math.isfinite(value) else (None, None, 1)
     finite = np.isfinite(values)
     bad = int(values.size - np.count_nonzero(finite))
     if bad == values.size:

@@ -7,8 +7,9 @@ blocks of tier 1, 2, ... (`TIER0_FANOUT` ingest blocks make a tier-1 block, then
 larger), so a series holds O(fanout x log(points)) blocks.
 Compacted blocks carry rollups: per chunk of consecutive points, the first/last step, finite min/max, last value
 and count of non-finite values, so a zoomed-out chart reads kilobytes of summaries instead of every point.
-Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest holds the row
-locks of the series it writes, and steps already present in an overlapping block are dropped.
+Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest either holds the row
+locks of the series it writes, or writes them only if their version is the one it read, and steps already present
+in an overlapping block are dropped.
 """
 
 from django.db import models
@@ -28,6 +29,9 @@ class MetricSeries(models.Model):
     )
     detector_window = models.BinaryField(
         null=True, blank=True, help_text="The detectors' last finite values, packed float64 (rewritten every ingest)."
+    )
+    version = models.BigIntegerField(
+        default=0, db_default=0, help_text="Bumped by every ingest that writes the row (runs.services.metrics)."
     )
 
     class Meta:

@@ -4,9 +4,12 @@ Ingest (`metrics_record`, or `metrics_store_many` for the batches of several run
 batch of run-directory records (docs/run-config.md), then in one transaction: locks the batch's series rows (every
 writer of a series takes its row lock first, so concurrent posts of the same batch serialise and the second finds
 its steps present), drops (key, step) pairs already stored, appends one packed block per key, runs the streaming
-detectors, applies heartbeats and events, and on commit pushes the new points to the run's websocket group. Small
-blocks are merged later by `metrics_compact` (triggered by ingest when a series has TIER0_FANOUT uncompacted
-blocks), which also writes the rollups that zoomed-out reads use.
+detectors, applies heartbeats and events, and on commit pushes the new points to the run's websocket group. On
+PostgreSQL the usual batch (series this process wrote last, only new steps, no event, no alert) skips the locks: it
+is one autocommitted statement that writes each series row only if its version is still the one this process
+committed, and fails whole otherwise, for the locking path to store it (`_series_cache`). Small blocks are merged
+later by `metrics_compact` (triggered by ingest when a series has TIER0_FANOUT uncompacted blocks), which also
+writes the rollups that zoomed-out reads use.
 
 Reads (`series_read`) return every point when the requested range holds at most `max_points`, else a min/max/last
 envelope per step bucket in which every spike survives.
@@ -290,6 +293,7 @@ class _Entry:
     result: IngestResult
     points: dict[str, tuple[np.ndarray, np.ndarray, int]]  # key -> (sorted unique steps, values, points sent)
     pushed: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> new steps, values
+    after: dict[tuple[int, str], tuple] = field(default_factory=dict)  # the series rows once committed
 
 
 @dataclass
@@ -328,16 +332,12 @@ def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -
     """
     if len({run.pk for run, _ in entries}) < len(entries):
         raise ValueError("at most one batch per run in one call")
-    work = [
-        _Entry(
-            run=run,
-            batch=batch,
-            result=IngestResult(events=len(batch.events), heartbeats=batch.heartbeats),
-            points={key: _sorted_points(*batch.metrics[key]) for key in sorted(batch.metrics)},
-        )
-        for run, batch in entries
-    ]
     now = timezone.now()
+    work = _work(entries)
+    if connection.vendor == "postgresql" and _store_pg_unlocked(work, now):
+        _pushes(work, push)  # committed already: broadcast_many_on_commit sends at once
+        return [entry.result for entry in work]
+    work = _work(entries)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             _store_pg(work, now)
@@ -347,18 +347,34 @@ def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -
         for entry in work:
             for _index, etype, step, rec in entry.batch.events:
                 _apply_event(entry.run, etype, step, rec, entry.result)
-        for entry in work:
-            if entry.pushed or entry.batch.events or entry.batch.heartbeats:
-                # Built only if someone listens (broadcast calls it): most runs have no chart open.
-                entry.result.push = (
-                    run_group(entry.run.pk),
-                    partial(_points_message, entry.run.pk, entry.pushed, entry.result.last_step),
-                )
-        if push:
-            pushes = [entry.result.push for entry in work if entry.result.push]
-            if pushes:
-                broadcast_many_on_commit(pushes)
+        _pushes(work, push)
     return [entry.result for entry in work]
+
+
+def _work(entries: list[tuple[Run, Batch]]) -> list[_Entry]:
+    return [
+        _Entry(
+            run=run,
+            batch=batch,
+            result=IngestResult(events=len(batch.events), heartbeats=batch.heartbeats),
+            points={key: _sorted_points(*batch.metrics[key]) for key in sorted(batch.metrics)},
+        )
+        for run, batch in entries
+    ]
+
+
+def _pushes(work: list[_Entry], push: bool) -> None:
+    for entry in work:
+        if entry.pushed or entry.batch.events or entry.batch.heartbeats:
+            # Built only if someone listens (broadcast calls it): most runs have no chart open.
+            entry.result.push = (
+                run_group(entry.run.pk),
+                partial(_points_message, entry.run.pk, entry.pushed, entry.result.last_step),
+            )
+    if push:
+        pushes = [entry.result.push for entry in work if entry.result.push]
+        if pushes:
+            broadcast_many_on_commit(pushes)
 
 
 # Series known to exist, per process: a batch whose keys are all here skips the create step. Series are only
@@ -366,19 +382,33 @@ def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -
 _known_series: set[tuple[int, str]] = set()
 _KNOWN_SERIES_MAX = 200_000
 
+# Series rows as this process last committed or read them under their lock: (run id, key) -> [id, last step,
+# last value, pending blocks, detector state, detector window, version]. A batch whose series are all here, that
+# only adds steps past each series' last one, and that neither raises nor resolves an alert, is written in one
+# autocommitted statement that updates each row only if its version is still the one here, and aborts whole if
+# one is not (another process wrote the series meanwhile): the locking path then does it again. Entries are only
+# ever set after a commit, so a version here always belongs to the state beside it.
+_series_cache: dict[tuple[int, str], tuple] = {}
+_SERIES_CACHE_MAX = 20_000  # ~1 KB each (a detector window is 512 bytes)
+
+
+class _NeedsLocks(Exception):
+    """The batch cannot be written without reading its series rows under their locks."""
+
+
 # PostgreSQL statements of the ingest path. Rows travel as one JSON parameter per statement (orjson writes it,
 # json_to_recordset reads it) and the blocks' packed arrays as two bytea parameters that each row slices: every
 # statement has one text whatever the batch, so psycopg converts it once and PostgreSQL parses and plans it once
 # per connection (server-side binding, prepare=True). Binding hundreds of scalars or arrays instead costs more in
 # psycopg's Python code than the rest of a request.
 _PG_CREATE_SERIES = (
-    "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state) "
-    "SELECT k.run_id, k.key, 0, 0, '{}' FROM json_to_recordset(%s::json) AS k(run_id bigint, key text) "
+    "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state, version) "
+    "SELECT k.run_id, k.key, 0, 0, '{}', 0 FROM json_to_recordset(%s::json) AS k(run_id bigint, key text) "
     "ORDER BY k.run_id, k.key ON CONFLICT (run_id, key) DO NOTHING"
 )
 _PG_LOCK_SERIES = (
     "SELECT s.id, s.run_id, s.key, s.last_step, s.last_value, s.pending_blocks, s.detector_state, "
-    "s.detector_window "
+    "s.detector_window, s.version "
     "FROM runs_metricseries AS s JOIN json_to_recordset(%s::json) AS k(run_id bigint, key text) "
     "ON s.run_id = k.run_id AND s.key = k.key ORDER BY s.id FOR UPDATE OF s"
 )
@@ -403,11 +433,22 @@ _PG_WRITE = (
     "u AS (UPDATE runs_metricseries AS s SET points = s.points + v.n, last_step = v.ls, last_value = v.lv, "
     "pending_blocks = s.pending_blocks + 1, detector_state = COALESCE(v.ds, s.detector_state), "
     "detector_window = CASE WHEN v.wn IS NULL THEN s.detector_window "
-    "ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END "
+    "ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END, version = s.version + 1 "
     "FROM json_to_recordset(%s::json) "
-    "AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer) "
-    "WHERE s.id = v.id) "
-    "SELECT id, last_step FROM r"
+    "AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer, ver bigint, run bigint, "
+    "key text) "
+    "WHERE s.id = v.id{checked} RETURNING s.id, s.pending_blocks) "
+)
+_PG_WRITE_LOCKED = _PG_WRITE.format(checked="") + "SELECT id, last_step FROM r"
+# The same write without locks: a series row is updated only if its version is the one the batch was prepared
+# from, and the statement fails (division by zero, the one error plain SQL can raise on demand) unless every
+# series row and every run row was updated, so that nothing of it stays. The row's run and key are checked too: a
+# database restored under a running server may hold the same id and version for another series.
+_PG_WRITE_CHECKED = (
+    _PG_WRITE.format(checked=" AND s.version = v.ver AND s.run_id = v.run AND s.key = v.key")
+    + "SELECT 'r', id, last_step FROM r UNION ALL SELECT 'u', id, pending_blocks FROM u UNION ALL "
+    "SELECT 'c', 0, (1 / CASE WHEN (SELECT count(*) FROM u) = %s AND (SELECT count(*) FROM r) = %s THEN 1 ELSE 0 "
+    "END)::bigint"
 )
 
 
@@ -440,23 +481,67 @@ def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
         updates: list[tuple] = []
         for entry in work:
             _prepare(entry, series, present, blocks, updates)
-        touches = [(e.run.pk, e.batch.max_step, _heartbeat_at(e.batch, now)) for e in work]
-        at, rows = 0, []
-        for block in blocks:
-            rows.append((block.series_id, block.lo, block.hi, block.n, block.vmin, block.vmax, at, block.bad))
-            at += block.n
-        cursor.execute(
-            _PG_WRITE,
-            [
-                _json_rows(("id", "ms", "hb"), touches),
-                b"".join(block.steps for block in blocks),
-                b"".join(block.values for block in blocks),
-                _json_rows(("id", "lo", "hi", "n", "vmin", "vmax", "at", "bad"), rows),
-                *_series_updates(updates),
-            ],
-            prepare=True,
-        )
+        cursor.execute(_PG_WRITE_LOCKED, _write_params(work, blocks, updates, now), prepare=True)
         last_steps: dict[int, int] = dict(cursor.fetchall())
+    _last_steps(work, last_steps)
+    after = {pair: row for entry in work for pair, row in entry.after.items()}
+    transaction.on_commit(partial(_series_cache.update, after))
+
+
+def _store_pg_unlocked(work: list[_Entry], now: datetime.datetime) -> bool:
+    """Store the batches in one autocommitted statement from the cached series rows (see _series_cache); False
+    when they need the locking path, with nothing written."""
+    if connection.in_atomic_block or any(entry.batch.events for entry in work):
+        return False  # inside a caller's transaction, or events to apply: the locking path
+    if len(_series_cache) > _SERIES_CACHE_MAX:
+        _series_cache.clear()
+    series: dict[tuple[int, str], tuple] = {}
+    for entry in work:
+        for key, (steps, _values, _n) in entry.points.items():
+            row = _series_cache.get((entry.run.pk, key))
+            if row is None or (row[1] is not None and steps[0] <= row[1]):
+                return False  # a series not known here, or steps that may be stored already
+            series[(entry.run.pk, key)] = row
+    blocks: list[_NewBlock] = []
+    updates: list[tuple] = []
+    try:
+        for entry in work:
+            _prepare(entry, series, {}, blocks, updates, alerts=False)
+    except _NeedsLocks:
+        return False
+    params = [*_write_params(work, blocks, updates, now), len(updates), len(work)]
+    try:
+        with _pg_cursor() as cursor:
+            cursor.execute(_PG_WRITE_CHECKED, params, prepare=True)
+            rows = cursor.fetchall()
+    except psycopg.errors.DivisionByZero:  # a series row changed since it was cached: nothing was written
+        for pair in series:
+            _series_cache.pop(pair, None)
+        return False
+    _last_steps(work, {row_id: value for kind, row_id, value in rows if kind == "r"})
+    pending = {row_id: value for kind, row_id, value in rows if kind == "u"}
+    for entry in work:
+        for pair, row in entry.after.items():
+            _series_cache[pair] = (*row[:3], pending.get(row[0], row[3]), *row[4:])
+    return True
+
+
+def _write_params(work: list[_Entry], blocks: list[_NewBlock], updates: list[tuple], now) -> list:
+    touches = [(e.run.pk, e.batch.max_step, _heartbeat_at(e.batch, now)) for e in work]
+    at, rows = 0, []
+    for block in blocks:
+        rows.append((block.series_id, block.lo, block.hi, block.n, block.vmin, block.vmax, at, block.bad))
+        at += block.n
+    return [
+        _json_rows(("id", "ms", "hb"), touches),
+        b"".join(block.steps for block in blocks),
+        b"".join(block.values for block in blocks),
+        _json_rows(("id", "lo", "hi", "n", "vmin", "vmax", "at", "bad"), rows),
+        *_series_updates(updates),
+    ]
+
+
+def _last_steps(work: list[_Entry], last_steps: dict[int, int]) -> None:
     for entry in work:
         if entry.run.pk not in last_steps:
             raise RunGone(f"run {entry.run.pk} no longer exists")
@@ -468,17 +553,17 @@ def _series_updates(updates: list[tuple]) -> tuple[bytes, str]:
     windows: list[bytes] = []
     rows: list[tuple] = []
     at = 0
-    for sid, n, ls, lv, ds, window in updates:
+    for sid, n, ls, lv, ds, window, version, run_id, key in updates:
         if window is None:
-            rows.append((sid, n, ls, lv, ds, None, None))
+            rows.append((sid, n, ls, lv, ds, None, None, version, run_id, key))
         else:
             windows.append(window)
-            rows.append((sid, n, ls, lv, ds, at, len(window)))
+            rows.append((sid, n, ls, lv, ds, at, len(window), version, run_id, key))
             at += len(window)
-    return b"".join(windows), _json_rows(("id", "n", "ls", "lv", "ds", "wat", "wn"), rows)
+    return b"".join(windows), _json_rows(("id", "n", "ls", "lv", "ds", "wat", "wn", "ver", "run", "key"), rows)
 
 
-def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
+def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], tuple]:
     """Lock the series rows of (run id, key) pairs in id order, creating missing ones first.
 
     Creation comes before any row lock: two batches that both add a new key then wait on each other's insert
@@ -502,15 +587,15 @@ def _lock_series_pg(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, st
     return series
 
 
-def _locked_rows(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], list]:
+def _locked_rows(cursor, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], tuple]:
     cursor.execute(_PG_LOCK_SERIES, [_json_rows(("run_id", "key"), wanted)], prepare=True)
     return {
-        (run_id, key): [sid, last_step, last_value, pending, state, window]
-        for sid, run_id, key, last_step, last_value, pending, state, window in cursor.fetchall()
+        (run_id, key): (sid, last_step, last_value, pending, state, window, version)
+        for sid, run_id, key, last_step, last_value, pending, state, window, version in cursor.fetchall()
     }
 
 
-def _late_ranges(entry: _Entry, series: dict[tuple[int, str], list]) -> list[tuple[int, int, int]]:
+def _late_ranges(entry: _Entry, series: dict[tuple[int, str], tuple]) -> list[tuple[int, int, int]]:
     """(series id, lo, hi) for each key whose batch reaches back to steps already stored."""
     out = []
     for key, (steps, _values, _n) in entry.points.items():
@@ -530,12 +615,12 @@ _TOUCH_RUN = (
     "WHEN last_heartbeat_at IS NULL OR last_heartbeat_at < %s THEN %s ELSE last_heartbeat_at END "
     "WHERE id = %s RETURNING last_step"
 )
-_SERIES_COLUMNS = "id, key, last_step, last_value, pending_blocks, detector_state, detector_window"
+_SERIES_COLUMNS = "id, key, last_step, last_value, pending_blocks, detector_state, detector_window, version"
 _BLOCK_COLUMNS = "series_id, step_lo, step_hi, n, vmin, vmax, steps, {values}, nonfinite, tier"
 _SERIES_UPDATE = (
     "UPDATE runs_metricseries SET points = points + %s, last_step = %s, last_value = %s, "
     "pending_blocks = pending_blocks + 1, detector_state = COALESCE(%s, detector_state), "
-    "detector_window = COALESCE(%s, detector_window) WHERE id = %s"
+    "detector_window = COALESCE(%s, detector_window), version = version + 1 WHERE id = %s"
 )
 
 
@@ -577,13 +662,13 @@ def _store_portable(entry: _Entry, now: datetime.datetime) -> None:
             _SERIES_UPDATE,
             [
                 [n, ls, lv, None if ds is None else orjson.dumps(ds).decode(), window, sid]
-                for sid, n, ls, lv, ds, window in updates
+                for sid, n, ls, lv, ds, window, *_ in updates
             ],
         )
 
 
-def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
-    rows: dict[str, list] = {}
+def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, tuple]:
+    rows: dict[str, tuple] = {}
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         cursor.execute(
@@ -591,8 +676,8 @@ def _series_rows(cursor, run_id: int, keys: list[str]) -> dict[str, list]:
             f"WHERE run_id = %s AND key IN ({', '.join(['%s'] * len(part))})",
             [run_id, *part],
         )
-        for sid, key, last_step, last_value, pending, state, window in cursor.fetchall():
-            rows[key] = [sid, last_step, last_value, pending, state, window]
+        for sid, key, last_step, last_value, pending, state, window, version in cursor.fetchall():
+            rows[key] = (sid, last_step, last_value, pending, state, window, version)
     return rows
 
 
@@ -600,8 +685,8 @@ def _create_series(cursor, run_id: int, keys: list[str]) -> None:
     for start in range(0, len(keys), 500):
         part = keys[start : start + 500]
         cursor.execute(
-            "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state) VALUES "
-            + ", ".join(["(%s, %s, 0, 0, %s)"] * len(part))
+            "INSERT INTO runs_metricseries (run_id, key, points, pending_blocks, detector_state, version) VALUES "
+            + ", ".join(["(%s, %s, 0, 0, %s, 0)"] * len(part))
             + " ON CONFLICT (run_id, key) DO NOTHING",
             [v for key in part for v in (run_id, key, "{}")],
         )
@@ -619,12 +704,18 @@ def _present_steps(cursor, series_id: int, lo: int, hi: int) -> np.ndarray:
 # Both backends
 
 
-def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks: list, updates: list) -> None:
-    """Per key: drop steps already stored, run the detectors, and add the block and counter rows to write."""
+def _prepare(
+    entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks: list, updates: list, *, alerts: bool = True
+) -> None:
+    """Per key: drop steps already stored, run the detectors, and add the block and counter rows to write.
+
+    alerts=False: raise _NeedsLocks instead of raising or resolving an alert (the unlocked path writes no
+    alerts)."""
     run, result = entry.run, entry.result
     thresholds = Thresholds.from_config(run.config)
     for key, (steps, values, submitted) in entry.points.items():
-        sid, last_step, last_value, pending, state, window = series[(run.pk, key)]
+        row = series[(run.pk, key)]
+        sid, last_step, last_value, pending, state, window, version = row
         stored = present.get(sid)  # steps of the stored blocks that overlap this batch's range
         if stored is not None and stored.size:
             stored = stored[(stored >= steps[0]) & (stored <= steps[-1])]
@@ -632,11 +723,12 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
             steps, values = steps[keep], values[keep]
         result.duplicates += submitted - steps.size
         if steps.size == 0:
+            entry.after[(run.pk, key)] = row
             continue
         result.accepted += steps.size
         new_state = new_window = None
         if key in WATCHED_KEYS:
-            new_state, new_window = _run_detectors(run, key, steps, values, state, window, thresholds, result)
+            new_state, new_window = _run_detectors(run, key, steps, values, state, window, thresholds, result, alerts)
         vmin, vmax, bad = ru.finite_min_max(values)
         top = int(steps[-1])
         if last_step is None or top > last_step:
@@ -646,20 +738,39 @@ def _prepare(entry: _Entry, series: dict, present: dict[int, np.ndarray], blocks
                 sid, int(steps[0]), top, int(steps.size), vmin, vmax, ru.pack_steps(steps), ru.pack_values(values), bad
             )
         )
-        updates.append((sid, int(steps.size), last_step, last_value, new_state, new_window))
+        updates.append((sid, int(steps.size), last_step, last_value, new_state, new_window, version, run.pk, key))
+        entry.after[(run.pk, key)] = (
+            sid,
+            last_step,
+            last_value,
+            pending + 1,
+            state if new_state is None else new_state,
+            window if new_window is None else new_window,
+            version + 1,
+        )
         if pending + 1 >= TIER0_FANOUT:
             result.compact.append(sid)
         entry.pushed[key] = (steps, values)
 
 
 def _run_detectors(
-    run: Run, key: str, steps, values, state, window: bytes | None, thresholds: Thresholds, result: IngestResult
+    run: Run,
+    key: str,
+    steps,
+    values,
+    state,
+    window: bytes | None,
+    thresholds: Thresholds,
+    result: IngestResult,
+    alerts: bool = True,
 ) -> tuple[dict | None, bytes]:
     """(the episode state when it changed, else None; the new window, packed)."""
     current = orjson.loads(state) if isinstance(state, str | bytes) else (state or {})
     current = {k: v for k, v in current.items() if k != "w"}  # a window kept in the state before 0005
     packed = np.frombuffer(window, dtype="<f8") if window else np.empty(0)
     verdict = detect(key=key, steps=steps, values=values, state={**current, "w": packed}, thresholds=thresholds)
+    if verdict.sequence and not alerts:
+        raise _NeedsLocks(key)
     for finding in verdict.sequence:
         if isinstance(finding, str):
             alert_resolve(run=run, kind=finding)

@@ -419,7 +419,7 @@ _PG_PRESENT = (
 )
 # Blocks, series counters and the runs' progress in one statement (one round trip).
 _PG_WRITE = (
-    "WITH r AS (UPDATE runs_run AS r SET "
+    "WITH {lock}r AS (UPDATE runs_run AS r SET "
     "last_step = CASE WHEN t.ms IS NULL THEN r.last_step "
     "WHEN r.last_step IS NULL OR r.last_step < t.ms THEN t.ms ELSE r.last_step END, "
     "last_heartbeat_at = CASE WHEN t.hb IS NULL THEN r.last_heartbeat_at "
@@ -436,17 +436,21 @@ _PG_WRITE = (
     "ELSE substring(%s::bytea FROM v.wat + 1 FOR v.wn) END, version = s.version + 1 "
     "FROM json_to_recordset(%s::json) "
     "AS v(id bigint, n bigint, ls bigint, lv float8, ds jsonb, wat integer, wn integer, ver bigint, run bigint, "
-    "key text) "
-    "WHERE s.id = v.id{checked} RETURNING s.id, s.pending_blocks) "
+    "key text){checked} RETURNING s.id, s.pending_blocks) "
 )
-_PG_WRITE_LOCKED = _PG_WRITE.format(checked="") + "SELECT id, last_step FROM r"
-# The same write without locks: a series row is updated only if its version is the one the batch was prepared
-# from, and the statement fails (division by zero, the one error plain SQL can raise on demand) unless every
-# series row and every run row was updated, so that nothing of it stays. The row's run and key are checked too: a
-# database restored under a running server may hold the same id and version for another series.
+_PG_WRITE_LOCKED = _PG_WRITE.format(lock="", checked=" WHERE s.id = v.id") + "SELECT id, last_step FROM r"
+# The same write without locks held beforehand. A series row is updated only if its version is the one the batch
+# was prepared from (and its run and key are the batch's: a database restored under a running server may hold the
+# same id and version for another series), and the statement fails (division by zero, the one error plain SQL can
+# raise on demand) unless every series row and every run row was updated, so that nothing of it stays. The series
+# rows are locked first, in id order (lk; the update's plan would take them in any order), then the run rows: the
+# order in which the locking path and compaction take them, so that none of them can deadlock with this.
 _PG_WRITE_CHECKED = (
-    _PG_WRITE.format(checked=" AND s.version = v.ver AND s.run_id = v.run AND s.key = v.key")
-    + "SELECT 'r', id, last_step FROM r UNION ALL SELECT 'u', id, pending_blocks FROM u UNION ALL "
+    _PG_WRITE.format(
+        lock="lk AS (SELECT id FROM runs_metricseries WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE), ",
+        checked=", lk WHERE s.id = v.id AND lk.id = s.id AND s.version = v.ver AND s.run_id = v.run AND s.key = v.key",
+    )
+    + "SELECT 'u', id, pending_blocks FROM u UNION ALL SELECT 'r', id, last_step FROM r UNION ALL "
     "SELECT 'c', 0, (1 / CASE WHEN (SELECT count(*) FROM u) = %s AND (SELECT count(*) FROM r) = %s THEN 1 ELSE 0 "
     "END)::bigint"
 )
@@ -509,12 +513,13 @@ def _store_pg_unlocked(work: list[_Entry], now: datetime.datetime) -> bool:
             _prepare(entry, series, {}, blocks, updates, alerts=False)
     except _NeedsLocks:
         return False
-    params = [*_write_params(work, blocks, updates, now), len(updates), len(work)]
+    params = [[row[0] for row in updates], *_write_params(work, blocks, updates, now), len(updates), len(work)]
     try:
         with _pg_cursor() as cursor:
             cursor.execute(_PG_WRITE_CHECKED, params, prepare=True)
             rows = cursor.fetchall()
-    except psycopg.errors.DivisionByZero:  # a series row changed since it was cached: nothing was written
+    except (psycopg.errors.DivisionByZero, psycopg.errors.DeadlockDetected):
+        # A series row changed since it was cached (or, should it happen, a deadlock): nothing was written.
         for pair in series:
             _series_cache.pop(pair, None)
         return False
@@ -527,7 +532,7 @@ def _store_pg_unlocked(work: list[_Entry], now: datetime.datetime) -> bool:
 
 
 def _write_params(work: list[_Entry], blocks: list[_NewBlock], updates: list[tuple], now) -> list:
-    touches = [(e.run.pk, e.batch.max_step, _heartbeat_at(e.batch, now)) for e in work]
+    touches = sorted((e.run.pk, e.batch.max_step, _heartbeat_at(e.batch, now)) for e in work)  # run rows in id order
     at, rows = 0, []
     for block in blocks:
         rows.append((block.series_id, block.lo, block.hi, block.n, block.vmin, block.vmax, at, block.bad))

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
@@ -169,8 +168,6 @@ class IngestFastPath:
         self.executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="ingest")
         # Compaction has a thread of its own, so that it never holds up a transaction's turn.
         self.compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-compact")
-        self._store = sync_to_async(self._store_in_thread, thread_sensitive=False, executor=self.executor)
-        self._compact = sync_to_async(self._compact_in_thread, thread_sensitive=False, executor=self.compactor)
         self._waiting: list[_Waiting] = []
         self._storing: set[int] = set()  # runs with a request in a transaction
         self._busy = 0
@@ -212,6 +209,14 @@ class IngestFastPath:
             # After the answer is sent: the job never waits on compaction.
             self._compacting.update(due)
             self._spawn(self._compact_then_release(due))
+
+    # The threads run plain functions that keep to their own database connection: run_in_executor hands them
+    # over for about half of what sync_to_async's context and thread-sensitivity bookkeeping costs per call.
+    async def _store(self, requests: list[tuple[int, str, bytes]]) -> list[Answer]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._store_in_thread, requests)
+
+    async def _compact(self, series_ids: list[int]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.compactor, self._compact_in_thread, series_ids)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

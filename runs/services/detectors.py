@@ -1,11 +1,12 @@
 """Streaming detectors that run on every ingested batch: NaN/Inf loss, loss spike, grad-norm blow-up, throughput drop.
 
 Each watched series keeps a small state in its row: the last WINDOW finite values (MetricSeries.detector_window,
-packed) and, per detector, whether an episode is open (MetricSeries.detector_state). Ingest holds the series row's
-lock while it reads and writes that state, so any number of web processes see one consistent stream. A detector
-reports a finding when an episode opens and a resolution when it has been quiet for QUIET points; the caller turns
-these into one Alert per episode.
-Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows.
+packed) and, per detector, whether an episode is open (MetricSeries.detector_state). Ingest writes that state back
+only from the state it read under the series row's lock or at the row's current version, so any number of web
+processes see one consistent stream. A detector reports a finding when an episode opens and a resolution when it has
+been quiet for QUIET points; the caller turns these into one Alert per episode.
+Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows; a batch
+of one point (a reporter posting every step) is judged in plain Python, where numpy's per-call cost would dominate.
 """
 
 from __future__ import annotations

@@ -240,8 +240,9 @@ class IngestFastPath:
                 if not group:
                     break  # all wait on runs another transaction is storing; its loop comes back for them
                 self._storing |= runs
+                answers: list[Answer | Exception]
                 try:
-                    answers = await self._store([(w.run_id, w.authorization, w.body) for w in group])
+                    answers = list(await self._store([(w.run_id, w.authorization, w.body) for w in group]))
                 except Exception as exc:  # reported by each request's handler
                     answers = [exc] * len(group)
                 finally:

@@ -7,7 +7,14 @@ import pytest
 
 from runs.models import MetricBlock, MetricSeries
 from runs.services import rollups as ru
-from runs.services.metrics import COMPACT_FANOUT, TIER0_FANOUT, metrics_compact, metrics_record, series_read
+from runs.services.metrics import (
+    COMPACT_FANOUT,
+    TIER0_FANOUT,
+    TIER0_POINTS,
+    metrics_compact,
+    metrics_record,
+    series_read,
+)
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,18 +37,39 @@ def write(run, steps, values, key="loss", batch=50):
         )
 
 
+def tier_sizes(run, key="loss") -> dict[int, int]:
+    series = MetricSeries.objects.get(run=run, key=key)
+    tiers = MetricBlock.objects.filter(series=series).values_list("tier", flat=True)
+    return {tier: list(tiers).count(tier) for tier in set(tiers)}
+
+
+def test_one_step_blocks_wait_for_many_and_large_blocks_for_few(run, operator):
+    write(run, range(TIER0_FANOUT - 1), np.ones(TIER0_FANOUT - 1), batch=1)
+    assert tier_sizes(run) == {0: TIER0_FANOUT - 1}
+    write(run, [TIER0_FANOUT - 1], [1.0], batch=1)
+    assert tier_sizes(run) == {1: 1}
+
+    big = tiny_run(owner=operator, name="big-batches")
+    size = -(-TIER0_POINTS // COMPACT_FANOUT)
+    write(big, range(size * (COMPACT_FANOUT - 1)), np.ones(size * (COMPACT_FANOUT - 1)), batch=size)
+    assert tier_sizes(big) == {0: COMPACT_FANOUT - 1}
+    write(big, range(size * (COMPACT_FANOUT - 1), size * COMPACT_FANOUT), np.ones(size), batch=size)
+    assert tier_sizes(big) == {1: 1}
+
+
 def read(run, key="loss", **kw):
     return series_read(run_id=run.pk, keys=[key], **kw)["keys"][key]
 
 
 def test_compaction_merges_tiers_and_keeps_every_point_once(run):
-    n = 50 * TIER0_FANOUT * COMPACT_FANOUT + 130
+    per_merge = max(COMPACT_FANOUT, -(-TIER0_POINTS // 50))  # batches of 50 steps: merged by points
+    n = 50 * per_merge * COMPACT_FANOUT + 130
     values = np.sin(np.arange(n) / 50.0)
     write(run, range(n), values)
     series = MetricSeries.objects.get(run=run, key="loss")
     tiers = sorted(set(MetricBlock.objects.filter(series=series).values_list("tier", flat=True)))
-    assert tiers[-1] == 2 and series.points == n and series.pending_blocks < TIER0_FANOUT
-    assert MetricBlock.objects.filter(series=series).count() < TIER0_FANOUT + COMPACT_FANOUT
+    assert tiers[-1] == 2 and series.points == n and series.pending_blocks < per_merge
+    assert MetricBlock.objects.filter(series=series).count() < per_merge + COMPACT_FANOUT
     full = read(run, max_points=10**6)
     assert full["mode"] == "full" and full["steps"].tolist() == list(range(n))
     assert np.array_equal(full["values"], values)

@@ -308,7 +308,8 @@ def _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, th: Thre
 
     _Episodes(state, "nan").feed(~finite, steps, verdict, nan_finding)
     scale = MAD_SCALE * np.maximum(mad, MAD_FLOOR_REL * np.abs(med) + 1e-12)
-    z = np.where(count >= MIN_WINDOW, (fvals - med) / scale, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # values near the float limit: _nan_to settles them
+        z = np.where(count >= MIN_WINDOW, (fvals - med) / scale, 0.0)
     z = _nan_to(z, 0.0)
 
     def spike_finding(j: int) -> Finding:

@@ -8,7 +8,7 @@ detectors, applies heartbeats and events, and on commit pushes the new points to
 PostgreSQL the usual batch (series this process wrote last, only new steps, no event, no alert) skips the locks: it
 is one autocommitted statement that writes each series row only if its version is still the one this process
 committed, and fails whole otherwise, for the locking path to store it (`_series_cache`). Small blocks are merged
-later by `metrics_compact` (triggered by ingest when a series has TIER0_FANOUT uncompacted blocks), which also
+later by `metrics_compact` (triggered by ingest when a series' ingest blocks are due, `merge_due`), which also
 writes the rollups that zoomed-out reads use.
 
 Reads (`series_read`) return every point when the requested range holds at most `max_points`, else a min/max/last

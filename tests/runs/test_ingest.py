@@ -293,7 +293,7 @@ def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"1
     return async_to_sync(call)()
 
 
-def test_fast_path_stores_and_passes_other_requests_through(run_and_token):
+def test_fast_path_stores_and_passes_other_requests_through(run_and_token, request):
     run, token = run_and_token
     passed = []
 
@@ -303,6 +303,7 @@ def test_fast_path_stores_and_passes_other_requests_through(run_and_token):
         await send({"type": "http.response.body", "body": b""})
 
     app = IngestFastPath(inner)
+    request.addfinalizer(lambda: release(app))
     body = json.dumps({"records": [metrics(s, loss=1.0) for s in range(20)]}).encode()
     status, answer = _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, token)
     assert (status, answer["accepted"]) == (200, 20)
@@ -351,7 +352,11 @@ async def _asgi_posts_in_loop(app, requests: list[tuple[int, bytes, str]]) -> li
 def fast_path():
     app = IngestFastPath(None)
     yield app
-    # Its threads keep their database connections: close each one's, or the test database cannot be dropped.
+    release(app)
+
+
+def release(app: IngestFastPath) -> None:
+    """Its threads keep their database connections: close each one's, or the test database cannot be dropped."""
     for executor, threads in ((app.executor, app.slots), (app.compactor, 1)):
         barrier = threading.Barrier(threads)
 

@@ -78,6 +78,15 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float, log:
     sys.exit(f"server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _stat(pid: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (raises OSError once the process is gone)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds used so far by a process and its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -85,7 +94,7 @@ def process_tree_cpu(pid: int) -> float:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = _stat(entry)
             except OSError:
                 continue
             stats[int(entry)] = fields
@@ -95,7 +104,7 @@ def process_tree_cpu(pid: int) -> float:
         current = todo.pop()
         todo += children.get(current, [])
         if current in stats:
-            total += (int(stats[current][11]) + int(stats[current][12])) / os.sysconf("SC_CLK_TCK")
+            total += _cpu_seconds(stats[current])
     return total
 
 
@@ -109,10 +118,9 @@ def backends_cpu(database: str) -> dict[int, float]:
             title = Path(f"/proc/{entry}/cmdline").read_bytes()
             if f" {database} ".encode() not in title or not title.startswith(b"postgres:"):
                 continue
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            used[int(entry)] = _cpu_seconds(_stat(entry))
         except OSError:
             continue
-        used[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
 
 

@@ -340,10 +340,12 @@ def metrics_store_many(entries: list[tuple[Run, Batch]], *, push: bool = True) -
         raise ValueError("at most one batch per run in one call")
     now = timezone.now()
     work = _work(entries)
-    if connection.vendor == "postgresql" and _store_pg_unlocked(work, now):
-        _pushes(work, push)  # committed already: broadcast_many_on_commit sends at once
-        return [entry.result for entry in work]
-    work = _work(entries)
+    cached = _cached_series(work) if connection.vendor == "postgresql" else None
+    if cached is not None:
+        if _store_pg_unlocked(work, cached, now):
+            _pushes(work, push)  # committed already: broadcast_many_on_commit sends at once
+            return [entry.result for entry in work]
+        work = _work(entries)  # the attempt counted and ran the detectors on these entries
     with transaction.atomic():
         if connection.vendor == "postgresql":
             _store_pg(work, now)
@@ -498,11 +500,10 @@ def _store_pg(work: list[_Entry], now: datetime.datetime) -> None:
     transaction.on_commit(partial(_series_cache.update, after))
 
 
-def _store_pg_unlocked(work: list[_Entry], now: datetime.datetime) -> bool:
-    """Store the batches in one autocommitted statement from the cached series rows (see _series_cache); False
-    when they need the locking path, with nothing written."""
+def _cached_series(work: list[_Entry]) -> dict[tuple[int, str], tuple] | None:
+    """The cached series rows of the batches, if they may be written without locks (see _series_cache)."""
     if connection.in_atomic_block or any(entry.batch.events for entry in work):
-        return False  # inside a caller's transaction, or events to apply: the locking path
+        return None  # inside a caller's transaction, or events to apply: the locking path
     if len(_series_cache) > _SERIES_CACHE_MAX:
         _series_cache.clear()
     series: dict[tuple[int, str], tuple] = {}
@@ -510,8 +511,14 @@ def _store_pg_unlocked(work: list[_Entry], now: datetime.datetime) -> bool:
         for key, (steps, _values, _n) in entry.points.items():
             row = _series_cache.get((entry.run.pk, key))
             if row is None or (row[1] is not None and steps[0] <= row[1]):
-                return False  # a series not known here, or steps that may be stored already
+                return None  # a series not known here, or steps that may be stored already
             series[(entry.run.pk, key)] = row
+    return series
+
+
+def _store_pg_unlocked(work: list[_Entry], series: dict[tuple[int, str], tuple], now: datetime.datetime) -> bool:
+    """Store the batches in one autocommitted statement from their cached series rows; False when they need the
+    locking path after all (an alert to raise, or a row changed since it was cached), with nothing written."""
     blocks: list[_NewBlock] = []
     updates: list[tuple] = []
     try:
@@ -916,7 +923,7 @@ def metrics_compact(*, series_id: int) -> int:
 
 def _id_in(column: str, ids: list[int]) -> tuple[str, list]:
     """`column` is one of ids: one array parameter on PostgreSQL, so the statement's text (and psycopg's parse of
-    it) is the same whatever the count; a list of placeholders elsewhere."""
+    it) is the same whatever the count; one `%s` per id elsewhere."""
     if connection.vendor == "postgresql":
         return f"{column} = ANY(%s)", [list(ids)]
     return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)

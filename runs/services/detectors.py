@@ -27,6 +27,7 @@ GRAD_NORM_FACTOR = 10.0  # grad norm above this many times its rolling median is
 THROUGHPUT_MIN_POINTS = 5  # consecutive low points before a throughput drop is reported
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
+_HALF_MAX = _FLOAT_MAX / 2
 
 LOSS_KEY, GRAD_NORM_KEY, THROUGHPUT_KEY = "loss", "grad_norm", "tokens_per_s"
 WATCHED_KEYS = frozenset({LOSS_KEY, GRAD_NORM_KEY, THROUGHPUT_KEY})
@@ -91,11 +92,10 @@ def _row_medians(rows: np.ndarray) -> np.ndarray:
     return (ordered[:, half - 1] + ordered[:, half]) / 2
 
 
-def _rolling(window: np.ndarray, new: np.ndarray, *, with_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each new finite value: median and (with_mad, else NaN) MAD of the WINDOW values before it, and how many
-    there were."""
-    combined = np.concatenate([window, new])
-    m, start = new.size, window.size
+def _rolling(combined: np.ndarray, start: int, *, with_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each new finite value combined[start:]: median and (with_mad, else NaN) MAD of the WINDOW values before
+    it, and how many there were."""
+    m = combined.size - start
     if m == 0:
         return np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
     if start >= WINDOW:
@@ -113,6 +113,22 @@ def _rolling(window: np.ndarray, new: np.ndarray, *, with_mad: bool) -> tuple[np
             if with_mad:
                 mad[j] = _row_medians(np.abs(hist - med[j])[None])[0]
     return med, mad, count
+
+
+def _quiet(key: str, fvals: np.ndarray, history: np.ndarray, all_finite: bool, th: Thresholds) -> bool:
+    """Whether no point of the batch can trigger the grad-norm or throughput detector, judged from bounds alone.
+
+    A point's rolling median lies between the smallest and the largest value its window can hold (`history`: every
+    finite value before the batch's last one), so a batch whose values all stay within GRAD_NORM_FACTOR times that
+    smallest value, or above the drop floor of that largest one, needs no medians: most batches of a healthy run.
+    Values beyond half the float range are left to the exact path (a median of two of them can overflow)."""
+    if not fvals.size or not history.size:
+        return key == THROUGHPUT_KEY or (all_finite and fvals.size > 0 and float(fvals.max()) <= th.grad_norm_max)
+    if key == GRAD_NORM_KEY:
+        top, lo = float(fvals.max()), float(history.min())
+        return all_finite and top <= th.grad_norm_max and lo >= -_HALF_MAX and top <= GRAD_NORM_FACTOR * lo
+    hi = float(history.max())
+    return hi <= _HALF_MAX and float(fvals.min()) >= (100.0 - th.throughput_drop_pct) / 100.0 * hi
 
 
 def _median(ordered: list[float]) -> float:
@@ -134,6 +150,18 @@ class _Episodes:
             return
         for j in range(triggered.size):
             self.point(bool(triggered[j]), int(steps[j]), verdict, partial(describe, j))
+
+    def calm(self, points: int, verdict: Verdict) -> None:
+        """A batch of which no point triggers: an open episode counts them towards its QUIET end."""
+        slot = self.slot
+        if slot["open"]:
+            slot["quiet"] += points
+            if slot["quiet"] >= QUIET:
+                slot["open"] = False
+                slot["quiet"] = 0
+                slot.pop("since", None)
+                verdict.resolved.append(self.kind)
+                verdict.sequence.append(self.kind)
 
     def point(self, triggered: bool, step: int, verdict: Verdict, describe) -> None:
         """One point: describe() builds the finding if this point opens an episode."""
@@ -179,17 +207,23 @@ def detect(*, key: str, steps: np.ndarray, values: np.ndarray, state: dict, thre
         return verdict
     window = np.asarray(state["w"], dtype=np.float64)
     finite = np.isfinite(values)
-    fsteps, fvals = steps[finite], values[finite]
-    med, mad, count = _rolling(window, fvals, with_mad=key == LOSS_KEY)
-
-    if key == LOSS_KEY:
-        _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, thresholds, verdict)
-    elif key == GRAD_NORM_KEY:
-        _grad_norm(steps, values, finite, med, count, state, thresholds, verdict)
+    all_finite = bool(finite.all())
+    fsteps, fvals = (steps, values) if all_finite else (steps[finite], values[finite])
+    combined = np.concatenate([window, fvals])
+    if key != LOSS_KEY and _quiet(key, fvals, combined[:-1], all_finite, thresholds):
+        if key == THROUGHPUT_KEY and fvals.size:
+            state["low_run"] = 0  # no point of the batch is low
+        _Episodes(state, "grad_norm" if key == GRAD_NORM_KEY else "throughput").calm(fsteps.size, verdict)
     else:
-        _throughput(fsteps, fvals, med, count, state, thresholds, verdict)
+        med, mad, count = _rolling(combined, window.size, with_mad=key == LOSS_KEY)
+        if key == LOSS_KEY:
+            _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, thresholds, verdict)
+        elif key == GRAD_NORM_KEY:
+            _grad_norm(steps, values, finite, med, count, state, thresholds, verdict)
+        else:
+            _throughput(fsteps, fvals, med, count, state, thresholds, verdict)
 
-    state["w"] = np.concatenate([window, fvals])[-WINDOW:].tolist()
+    state["w"] = combined[-WINDOW:].tolist()
     return verdict
 
 
@@ -306,10 +340,15 @@ def _loss(steps, values, finite, fsteps, fvals, med, mad, count, state, th: Thre
         last = float(before[-1]) if before.size else _last(state)
         return _nan_finding(int(steps[j]), float(values[j]), last)
 
-    _Episodes(state, "nan").feed(~finite, steps, verdict, nan_finding)
+    if fvals.size == values.size:
+        _Episodes(state, "nan").calm(values.size, verdict)
+    else:
+        _Episodes(state, "nan").feed(~finite, steps, verdict, nan_finding)
     scale = MAD_SCALE * np.maximum(mad, MAD_FLOOR_REL * np.abs(med) + 1e-12)
     with np.errstate(over="ignore", invalid="ignore"):  # values near the float limit: _nan_to settles them
-        z = np.where(count >= MIN_WINDOW, (fvals - med) / scale, 0.0)
+        z = (fvals - med) / scale
+    if count.size and count[0] < MIN_WINDOW:  # counts never fall along a batch: only a series' first points
+        z = np.where(count >= MIN_WINDOW, z, 0.0)
     z = _nan_to(z, 0.0)
 
     def spike_finding(j: int) -> Finding:

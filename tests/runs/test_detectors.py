@@ -121,10 +121,11 @@ def _messy_stream(key: str, n: int = 400) -> np.ndarray:
     return values
 
 
+@pytest.mark.parametrize("chunks", [3, 40])  # 40: short batches, some quiet while an episode is open
 @pytest.mark.parametrize("key", sorted(WATCHED_KEYS))
-def test_a_point_at_a_time_and_a_batch_give_the_same_verdicts_and_state(key):
+def test_a_point_at_a_time_and_a_batch_give_the_same_verdicts_and_state(key, chunks):
     values = _messy_stream(key)
-    batched = run_detect(key, values, chunks=3)
+    batched = run_detect(key, values, chunks=chunks)
     stepwise = run_detect(key, values, chunks=len(values))
 
     # A batch reports detector by detector, so only the order across detectors may differ.
@@ -133,6 +134,26 @@ def test_a_point_at_a_time_and_a_batch_give_the_same_verdicts_and_state(key):
 
     assert batched[0] and by_step(stepwise[0]) == by_step(batched[0])
     assert sorted(stepwise[1]) == sorted(batched[1]) and stepwise[2] == batched[2]
+
+
+@pytest.mark.parametrize(
+    ("key", "edge"),
+    [
+        ("grad_norm", [[10.0], [10.000001], [100.0], [100.1]]),  # 10x the median, then grad_norm_max
+        ("tokens_per_s", [[0.5] * 5, [0.4999999] * 4, [0.4999999] * 5]),  # the 50 % floor; a drop of 5 points
+    ],
+)
+def test_batches_at_the_detectors_bounds_judge_as_points_do(key, edge):
+    # A batch whose values stay within bounds of its history skips the medians; values at and just past those
+    # bounds must give the verdicts that the exact per-point arithmetic gives.
+    level = {"grad_norm": 1.0, "tokens_per_s": 18000.0}[key]
+    values = np.full(WINDOW, level)
+    for run in edge:
+        values = np.concatenate([values, np.array(run) * level, np.full(20, level)])
+    batched = run_detect(key, values, chunks=len(values) // 16)
+    stepwise = run_detect(key, values, chunks=len(values))
+    assert batched[0] and [vars(f) for f in batched[0]] == [vars(f) for f in stepwise[0]]
+    assert batched[1:] == stepwise[1:]
 
 
 def test_a_batch_is_one_vectorised_pass():

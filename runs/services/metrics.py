@@ -894,13 +894,6 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
     if not due:
         return 0
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Merged blocks are large enough to be TOASTed: lz4 compresses them several times faster than
-            # PostgreSQL's default pglz (reads decompress either). For this transaction, where the server has lz4.
-            cursor.execute(
-                "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings "
-                "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
-            )
         merges = _Merges(cursor)
         for series_id in _compaction_locks(cursor, due):
             tiers = counts[series_id]

@@ -17,7 +17,7 @@ from django.db import connection, connections
 from django.test import Client
 
 from jobs.reporter import Reporter
-from runs.models import Alert, AuditEvent, Checkpoint, MetricSeries, Run, RunStatus
+from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus
 from runs.services.broadcast import run_group
 from runs.services.metrics import MAX_RECORDS, metrics_record, series_read
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
@@ -398,6 +398,37 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
     assert calls == [4, 1, 1, 1, 1, 1]
     for run in runs[:3]:
         assert points(run.pk, "loss") == 20 and points(run.pk, "lr") == 20
+
+
+def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(seeded, operator, monkeypatch, fast_path):
+    from runs.views import ingest as ingest_view
+
+    token_cache_clear()
+    runs = [tiny_run(owner=operator, name=f"compact-{i}") for i in range(2)]
+    tokens = [run_token_issue(run=run) for run in runs]
+    for run in runs:  # 15 blocks of 300 points each: the 16th makes the series due (merge_due)
+        for start in range(0, 15 * 300, 300):
+            metrics_record(run=run, records=[metrics(s, mfu=0.5) for s in range(start, start + 300)], compact=False)
+    calls = []
+    real = ingest_view.metrics_compact_due
+
+    def recording(series_ids):
+        calls.append(sorted(series_ids))
+        return real(series_ids)
+
+    monkeypatch.setattr(ingest_view, "metrics_compact_due", recording)
+    body = json.dumps({"records": [metrics(s, mfu=0.5) for s in range(4500, 4800)]}).encode()
+    answers = _asgi_posts_at_once(fast_path, [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)])
+    assert [status for status, _ in answers] == [200, 200]
+    series = sorted(MetricSeries.objects.filter(run__in=runs, key="mfu").values_list("pk", flat=True))
+    deadline = time.monotonic() + 10
+    while MetricBlock.objects.filter(series__in=series).count() > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [series]  # asked for by two answers, merged together
+    assert MetricBlock.objects.filter(series__in=series, tier=1).count() == 2
+    for run in runs:
+        steps = series_read(run_id=run.pk, keys=["mfu"], max_points=10_000)["keys"]["mfu"]["steps"]
+        assert steps.tolist() == list(range(4800))
 
 
 def test_fast_path_pushes_each_requests_points(run_and_token, fast_path):

@@ -165,6 +165,9 @@ class IngestFastPath:
     database connection. A request that arrives while they are all busy waits, and the next free one takes every
     waiting request (one per run, up to MAX_GROUP) in one transaction. Under light load each request has its own
     transaction at once; under heavy load the commits, statements and round trips are shared.
+
+    Series that come due for compaction are merged after the answers are sent, by one thread of its own that
+    gathers them for COMPACT_GATHER_S and merges them in one transaction.
     """
 
     def __init__(self, app):

@@ -5,8 +5,9 @@ packed) and, per detector, whether an episode is open (MetricSeries.detector_sta
 only from the state it read under the series row's lock or at the row's current version, so any number of web
 processes see one consistent stream. A detector reports a finding when an episode opens and a resolution when it has
 been quiet for QUIET points; the caller turns these into one Alert per episode.
-Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows; a batch
-of one point (a reporter posting every step) is judged in plain Python, where numpy's per-call cost would dominate.
+Work is O(points): the rolling median/MAD of a batch is one vectorised numpy pass over its sliding windows, skipped
+for grad norms and throughput when bounds alone show that no point can trigger; a batch of one point (a reporter
+posting every step) is judged in plain Python, where numpy's per-call cost would dominate.
 """
 
 from __future__ import annotations
@@ -122,11 +123,18 @@ def _quiet(key: str, fvals: np.ndarray, history: np.ndarray, all_finite: bool, t
     finite value before the batch's last one), so a batch whose values all stay within GRAD_NORM_FACTOR times that
     smallest value, or above the drop floor of that largest one, needs no medians: most batches of a healthy run.
     Values beyond half the float range are left to the exact path (a median of two of them can overflow)."""
-    if not fvals.size or not history.size:
-        return key == THROUGHPUT_KEY or (all_finite and fvals.size > 0 and float(fvals.max()) <= th.grad_norm_max)
     if key == GRAD_NORM_KEY:
-        top, lo = float(fvals.max()), float(history.min())
-        return all_finite and top <= th.grad_norm_max and lo >= -_HALF_MAX and top <= GRAD_NORM_FACTOR * lo
+        if not all_finite or not fvals.size:
+            return False  # a grad norm that is not finite is a blow-up
+        top = float(fvals.max())
+        if top > th.grad_norm_max:
+            return False
+        if not history.size:
+            return True  # no window yet: no ratio to judge
+        lo = float(history.min())
+        return lo >= -_HALF_MAX and top <= GRAD_NORM_FACTOR * lo
+    if not fvals.size or not history.size:
+        return True
     hi = float(history.max())
     return hi <= _HALF_MAX and float(fvals.min()) >= (100.0 - th.throughput_drop_pct) / 100.0 * hi
 

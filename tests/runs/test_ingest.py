@@ -400,6 +400,57 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
         assert points(run.pk, "loss") == 20 and points(run.pk, "lr") == 20
 
 
+def _gathering(app, owner, monkeypatch, gather_s: float):
+    """Two runs answered once each; then store calls are counted (their sizes) and transactions gather for gather_s."""
+    from runs.views import ingest as ingest_view
+
+    token_cache_clear()
+    runs = [tiny_run(owner=owner, name=f"gather-{i}") for i in range(2)]
+    tokens = [run_token_issue(run=run) for run in runs]
+    first = json.dumps({"records": [metrics(0, loss=2.0)]}).encode()
+    assert [s for s, _ in _asgi_posts_at_once(app, [(r.pk, first, t) for r, t in zip(runs, tokens, strict=True)])] == [
+        200,
+        200,
+    ]
+    calls = []
+    real = ingest_view.metrics_store_many
+
+    def counting(entries, **kwargs):
+        calls.append(len(entries))
+        return real(entries, **kwargs)
+
+    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
+    monkeypatch.setattr(ingest_view, "ANSWERED_S", 60.0)
+    body = json.dumps({"records": [metrics(1, loss=2.0)]}).encode()
+    return [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)], calls
+
+
+def test_fast_path_waits_for_a_run_answered_moments_ago_to_share_its_transaction(
+    seeded, operator, monkeypatch, fast_path
+):
+    (first, second), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0)
+
+    async def scenario():
+        alone = asyncio.ensure_future(_asgi_posts_in_loop(fast_path, [first]))
+        await asyncio.sleep(0.2)  # the first run's transaction waits for the second run, answered just before
+        assert calls == [] and not alone.done()
+        started = time.monotonic()
+        together = await _asgi_posts_in_loop(fast_path, [second])
+        return (await alone) + together, time.monotonic() - started
+
+    answers, waited = async_to_sync(scenario)()
+    assert [status for status, _ in answers] == [200, 200]
+    assert calls == [2] and waited < 10  # one transaction, started when the second run posted
+
+
+def test_fast_path_stops_waiting_for_a_run_that_does_not_post(seeded, operator, monkeypatch, fast_path):
+    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=0.3)
+    started = time.monotonic()
+    assert _asgi_posts_at_once(fast_path, [first])[0][0] == 200
+    assert calls == [1] and 0.3 <= time.monotonic() - started < 10
+
+
 def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(seeded, operator, monkeypatch, fast_path):
     from runs.views import ingest as ingest_view
 

@@ -168,8 +168,9 @@ class IngestFastPath:
     At most CP_INGEST_THREADS (default 2) transactions run at once per process, each in a thread that keeps its
     database connection. A request that arrives while they are all busy waits, and the next free one takes every
     waiting request (one per run, up to MAX_GROUP) in one transaction. Before it starts, a transaction waits up to
-    GATHER_S for the runs answered within ANSWERED_S that have not posted again (reporters that post as soon as they
-    are answered), so that their requests join it. A lone reporter, or one that posts now and then, never waits;
+    GATHER_S for the runs answered within ANSWERED_S that have not posted again, if they are prompt (their last
+    request came within ANSWERED_S of their answer before: reporters that post as soon as they are answered), so
+    that their requests join it. Requests of a lone reporter, or of reporters that post now and then, never wait;
     under load the commits, statements and round trips are shared.
 
     Series that come due for compaction are merged after the answers are sent, by one thread of its own that
@@ -186,6 +187,7 @@ class IngestFastPath:
         self._storing: set[int] = set()  # runs with a request in a transaction
         self._busy = 0
         self._answered: dict[int, float] = {}  # run -> when its last request was answered (time.monotonic)
+        self._prompt: set[int] = set()  # runs whose last request came within ANSWERED_S of the answer before it
         self._arrivals: list[asyncio.Future] = []  # transactions gathering requests, woken by each arrival
         self._compacting: set[int] = set()  # series queued or being compacted: asked once, not per ingest
         self._compact_queue: set[int] = set()  # series not yet taken by the compaction thread
@@ -206,8 +208,14 @@ class IngestFastPath:
         body = await self._read_body(receive)
         if body is None:
             return await self._respond(send, 413, {"error": f"body over {MAX_BODY_BYTES} bytes; send smaller batches"})
+        run_id = int(match.group(1))
+        answered = self._answered.pop(run_id, None)
+        if answered is not None and time.monotonic() - answered < ANSWERED_S:
+            self._prompt.add(run_id)
+        else:
+            self._prompt.discard(run_id)
         waiting = _Waiting(
-            int(match.group(1)),
+            run_id,
             headers.get(b"authorization", b"").decode("latin-1"),
             body,
             asyncio.get_running_loop().create_future(),
@@ -296,13 +304,14 @@ class IngestFastPath:
                     self._arrivals.remove(arrival)
 
     def _expected(self) -> bool:
-        """Whether a run answered within ANSWERED_S is neither waiting nor being stored (it is about to post)."""
+        """Whether a run that posts promptly after its answers was answered within ANSWERED_S and has not posted
+        again (answered runs are neither waiting nor being stored)."""
         now = time.monotonic()
-        waiting = {w.run_id for w in self._waiting}
         for run_id, at in list(self._answered.items()):
             if now - at >= ANSWERED_S:
-                del self._answered[run_id]
-            elif run_id not in waiting and run_id not in self._storing:
+                del self._answered[run_id]  # its next request, if any, will not be prompt
+                self._prompt.discard(run_id)
+            elif run_id in self._prompt:
                 return True
         return False
 

@@ -400,18 +400,21 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
         assert points(run.pk, "loss") == 20 and points(run.pk, "lr") == 20
 
 
-def _gathering(app, owner, monkeypatch, gather_s: float):
-    """Two runs answered once each; then store calls are counted (their sizes) and transactions gather for gather_s."""
+def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, pause_s: float = 0.0):
+    """Two runs that posted twice each (pause_s apart: prompt when under answered_s); then store calls are counted
+    (their sizes) and transactions gather for gather_s."""
     from runs.views import ingest as ingest_view
 
     token_cache_clear()
+    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
+    monkeypatch.setattr(ingest_view, "ANSWERED_S", answered_s)
     runs = [tiny_run(owner=owner, name=f"gather-{i}") for i in range(2)]
     tokens = [run_token_issue(run=run) for run in runs]
-    first = json.dumps({"records": [metrics(0, loss=2.0)]}).encode()
-    assert [s for s, _ in _asgi_posts_at_once(app, [(r.pk, first, t) for r, t in zip(runs, tokens, strict=True)])] == [
-        200,
-        200,
-    ]
+    for step in (0, 1):
+        time.sleep(pause_s * step)
+        body = json.dumps({"records": [metrics(step, loss=2.0)]}).encode()
+        answers = _asgi_posts_at_once(app, [(r.pk, body, t) for r, t in zip(runs, tokens, strict=True)])
+        assert [status for status, _ in answers] == [200, 200]
     calls = []
     real = ingest_view.metrics_store_many
 
@@ -420,16 +423,14 @@ def _gathering(app, owner, monkeypatch, gather_s: float):
         return real(entries, **kwargs)
 
     monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
-    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
-    monkeypatch.setattr(ingest_view, "ANSWERED_S", 60.0)
-    body = json.dumps({"records": [metrics(1, loss=2.0)]}).encode()
+    body = json.dumps({"records": [metrics(2, loss=2.0)]}).encode()
     return [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)], calls
 
 
-def test_fast_path_waits_for_a_run_answered_moments_ago_to_share_its_transaction(
+def test_fast_path_waits_for_a_prompt_run_answered_moments_ago_to_share_its_transaction(
     seeded, operator, monkeypatch, fast_path
 ):
-    (first, second), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0)
+    (first, second), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0, answered_s=60.0)
 
     async def scenario():
         alone = asyncio.ensure_future(_asgi_posts_in_loop(fast_path, [first]))
@@ -445,10 +446,18 @@ def test_fast_path_waits_for_a_run_answered_moments_ago_to_share_its_transaction
 
 
 def test_fast_path_stops_waiting_for_a_run_that_does_not_post(seeded, operator, monkeypatch, fast_path):
-    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=0.3)
+    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=0.3, answered_s=60.0)
     started = time.monotonic()
     assert _asgi_posts_at_once(fast_path, [first])[0][0] == 200
     assert calls == [1] and 0.3 <= time.monotonic() - started < 10
+
+
+def test_fast_path_does_not_wait_for_runs_that_post_now_and_then(seeded, operator, monkeypatch, fast_path):
+    # Their second post came 0.5 s after their first answer: not prompt, so nobody waits for them.
+    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0, answered_s=0.4, pause_s=0.5)
+    started = time.monotonic()
+    assert _asgi_posts_at_once(fast_path, [first])[0][0] == 200
+    assert calls == [1] and time.monotonic() - started < 10
 
 
 def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(seeded, operator, monkeypatch, fast_path):

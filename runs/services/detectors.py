@@ -161,15 +161,10 @@ class _Episodes:
 
     def calm(self, points: int, verdict: Verdict) -> None:
         """A batch of which no point triggers: an open episode counts them towards its QUIET end."""
-        slot = self.slot
-        if slot["open"]:
-            slot["quiet"] += points
-            if slot["quiet"] >= QUIET:
-                slot["open"] = False
-                slot["quiet"] = 0
-                slot.pop("since", None)
-                verdict.resolved.append(self.kind)
-                verdict.sequence.append(self.kind)
+        if self.slot["open"]:
+            self.slot["quiet"] += points
+            if self.slot["quiet"] >= QUIET:
+                self._close(verdict)
 
     def point(self, triggered: bool, step: int, verdict: Verdict, describe) -> None:
         """One point: describe() builds the finding if this point opens an episode."""
@@ -185,11 +180,13 @@ class _Episodes:
         elif slot["open"]:
             slot["quiet"] += 1
             if slot["quiet"] >= QUIET:
-                slot["open"] = False
-                slot["quiet"] = 0
-                slot.pop("since", None)
-                verdict.resolved.append(self.kind)
-                verdict.sequence.append(self.kind)
+                self._close(verdict)
+
+    def _close(self, verdict: Verdict) -> None:
+        self.slot.update(open=False, quiet=0)
+        self.slot.pop("since", None)
+        verdict.resolved.append(self.kind)
+        verdict.sequence.append(self.kind)
 
 
 def _fmt(x: float) -> str:

@@ -49,8 +49,8 @@ UNAUTHORIZED = {"error": "invalid or missing run token: send Authorization: Bear
 FAILED = {"error": "ingest failed; the error was logged, retry later"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 MAX_GROUP = 64  # requests stored in one transaction (at most MAX_POINTS points, one request per run)
-# How long a transaction waits for runs answered moments ago to post again (IngestFastPath): one of 4 requests
-# costs about two thirds of the CPU per request of one of a single request.
+# How long a transaction waits for prompt runs answered moments ago to post again (IngestFastPath): a transaction
+# of 4 requests costs about two thirds as much CPU per request as a transaction of one.
 GATHER_S = 0.001
 ANSWERED_S = 0.005
 # Compaction waits this long for more series to come due, and merges them all in one transaction: each
@@ -289,7 +289,7 @@ class IngestFastPath:
             self._busy -= 1
 
     async def _gather(self) -> None:
-        """Wait (at most GATHER_S) while a run answered moments ago has not posted again."""
+        """Wait (at most GATHER_S) while a prompt run answered moments ago has not posted again."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GATHER_S
         while self._expected() and (remaining := deadline - loop.time()) > 0:

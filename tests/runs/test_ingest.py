@@ -369,9 +369,22 @@ def release(app: IngestFastPath) -> None:
         executor.shutdown()
 
 
-def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, fast_path):
+def _count_store_calls(monkeypatch) -> list[int]:
+    """From now on, the number of batches of each metrics_store_many call of the fast path."""
     from runs.views import ingest as ingest_view
 
+    calls: list[int] = []
+    real = ingest_view.metrics_store_many
+
+    def counting(entries, **kwargs):
+        calls.append(len(entries))
+        return real(entries, **kwargs)
+
+    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+    return calls
+
+
+def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, fast_path):
     token_cache_clear()
     runs = [tiny_run(owner=operator, name=f"group-{i}") for i in range(4)]
     tokens = [run_token_issue(run=run) for run in runs]
@@ -380,14 +393,7 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
     gone = runs[3]
     assert _asgi_posts_at_once(app, [(gone.pk, body, tokens[3])])[0][0] == 200  # its token is now cached
     Run.objects.filter(pk=gone.pk).delete()
-    calls = []
-    real = ingest_view.metrics_store_many
-
-    def counting(entries, **kwargs):
-        calls.append(len(entries))
-        return real(entries, **kwargs)
-
-    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+    calls = _count_store_calls(monkeypatch)
     requests = [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)]
     requests.append((runs[0].pk, body, tokens[0]))  # the same run again: waits for the first one's commit
     answers = _asgi_posts_at_once(app, requests)
@@ -415,14 +421,7 @@ def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, p
         body = json.dumps({"records": [metrics(step, loss=2.0)]}).encode()
         answers = _asgi_posts_at_once(app, [(r.pk, body, t) for r, t in zip(runs, tokens, strict=True)])
         assert [status for status, _ in answers] == [200, 200]
-    calls = []
-    real = ingest_view.metrics_store_many
-
-    def counting(entries, **kwargs):
-        calls.append(len(entries))
-        return real(entries, **kwargs)
-
-    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+    calls = _count_store_calls(monkeypatch)
     body = json.dumps({"records": [metrics(2, loss=2.0)]}).encode()
     return [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)], calls
 

@@ -150,3 +150,20 @@ def test_nonfinite_points_flag_their_buckets(run):
     flagged = env["steps"][env["nonfinite"]].tolist()
     assert flagged == [1200, 4000] and env["bucket"] == 100
     assert float(env["max"].max()) == 1.0  # infinities are flagged, not drawn
+
+
+def test_block_arrays_are_lz4_compressed_where_postgresql_has_lz4():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("column compression is PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
+        row = cursor.fetchone()
+        if not (row and row[0]):
+            pytest.skip("this PostgreSQL has no lz4")
+        cursor.execute(
+            "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = 'runs_metricblock'::regclass "
+            "AND attname IN ('steps', 'values', 'rollup', 'rollup_coarse')"
+        )
+        assert dict(cursor.fetchall()) == {"steps": "l", "values": "l", "rollup": "l", "rollup_coarse": "l"}

@@ -160,6 +160,7 @@ class _Waiting:
     authorization: str
     body: bytes
     answer: asyncio.Future
+    prompt: bool  # posted within ANSWERED_S of the run's previous answer
 
 
 class IngestFastPath:
@@ -186,8 +187,8 @@ class IngestFastPath:
         self._waiting: list[_Waiting] = []
         self._storing: set[int] = set()  # runs with a request in a transaction
         self._busy = 0
-        self._answered: dict[int, float] = {}  # run -> when its last request was answered (time.monotonic)
-        self._prompt: set[int] = set()  # runs whose last request came within ANSWERED_S of the answer before it
+        # run -> (when its last request was answered, time.monotonic; whether that request was prompt)
+        self._answered: dict[int, tuple[float, bool]] = {}
         self._arrivals: list[asyncio.Future] = []  # transactions gathering requests, woken by each arrival
         self._compacting: set[int] = set()  # series queued or being compacted: asked once, not per ingest
         self._compact_queue: set[int] = set()  # series not yet taken by the compaction thread
@@ -210,15 +211,12 @@ class IngestFastPath:
             return await self._respond(send, 413, {"error": f"body over {MAX_BODY_BYTES} bytes; send smaller batches"})
         run_id = int(match.group(1))
         answered = self._answered.pop(run_id, None)
-        if answered is not None and time.monotonic() - answered < ANSWERED_S:
-            self._prompt.add(run_id)
-        else:
-            self._prompt.discard(run_id)
         waiting = _Waiting(
             run_id,
             headers.get(b"authorization", b"").decode("latin-1"),
             body,
             asyncio.get_running_loop().create_future(),
+            answered is not None and time.monotonic() - answered[0] < ANSWERED_S,
         )
         self._waiting.append(waiting)
         for arrival in self._arrivals:
@@ -234,7 +232,7 @@ class IngestFastPath:
             return await self._respond(send, 500, FAILED)
         await self._respond(send, answer.status, answer.payload)
         if answer.status == 200:
-            self._answered[waiting.run_id] = time.monotonic()
+            self._answered[waiting.run_id] = (time.monotonic(), waiting.prompt)
         due = [sid for sid in answer.compact if sid not in self._compacting]
         if due:
             # After the answer is sent: the job never waits on compaction.
@@ -307,11 +305,10 @@ class IngestFastPath:
         """Whether a run that posts promptly after its answers was answered within ANSWERED_S and has not posted
         again (answered runs are neither waiting nor being stored)."""
         now = time.monotonic()
-        for run_id, at in list(self._answered.items()):
+        for run_id, (at, prompt) in list(self._answered.items()):
             if now - at >= ANSWERED_S:
                 del self._answered[run_id]  # its next request, if any, will not be prompt
-                self._prompt.discard(run_id)
-            elif run_id in self._prompt:
+            elif prompt:
                 return True
         return False
 

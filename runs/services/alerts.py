@@ -25,6 +25,7 @@ def alert_json(alert: Alert) -> dict:
         "id": alert.pk,
         "run_id": alert.run_id,
         "kind": alert.kind,
+        "kind_label": alert.get_kind_display(),
         "severity": alert.severity,
         "step": alert.step,
         "message": alert.message,

@@ -340,6 +340,13 @@ function liveRun(runId, charts) {
     const badge = document.getElementById("run-status");
     if (badge && status) { badge.className = "badge " + status; badge.textContent = labels[status] || status; }
   }
+  // The line the page's template writes for an alert: the evidence as its JSON text, at most 200 characters.
+  function alertText(a) {
+    let evidence = a.evidence && Object.keys(a.evidence).length ? JSON.stringify(a.evidence) : "";
+    if (evidence.length > 200) evidence = evidence.slice(0, 199) + "\u2026";
+    const step = a.step != null ? " at step " + a.step : "";
+    return `${a.kind_label || a.kind}${step}: ${a.message}${evidence ? " — " + evidence : ""}${a.resolved_at ? " (resolved)" : ""}`;
+  }
   function connect() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${proto}//${location.host}/ws/runs/${runId}/`);
@@ -356,11 +363,16 @@ function liveRun(runId, charts) {
       } else if (msg.type === "run.alert") {
         const a = msg.alert;
         banner.hidden = false;
-        const li = document.createElement("div");
-        li.className = "alert " + (a.severity || "warning");
-        li.textContent = `${a.kind_label || a.kind}${a.step != null ? " at step " + a.step : ""}: ${a.message}${a.evidence ? " — " + a.evidence : ""}`;
-        banner.appendChild(li);
-        charts.markAlert(a.step);
+        // A resolution comes as the same alert with resolved_at set: it updates the alert's line.
+        let li = banner.querySelector(`[data-alert-id="${a.id}"]`);
+        if (!li) {
+          li = document.createElement("div");
+          li.dataset.alertId = a.id;
+          banner.appendChild(li);
+          charts.markAlert(a.step);
+        }
+        li.className = "alert " + (a.severity || "warning") + (a.resolved_at ? " resolved" : "");
+        li.textContent = alertText(a);
       } else if (msg.type === "run.status") {
         setStatus(msg.status);
         if (["running", "succeeded", "failed", "cancelled"].includes(msg.status) && !charts.charts.size) charts.load();

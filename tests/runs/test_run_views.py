@@ -177,3 +177,20 @@ def test_a_malformed_fork_or_parent_id_is_ignored_not_a_500(client, seeded, oper
     response = client.post(reverse("run-new"), {**_form_data(), "parent": "1 OR 1=1"})
     assert response.status_code == 302
     assert Run.objects.get().parent is None
+
+
+def test_run_page_lists_each_alert_once_and_marks_a_resolved_one(client, seeded, operator):
+    from runs.services.alerts import alert_json, alert_raise, alert_resolve
+
+    run = tiny_run(owner=operator)
+    alert = alert_raise(
+        run=run, kind="throughput", severity="warning", step=7, message="Throughput fell.", evidence={"value": 1.0}
+    )
+    alert_resolve(run=run, kind="throughput")
+    alert.refresh_from_db()
+    client.force_login(operator)
+    page = client.get(reverse("run-detail", args=[run.pk])).content.decode()
+    assert page.count(f'data-alert-id="{alert.pk}"') == 1 and "(resolved)</div>" in page
+    # The live page's line for the same alert (static/js/charts.js) uses this label and resolved_at.
+    pushed = alert_json(alert)
+    assert pushed["kind_label"] == alert.get_kind_display() and pushed["resolved_at"]

@@ -412,7 +412,6 @@ def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, p
     from runs.views import ingest as ingest_view
 
     token_cache_clear()
-    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
     monkeypatch.setattr(ingest_view, "ANSWERED_S", answered_s)
     runs = [tiny_run(owner=owner, name=f"gather-{i}") for i in range(2)]
     tokens = [run_token_issue(run=run) for run in runs]
@@ -421,6 +420,8 @@ def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, p
         body = json.dumps({"records": [metrics(step, loss=2.0)]}).encode()
         answers = _asgi_posts_at_once(app, [(r.pk, body, t) for r, t in zip(runs, tokens, strict=True)])
         assert [status for status, _ in answers] == [200, 200]
+    # Only now: while the two runs post above, one's answer must not hold the other's request for gather_s.
+    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
     calls = _count_store_calls(monkeypatch)
     body = json.dumps({"records": [metrics(2, loss=2.0)]}).encode()
     return [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)], calls

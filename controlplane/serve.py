@@ -1,6 +1,7 @@
 """``python -m controlplane.serve --port P [--host H] [--workers N] [--log-level L]``: the web server.
 
-With one worker this is uvicorn serving ``controlplane.asgi:application``. With several, each worker is a uvicorn
+With one worker this is uvicorn serving ``controlplane.asgi:application``, with an HTTP protocol that answers
+ingest posts before ASGI (runs.views.ingest_http). With several, each worker is a uvicorn
 process with a listening socket of its own on the same address (SO_REUSEPORT), so the kernel spreads new
 connections across them evenly. uvicorn's own ``--workers`` shares one listening socket, and whichever process is
 awake accepts: a handful of busy keep-alive connections (the reporters of running jobs) all landed on one process
@@ -31,8 +32,12 @@ def _listen(host: str, port: int) -> socket.socket:
 def _worker(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controlplane.asgi import application  # sets Django up, which the protocol's module needs
+    from runs.views.ingest_http import IngestHttpProtocol
+
     config = uvicorn.Config(
-        "controlplane.asgi:application",
+        application,
+        http=IngestHttpProtocol,
         host=args.host,
         port=args.port,
         access_log=False,

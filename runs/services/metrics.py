@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import re
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -472,6 +473,28 @@ def _pg_cursor() -> psycopg.Cursor:
     if raw.prepare_threshold is None:  # Django's default: preparing off
         raw.prepare_threshold = 2**31 - 1
     return psycopg.Cursor(raw)
+
+
+_INGEST_PLANNER = "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off"
+_planned: weakref.WeakSet = weakref.WeakSet()
+
+
+def ingest_connection_setup() -> None:
+    """Planner settings for this thread's connection, if it serves ingest only (IngestFastPath's threads).
+
+    The ingest statements find every row they touch by primary key, but for a table of a few pages (the runs and
+    series of a small deployment) the planner prefers a sequential scan and a hash join, and a prepared statement
+    keeps that plan for the connection's life. A hot table then grows with dead row versions whenever pruning is
+    held back (while autovacuum analyzes the block table, say), and every ingest scans all of them: PostgreSQL's CPU
+    per request doubled within a minute of load. Outside a transaction only: a rollback would undo the SET.
+    """
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw not in _planned:
+        raw.execute(_INGEST_PLANNER)
+        _planned.add(raw)
 
 
 def _bigint_array(ids: Iterable[int]) -> str:

@@ -35,6 +35,7 @@ from runs.services.metrics import (
     MAX_POINTS,
     IngestInvalid,
     RunGone,
+    ingest_connection_setup,
     ingest_parse,
     ingest_validate,
     metrics_compact_due,
@@ -155,7 +156,7 @@ def _threads() -> int:
 
 
 @dataclass
-class _Waiting:
+class Waiting:
     run_id: int
     authorization: str
     body: bytes
@@ -184,7 +185,7 @@ class IngestFastPath:
         self.executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="ingest")
         # Compaction has a thread of its own, so that it never holds up a transaction's turn.
         self.compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-compact")
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[Waiting] = []
         self._storing: set[int] = set()  # runs with a request in a transaction
         self._busy = 0
         # run -> (when its last request was answered, time.monotonic; whether that request was prompt)
@@ -204,16 +205,26 @@ class IngestFastPath:
         if match is None:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if not self._host_allowed(headers.get(b"host", b"").decode("latin-1")):
+        if not self.host_allowed(headers.get(b"host", b"").decode("latin-1")):
             return await self._respond(send, 400, {"error": "host not allowed"})
         body = await self._read_body(receive)
         if body is None:
             return await self._respond(send, 413, {"error": f"body over {MAX_BODY_BYTES} bytes; send smaller batches"})
-        run_id = int(match.group(1))
+        waiting = self.submit(int(match.group(1)), headers.get(b"authorization", b"").decode("latin-1"), body)
+        try:
+            answer = await waiting.answer
+        except Exception:
+            log.exception("ingest failed")
+            return await self._respond(send, 500, FAILED)
+        await self._respond(send, answer.status, answer.payload)
+        self.answered(waiting, answer)
+
+    def submit(self, run_id: int, authorization: str, body: bytes) -> Waiting:
+        """Queue a request for the next transaction; its `answer` future is set once it is stored (or refused)."""
         answered = self._answered.pop(run_id, None)
-        waiting = _Waiting(
+        waiting = Waiting(
             run_id,
-            headers.get(b"authorization", b"").decode("latin-1"),
+            authorization,
             body,
             asyncio.get_running_loop().create_future(),
             answered is not None and time.monotonic() - answered[0] < ANSWERED_S,
@@ -225,17 +236,15 @@ class IngestFastPath:
         if self._busy < self.slots:
             self._busy += 1
             self._spawn(self._drain())
-        try:
-            answer = await waiting.answer
-        except Exception:
-            log.exception("ingest failed")
-            return await self._respond(send, 500, FAILED)
-        await self._respond(send, answer.status, answer.payload)
+        return waiting
+
+    def answered(self, waiting: Waiting, answer: Answer) -> None:
+        """Once the answer is sent: remember when, and compact the series it made due (the job never waits on
+        compaction)."""
         if answer.status == 200:
             self._answered[waiting.run_id] = (time.monotonic(), waiting.prompt)
         due = [sid for sid in answer.compact if sid not in self._compacting]
         if due:
-            # After the answer is sent: the job never waits on compaction.
             self._compacting.update(due)
             with self._compact_lock:
                 self._compact_queue.update(due)
@@ -259,8 +268,8 @@ class IngestFastPath:
         try:
             while self._waiting:
                 await self._gather()
-                group: list[_Waiting] = []
-                later: list[_Waiting] = []
+                group: list[Waiting] = []
+                later: list[Waiting] = []
                 runs: set[int] = set()
                 for waiting in self._waiting:
                     if waiting.run_id in runs or waiting.run_id in self._storing or len(group) >= MAX_GROUP:
@@ -312,7 +321,7 @@ class IngestFastPath:
                 return True
         return False
 
-    async def _push_then_answer(self, group: list[_Waiting], answers: list) -> None:
+    async def _push_then_answer(self, group: list[Waiting], answers: list) -> None:
         pushes = [a.push for a in answers if isinstance(a, Answer) and a.push is not None]
         try:
             await send_many_async(pushes, listeners=self._listeners)
@@ -335,7 +344,7 @@ class IngestFastPath:
             self._compacting.difference_update(series_ids)
 
     @staticmethod
-    def _host_allowed(host: str) -> bool:
+    def host_allowed(host: str) -> bool:
         domain, _ = split_domain_port(host)
         allowed = settings.ALLOWED_HOSTS or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
         return bool(domain) and validate_host(domain, allowed)
@@ -358,7 +367,7 @@ class IngestFastPath:
     @staticmethod
     async def _respond(send, status: int, payload: dict) -> None:
         body = orjson.dumps(payload)
-        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -367,6 +376,7 @@ class IngestFastPath:
         # The request lifecycle Django would run: drop a connection that broke or outlived CONN_MAX_AGE.
         close_old_connections()
         try:
+            ingest_connection_setup()
             return ingest_handle_many(requests, push=False)
         finally:
             close_old_connections()

@@ -167,3 +167,28 @@ def test_block_arrays_are_lz4_compressed_where_postgresql_has_lz4():
             "AND attname IN ('steps', 'values', 'rollup', 'rollup_coarse')"
         )
         assert dict(cursor.fetchall()) == {"steps": "l", "values": "l", "rollup": "l", "rollup_coarse": "l"}
+
+
+def test_ingest_connections_plan_their_row_lookups_by_index_and_only_outside_a_transaction():
+    from django.db import connection, transaction
+
+    from runs.services.metrics import ingest_connection_setup
+
+    if connection.vendor != "postgresql":
+        pytest.skip("planner settings are PostgreSQL's")
+
+    def settings() -> list[str]:
+        with connection.cursor() as cursor:
+            return [
+                cursor.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
+            ]
+
+    connection.close()
+    with transaction.atomic():
+        ingest_connection_setup()  # a rollback would undo it: left for later
+        assert settings() == ["on", "on", "on"]
+    ingest_connection_setup()
+    assert settings() == ["off", "off", "off"]
+    connection.close()  # a new connection (another thread's, say) is as the server's defaults
+    assert settings() == ["on", "on", "on"]

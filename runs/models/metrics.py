@@ -4,7 +4,7 @@ A series is (run, key). Each ingest batch appends one block per series: steps as
 as little-endian float64 (NaN and infinities stored as they are), with the block's step range and its finite
 min/max. Millions of points per run become a few dozen rows: ingest blocks (tier 0) are merged by compaction into
 blocks of tier 1, 2, ... (`TIER0_FANOUT` one-step ingest blocks, or fewer larger ones, make a tier-1 block, then
-each tier is `COMPACT_FANOUT` times larger; `merge_due`), so a series holds O(fanout x log(points)) blocks.
+each tier is `TIER_FANOUT` times larger; `merge_due`), so a series holds O(fanout x log(points)) blocks.
 Compacted blocks carry rollups: per chunk of consecutive points, the first/last step, finite min/max, last value
 and count of non-finite values, so a zoomed-out chart reads kilobytes of summaries instead of every point.
 Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest either holds the row

@@ -53,18 +53,23 @@ NONFINITE |= {"-inf": -math.inf, "-infinity": -math.inf}
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 ALERT_EVENTS = {"oom": ("oom", "Out of memory"), "nan": ("nan", "NaN/Inf loss")}
 
-COMPACT_FANOUT = 16  # this many blocks of one tier are merged into one block of the next...
-TIER0_FANOUT = 256  # ...except ingest blocks, which are small (one step each from a stepwise reporter): merging
-# them 16 times less often shares a merge's fixed cost (statements, commit) among more of them; at 64 the merges
-# took a quarter of a stepwise ingest's CPU. Blocks of many steps each go sooner, from COMPACT_FANOUT blocks on, once
-# they hold TIER0_POINTS: a zoomed-out chart reads merged blocks' rollups but unmerged blocks whole.
+# Ingest blocks (tier 0) are small: one step each from a stepwise reporter. TIER0_FANOUT of them make a tier-1
+# block, which shares a merge's fixed cost (statements, commit) among many; at 64 the merges took a quarter of a
+# stepwise ingest's CPU. Blocks of many steps each go sooner, from COMPACT_FANOUT blocks on, once they hold
+# TIER0_POINTS: a zoomed-out chart reads merged blocks' rollups but unmerged blocks whole.
+COMPACT_FANOUT = 16
+TIER0_FANOUT = 256
 TIER0_POINTS = 4096
+# Merged blocks carry rollups, so a chart reads many of them cheaply, and every tier rewrites each point once
+# more: TIER_FANOUT blocks of a tier make one of the next. Batches of 50 steps go from tier 1 (4,100 points) to
+# final blocks in one more merge; at 16, a second one (tier 2) rewrote every point again.
+TIER_FANOUT = 64
 
 
 def merge_due(tier: int, blocks: int, points: int) -> bool:
     """Whether a tier's blocks (how many, with how many points in all) are merged into one of the next tier."""
     if tier:
-        return blocks >= COMPACT_FANOUT
+        return blocks >= TIER_FANOUT
     return blocks >= TIER0_FANOUT or (blocks >= COMPACT_FANOUT and points >= TIER0_POINTS)
 
 
@@ -927,7 +932,10 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
     due = [sid for sid in ids if any(merge_due(tier, *size) for tier, size in counts.get(sid, {}).items())]
     if not due:
         return 0
-    with transaction.atomic(), connection.cursor() as cursor:
+    # On PostgreSQL, a server-binding cursor with binary results: the blocks' arrays travel as bytes, where a
+    # client-binding cursor sent each merged block as a hex literal in the statement's text and read each block
+    # read back as hex (half of a merge's CPU, PostgreSQL's and ours).
+    with transaction.atomic(), _pg_cursor() if connection.vendor == "postgresql" else connection.cursor() as cursor:
         merges = _Merges(cursor)
         for series_id in _compaction_locks(cursor, due):
             tiers = counts[series_id]
@@ -984,11 +992,14 @@ class _Merges:
     def merge(self, series_id: int, tier: int) -> bool:
         if any(row[0] == series_id and row[9] == tier for row in self.pieces):
             self._write()  # this tier gained a block from the merge below it: read it too
-        self.cursor.execute(
+        sql = (
             f"SELECT id, steps, {self.values_col} FROM runs_metricblock WHERE series_id = %s AND tier = %s "
-            "ORDER BY step_lo, id",
-            [series_id, tier],
+            "ORDER BY step_lo, id"
         )
+        if isinstance(self.cursor, psycopg.Cursor):
+            self.cursor.execute(sql, [series_id, tier], binary=True)
+        else:
+            self.cursor.execute(sql, [series_id, tier])
         rows = self.cursor.fetchall()
         if not merge_due(tier, len(rows), sum(len(r[1]) for r in rows) // 8):
             return False

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from runs.models import MetricBlock, MetricSeries
+from runs.services import metrics as metrics_service
 from runs.services import rollups as ru
 from runs.services.metrics import (
     COMPACT_FANOUT,
@@ -61,7 +62,8 @@ def read(run, key="loss", **kw):
     return series_read(run_id=run.pk, keys=[key], **kw)["keys"][key]
 
 
-def test_compaction_merges_tiers_and_keeps_every_point_once(run):
+def test_compaction_merges_tiers_and_keeps_every_point_once(run, monkeypatch):
+    monkeypatch.setattr(metrics_service, "TIER_FANOUT", COMPACT_FANOUT)  # tier 2 within a few thousand writes
     per_merge = max(COMPACT_FANOUT, -(-TIER0_POINTS // 50))  # batches of 50 steps: merged by points
     n = 50 * per_merge * COMPACT_FANOUT + 130
     values = np.sin(np.arange(n) / 50.0)

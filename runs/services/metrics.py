@@ -560,6 +560,10 @@ def _store_pg_unlocked(work: list[_Entry], series: dict[tuple[int, str], tuple],
             _prepare(entry, series, {}, blocks, updates, alerts=False)
     except _NeedsLocks:
         return False
+    return _write_unlocked(work, series, blocks, updates, now)
+
+
+def _write_unlocked(work: list[_Entry], series: dict, blocks: list[_NewBlock], updates: list[tuple], now) -> bool:
     params = [
         _bigint_array([row[0] for row in updates]),
         *_write_params(work, blocks, updates, now),
@@ -581,6 +585,54 @@ def _store_pg_unlocked(work: list[_Entry], series: dict[tuple[int, str], tuple],
         for pair, row in entry.after.items():
             _series_cache[pair] = (*row[:3], pending.get(row[0], row[3]), *row[4:])
     return True
+
+
+@dataclass
+class Ready:
+    """A batch prepared for the one-statement write (metrics_prepare)."""
+
+    run: Run
+    batch: Batch
+    entry: _Entry
+    series: dict[tuple[int, str], tuple]
+    blocks: list[_NewBlock]
+    updates: list[tuple]
+    now: datetime.datetime
+
+
+def metrics_prepare(*, run: Run, batch: Batch) -> Ready | None:
+    """All of storing a validated batch that needs no database: its blocks and series rows, detectors run, from this
+    process's cached series rows (see _series_cache). None when it needs the locking path: not PostgreSQL, events,
+    a series not cached here, steps that may be stored already, or an alert to raise or resolve.
+
+    The ingest fast path prepares each request as it arrives, while the transaction before it is still running, so
+    that a transaction of several requests holds only their statement."""
+    if connection.vendor != "postgresql" or batch.events:
+        return None
+    (entry,) = _work([(run, batch)])
+    series = _cached_series([entry])
+    if series is None:
+        return None
+    blocks: list[_NewBlock] = []
+    updates: list[tuple] = []
+    try:
+        _prepare(entry, series, {}, blocks, updates, alerts=False)
+    except _NeedsLocks:
+        return None
+    return Ready(run, batch, entry, series, blocks, updates, timezone.now())
+
+
+def metrics_store_ready(ready: list[Ready], *, push: bool = True) -> list[IngestResult]:
+    """Store prepared batches of distinct runs in one autocommitted statement. If a series row changed since they
+    were prepared (another process wrote it), metrics_store_many stores them all from the start instead."""
+    work = [r.entry for r in ready]
+    series = {pair: row for r in ready for pair, row in r.series.items()}
+    blocks = [block for r in ready for block in r.blocks]
+    updates = [update for r in ready for update in r.updates]
+    if _write_unlocked(work, series, blocks, updates, min(r.now for r in ready)):
+        _pushes(work, push)
+        return [entry.result for entry in work]
+    return metrics_store_many([(r.run, r.batch) for r in ready], push=push)
 
 
 def _write_params(work: list[_Entry], blocks: list[_NewBlock], updates: list[tuple], now) -> list:

@@ -94,5 +94,11 @@ def run_token_check_cached(*, run_id: int, token: str) -> Run | None:
     return run
 
 
+def run_token_cached(*, run_id: int, token: str) -> Run | None:
+    """The run, if this process checked `token` as its token within TOKEN_CACHE_TTL_S; None otherwise (a wrong
+    token, or one not checked lately). Asks the database nothing, so an event loop may call it."""
+    return _cache.get(run_id, token_digest(token or ""))
+
+
 def token_cache_clear() -> None:
     _cache.clear()

@@ -34,14 +34,17 @@ from runs.services.metrics import (
     MAX_BODY_BYTES,
     MAX_POINTS,
     IngestInvalid,
+    Ready,
     RunGone,
     ingest_connection_setup,
     ingest_parse,
     ingest_validate,
     metrics_compact_due,
+    metrics_prepare,
     metrics_store_many,
+    metrics_store_ready,
 )
-from runs.services.tokens import run_token_check_cached
+from runs.services.tokens import run_token_cached, run_token_check_cached
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +165,16 @@ class Waiting:
     body: bytes
     answer: asyncio.Future
     prompt: bool  # posted within ANSWERED_S of the run's previous answer
+    ready: Ready | None = None  # prepared on arrival (metrics_prepare), else stored from the body in the thread
 
 
 class IngestFastPath:
     """ASGI wrapper: POST /api/v1/ingest/<id>/ is answered here; everything else goes to the wrapped app.
+
+    A request is prepared as it arrives, on the event loop, while earlier transactions run: its token checked
+    against this process's cache, its body parsed and validated (a bad one is answered at once), and its blocks
+    and series rows made ready (metrics_prepare) when its series are known here. A transaction of prepared requests
+    then holds only their one statement; the rest is done in its thread.
 
     At most CP_INGEST_THREADS (default 2) transactions run at once per process, each in a thread that keeps its
     database connection. A request that arrives while they are all busy waits, and the next free one takes every
@@ -229,6 +238,13 @@ class IngestFastPath:
             asyncio.get_running_loop().create_future(),
             answered is not None and time.monotonic() - answered[0] < ANSWERED_S,
         )
+        try:
+            answered_now = self._prepare(waiting)
+        except Exception:  # the thread does it all again, and answers any error
+            log.warning("preparing an ingest of run %s failed", run_id, exc_info=True)
+            answered_now = False
+        if answered_now:
+            return waiting
         self._waiting.append(waiting)
         for arrival in self._arrivals:
             _settle(arrival)
@@ -237,6 +253,23 @@ class IngestFastPath:
             self._busy += 1
             self._spawn(self._drain())
         return waiting
+
+    @staticmethod
+    def _prepare(waiting: Waiting) -> bool:
+        """What of a request needs no database, done on arrival, while earlier transactions run: the token from
+        this process's cache, the body parsed and validated (a bad one is answered at once: True), and the batch
+        prepared for the one-statement write. Whatever is left undone, the transaction's thread does."""
+        token = bearer_token(waiting.authorization)
+        run = run_token_cached(run_id=waiting.run_id, token=token) if token else None
+        if run is None:
+            return False
+        try:
+            batch = ingest_validate(ingest_parse(waiting.body))
+        except IngestInvalid as exc:
+            waiting.answer.set_result(Answer(400, exc.as_json()))
+            return True
+        waiting.ready = metrics_prepare(run=run, batch=batch)
+        return False
 
     def answered(self, waiting: Waiting, answer: Answer) -> None:
         """Once the answer is sent: remember when, and compact the series it made due (the job never waits on
@@ -252,8 +285,8 @@ class IngestFastPath:
 
     # The threads run plain functions that keep to their own database connection: run_in_executor hands them
     # over for about half of what sync_to_async's context and thread-sensitivity bookkeeping costs per call.
-    async def _store(self, requests: list[tuple[int, str, bytes]]) -> list[Answer]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._store_in_thread, requests)
+    async def _store(self, group: list[Waiting]) -> list[Answer]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._store_in_thread, group)
 
     async def _compact(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.compactor, self._compact_in_thread)
@@ -283,7 +316,7 @@ class IngestFastPath:
                 self._storing |= runs
                 answers: list[Answer | Exception]
                 try:
-                    answers = list(await self._store([(w.run_id, w.authorization, w.body) for w in group]))
+                    answers = list(await self._store(group))
                 except Exception as exc:  # reported by each request's handler
                     answers = [exc] * len(group)
                 finally:
@@ -372,12 +405,12 @@ class IngestFastPath:
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _store_in_thread(requests: list[tuple[int, str, bytes]]) -> list[Answer]:
+    def _store_in_thread(group: list[Waiting]) -> list[Answer]:
         # The request lifecycle Django would run: drop a connection that broke or outlived CONN_MAX_AGE.
         close_old_connections()
         try:
             ingest_connection_setup()
-            return ingest_handle_many(requests, push=False)
+            return _store_group(group)
         finally:
             close_old_connections()
 
@@ -395,6 +428,28 @@ class IngestFastPath:
             log.exception("compaction of series %s failed", series_ids)
         finally:
             close_old_connections()
+
+
+def _store_group(group: list[Waiting]) -> list[Answer]:
+    """Answers for a group of requests of distinct runs: those prepared on arrival in one statement, the others
+    (and all of them, should that statement fail) as ingest_handle_many stores requests."""
+    answers: dict[int, Answer] = {}
+    rest = [w for w in group if w.ready is None]
+    ready = [w for w in group if w.ready is not None]
+    if ready:
+        try:
+            results = metrics_store_ready([w.ready for w in ready if w.ready is not None], push=False)
+        except Exception:  # stored again from their bodies, where one request's failure is its own answer only
+            log.info("a prepared ingest of %d requests failed; storing them again", len(ready), exc_info=True)
+            rest += ready
+        else:
+            for waiting, result in zip(ready, results, strict=True):
+                answers[id(waiting)] = Answer(200, result.as_json(), result.compact, result.push)
+    if rest:
+        stored = ingest_handle_many([(w.run_id, w.authorization, w.body) for w in rest], push=False)
+        for waiting, answer in zip(rest, stored, strict=True):
+            answers[id(waiting)] = answer
+    return [answers[id(waiting)] for waiting in group]
 
 
 def _settle(future: asyncio.Future) -> None:

@@ -370,17 +370,21 @@ def release(app: IngestFastPath) -> None:
 
 
 def _count_store_calls(monkeypatch) -> list[int]:
-    """From now on, the number of batches of each metrics_store_many call of the fast path."""
+    """From now on, the number of batches of each store call of the fast path (metrics_store_many for requests
+    stored from their bodies, metrics_store_ready for those prepared on arrival)."""
     from runs.views import ingest as ingest_view
 
     calls: list[int] = []
-    real = ingest_view.metrics_store_many
 
-    def counting(entries, **kwargs):
-        calls.append(len(entries))
-        return real(entries, **kwargs)
+    def counting(real):
+        def call(entries, **kwargs):
+            calls.append(len(entries))
+            return real(entries, **kwargs)
 
-    monkeypatch.setattr(ingest_view, "metrics_store_many", counting)
+        return call
+
+    for name in ("metrics_store_many", "metrics_store_ready"):
+        monkeypatch.setattr(ingest_view, name, counting(getattr(ingest_view, name)))
     return calls
 
 
@@ -404,6 +408,36 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
     assert calls == [4, 1, 1, 1, 1, 1]
     for run in runs[:3]:
         assert points(run.pk, "loss") == 20 and points(run.pk, "lr") == 20
+
+
+def test_fast_path_prepares_a_known_runs_request_on_arrival_and_answers_a_bad_one_at_once(
+    run_and_token, monkeypatch, fast_path
+):
+    run, token = run_and_token
+    body = json.dumps({"records": [metrics(s, loss=2.0, lr=1e-3) for s in range(10)]}).encode()
+    assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0][0] == 200  # token and series now known here
+    calls = _count_store_calls(monkeypatch)
+    from runs.views import ingest as ingest_view
+
+    many = []
+    monkeypatch.setattr(ingest_view, "ingest_handle_many", lambda *a, **k: many.append(a) or [])
+    body = json.dumps({"records": [metrics(s, loss=2.0, lr=1e-3) for s in range(10, 20)]}).encode()
+    assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0] == (200, _answer_of(accepted=20, last=19))
+    assert _asgi_posts_at_once(fast_path, [(run.pk, b'{"records": [{"kind": "metrics"}]}', token)])[0][0] == 400
+    assert calls == [1] and many == []  # stored from its preparation; the bad one never reached a transaction
+    assert points(run.pk, "loss") == 20
+
+
+def _answer_of(*, accepted: int, last: int) -> dict:
+    return {
+        "ok": True,
+        "accepted": accepted,
+        "duplicates": 0,
+        "events": 0,
+        "heartbeats": 0,
+        "last_step": last,
+        "alerts": [],
+    }
 
 
 def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, pause_s: float = 0.0):

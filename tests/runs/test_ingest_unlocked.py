@@ -116,3 +116,38 @@ def test_concurrent_posts_of_known_series_store_each_step_once(run):
     for key in KEYS:
         assert steps_of(run, key) == list(range(250))
         assert MetricSeries.objects.get(run=run, key=key).points == 250
+
+
+def test_a_prepared_batch_is_written_in_one_statement_and_counted_as_one_write(run, locked_writes):
+    metrics_record(run=run, records=batch(0))
+    ready = m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50)))
+    assert ready is not None and locked_writes == [1]
+    (result,) = m.metrics_store_ready([ready])
+    assert locked_writes == [1]
+    assert (result.accepted, result.duplicates, result.last_step) == (150, 0, 99)
+    for key in KEYS:
+        assert steps_of(run, key) == list(range(100))
+        assert MetricSeries.objects.get(run=run, key=key).version == 2
+
+
+def test_a_batch_prepared_before_another_write_of_its_series_is_stored_again_from_the_start(run, locked_writes):
+    metrics_record(run=run, records=batch(0))
+    ready = m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50)))
+    metrics_record(run=run, records=batch(50, 100))  # lands first: steps 50-149
+    (result,) = m.metrics_store_ready([ready])
+    assert (result.accepted, result.duplicates) == (0, 150)  # every step of it was stored by then
+    for key in KEYS:
+        assert steps_of(run, key) == list(range(150))
+        assert MetricSeries.objects.get(run=run, key=key).points == 150
+
+
+def test_only_batches_of_known_series_without_events_or_alerts_are_prepared(run):
+    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(0))) is None  # series not known yet
+    metrics_record(run=run, records=batch(0, 100))
+    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50))) is None  # steps stored already
+    event = [*batch(100, 1), {"kind": "event", "type": "checkpoint_saved", "step": 100, "tag": "a", "path": "/x"}]
+    assert m.metrics_prepare(run=run, batch=m.ingest_validate(event)) is None
+    spike = batch(100, 1)
+    spike[0]["values"]["loss"] = 50.0
+    assert m.metrics_prepare(run=run, batch=m.ingest_validate(spike)) is None  # an alert: the locking path
+    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(100))) is not None

@@ -180,7 +180,7 @@ async def trainer(port: int, run_id: int, token: str, start: float, until: float
             record = {"kind": "metrics", "step": step, "time": emitted, "values": values(step, stats["metrics"])}
             body = orjson.dumps({"records": [record]})
             try:
-                status = await asyncio.wait_for(conn.request(head(port, path, token, len(body)), body), 10)
+                status = await asyncio.wait_for(conn.request(head(port, path, token, len(body)) + body), 10)
             except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
                 status = None
                 conn.close()

@@ -986,7 +986,7 @@ def metrics_compact_due(series_ids: Iterable[int]) -> int:
         return 0
     # On PostgreSQL, a server-binding cursor with binary results: the blocks' arrays travel as bytes, where a
     # client-binding cursor sent each merged block as a hex literal in the statement's text and read each block
-    # read back as hex (half of a merge's CPU, PostgreSQL's and ours).
+    # back as hex (about a third of a merge's CPU, PostgreSQL's and ours).
     with transaction.atomic(), _pg_cursor() if connection.vendor == "postgresql" else connection.cursor() as cursor:
         merges = _Merges(cursor)
         for series_id in _compaction_locks(cursor, due):

@@ -386,8 +386,12 @@ def start_cp(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_http(port, "/healthz", proc, 120, log)
-    wait_idle(proc)
+    try:
+        wait_http(port, "/healthz", proc, 120, log)
+        wait_idle(proc)
+    except BaseException:
+        stop(proc)  # a server that never answered would otherwise outlive the bench
+        raise
     return proc, port
 
 
@@ -423,8 +427,12 @@ def start_mlflow(extra: list[str], log: Path) -> tuple[subprocess.Popen, int]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_http(port, "/health", proc, 180, log)
-    wait_idle(proc)
+    try:
+        wait_http(port, "/health", proc, 180, log)
+        wait_idle(proc)
+    except BaseException:
+        stop(proc)  # a server that never answered would otherwise outlive the bench
+        raise
     return proc, port
 
 

@@ -258,8 +258,8 @@ def request_bytes(target: dict, run_index: int, step: int, steps_per_req: int) -
 # The requests of a cell are built before it starts, up to more than any server here answered in that time (and at
 # most PREBUILT_BYTES): building a batch of 50 steps took ~30 us of the 2 cores that the servers measured share,
 # which on a cluster are the reporters' own. A run that runs out has the rest built as it goes.
-PREBUILT_RATE = {"batched": 4000, "stepwise": 20000}  # requests per second, over all runs
-PREBUILT_BYTES = 200 * 2**20
+PREBUILT_RATE = {"batched": 6000, "stepwise": 20000}  # requests per second, over all runs
+PREBUILT_BYTES = 400 * 2**20
 
 
 def prebuild(target: dict, runs: int, steps_per_req: int, seconds: float, start_step: int) -> list[list[bytes]]:

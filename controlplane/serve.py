@@ -1,37 +1,38 @@
 """``python -m controlplane.serve --port P [--host H] [--workers N] [--log-level L]``: the web server.
 
 With one worker this is uvicorn serving ``controlplane.asgi:application``, with an HTTP protocol that answers
-ingest posts before ASGI (runs.views.ingest_http). With several, each worker is a uvicorn
-process with a listening socket of its own on the same address (SO_REUSEPORT), so the kernel spreads new
-connections across them evenly. uvicorn's own ``--workers`` shares one listening socket, and whichever process is
-awake accepts: a handful of busy keep-alive connections (the reporters of running jobs) all landed on one process
-while the others idled. The parent passes SIGTERM/SIGINT on and stops every worker when one of them exits.
-CP_WEB_WORKERS sets the default count (1).
+ingest posts before ASGI (runs.views.ingest_http). With several, the parent holds the listening socket, accepts
+each connection and hands it (SCM_RIGHTS over a socket pair) to the worker serving the fewest open connections;
+a worker says when one of its connections closes. Keep-alive connections (the reporters of running jobs) are few
+and long-lived, so where they land decides each worker's load: a listening socket shared by the workers (uvicorn's
+``--workers``) let whichever process was awake accept them all, and a socket per worker (SO_REUSEPORT) let the
+kernel's hash of the addresses split 8 connections 5/3 or 6/2 over 2 workers. The parent passes SIGTERM/SIGINT on
+and stops every worker when one of them exits. CP_WEB_WORKERS sets the default count (1).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
+
+import uvicorn
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    channel: socket.socket  # the parent's end of the worker's socket pair
+    serving: int = 0  # connections handed over and not yet reported closed
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from controlplane.asgi import application  # sets Django up, which the protocol's module needs
     from runs.views.ingest_http import IngestHttpProtocol
 
@@ -44,36 +45,151 @@ def _worker(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         log_level=args.log_level,
     )
-    server = uvicorn.Server(config)
-    if args.workers == 1:
-        server.run()
+    if args.channel_fd is None:
+        uvicorn.Server(config).run()
     else:
-        server.run(sockets=[_listen(args.host, args.port)])
+        _HandedServer(config, socket.socket(fileno=args.channel_fd)).run()
     return 0
 
 
+class _HandedServer(uvicorn.Server):
+    """uvicorn's server without a listening socket of its own: it serves the connections its parent hands over."""
+
+    def __init__(self, config: uvicorn.Config, channel: socket.socket):
+        super().__init__(config)
+        self.channel = channel
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=[])  # uvicorn makes a server per socket given: none
+        if self.should_exit:
+            return
+        self.channel.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.channel.fileno(), self._take, loop, _counted_protocol(self))
+
+    def _take(self, loop: asyncio.AbstractEventLoop, protocol) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.channel, 16, 16)
+            except BlockingIOError:
+                return
+            if not data:  # the parent is gone
+                loop.remove_reader(self.channel.fileno())
+                self.should_exit = True
+                return
+            for fd in fds:
+                connection = socket.socket(fileno=fd)
+                connection.setblocking(False)
+                loop.create_task(loop.connect_accepted_socket(protocol, connection))
+
+
+def _counted_protocol(server: _HandedServer):
+    """The configured protocol, telling the parent when each connection closes (one byte per close; the closes a
+    full channel refused ride on the next message)."""
+    base = server.config.http_protocol_class
+    unsent = {"closes": 0}
+
+    class Counted(base):  # type: ignore[misc, valid-type]
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            unsent["closes"] += 1
+            try:
+                server.channel.send(b"-" * unsent["closes"])
+                unsent["closes"] = 0
+            except (BlockingIOError, OSError):
+                pass
+
+    def protocol() -> asyncio.Protocol:
+        return Counted(config=server.config, server_state=server.server_state, app_state=server.lifespan.state)
+
+    return protocol
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 def _supervise(args: argparse.Namespace) -> int:
+    listener = _listen(args.host, args.port)
     argv = [sys.executable, "-m", "controlplane.serve", "--host", args.host, "--port", str(args.port)]
     argv += ["--workers", str(args.workers), "--log-level", args.log_level, "--worker"]
-    children = [subprocess.Popen(argv) for _ in range(args.workers)]
+    workers = []
+    for _ in range(args.workers):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = subprocess.Popen([*argv, "--channel-fd", str(theirs.fileno())], pass_fds=[theirs.fileno()])
+        theirs.close()
+        ours.setblocking(False)
+        workers.append(_Worker(process, ours))
     stopping = {"signal": 0}
 
     def stop(signum, frame):
         stopping["signal"] = signum
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    code = 0
-    while any(child.poll() is None for child in children):
-        for child in children:
-            if child.returncode is not None and not stopping["signal"]:
-                code = child.returncode or 1
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    for worker in workers:
+        selector.register(worker.channel, selectors.EVENT_READ, worker)
+    code, turn = 0, 0
+    while any(worker.process.poll() is None for worker in workers):
+        for worker in workers:
+            if worker.process.returncode is not None and not stopping["signal"]:
+                code = worker.process.returncode or 1
                 stop(signal.SIGTERM, None)  # one worker gone: the server is not whole
-        time.sleep(0.2)
+        if stopping["signal"] and listener.fileno() != -1:
+            selector.unregister(listener)
+            listener.close()  # new clients are refused rather than left waiting on a server that stops
+        for key, _ in selector.select(timeout=0.2):
+            if key.data is None:
+                turn = _hand_over(listener, workers, turn)
+            else:
+                _note_closes(selector, key.data)
     return code
+
+
+def _hand_over(listener: socket.socket, workers: list[_Worker], turn: int) -> int:
+    """Accept what is waiting; each connection goes to the live worker serving the fewest (ties taken in turn)."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return turn
+        with connection:
+            live = [w for w in workers if w.process.poll() is None]
+            if not live:
+                return turn
+            turn += 1
+            worker = min(live, key=lambda w: (w.serving, (workers.index(w) - turn) % len(workers)))
+            try:
+                socket.send_fds(worker.channel, [b"+"], [connection.fileno()])
+                worker.serving += 1
+            except OSError:
+                pass  # the worker is going; the client sees its connection closed
+
+
+def _note_closes(selector: selectors.BaseSelector, worker: _Worker) -> None:
+    while True:
+        try:
+            data = worker.channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker is gone
+            selector.unregister(worker.channel)
+            worker.channel.close()
+            return
+        worker.serving = max(0, worker.serving - len(data))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("CP_WEB_WORKERS") or 1))
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--channel-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -45,10 +45,15 @@ def _worker(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         log_level=args.log_level,
     )
-    if args.channel_fd is None:
-        uvicorn.Server(config).run()
-    else:
-        _HandedServer(config, socket.socket(fileno=args.channel_fd)).run()
+    server = (
+        uvicorn.Server(config)
+        if args.channel_fd is None
+        else _HandedServer(config, socket.socket(fileno=args.channel_fd))
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C's signal again once it has shut down, as its own CLI expects
+        pass
     return 0
 
 

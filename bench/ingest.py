@@ -366,6 +366,17 @@ def setup_cp(n_runs: int) -> list[tuple[int, str]]:
     return [tuple(x) for x in orjson.loads(out.stdout.strip().splitlines()[-1])]
 
 
+def wait_ready(proc: subprocess.Popen, port: int, path: str, timeout: float, log: Path) -> None:
+    """Until the server answers on path and its processes are idle; a server that never got there is stopped, as it
+    would otherwise outlive the bench."""
+    try:
+        wait_http(port, path, proc, timeout, log)
+        wait_idle(proc)
+    except BaseException:
+        stop(proc)
+        raise
+
+
 def start_cp(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {
@@ -386,12 +397,7 @@ def start_cp(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    try:
-        wait_http(port, "/healthz", proc, 120, log)
-        wait_idle(proc)
-    except BaseException:
-        stop(proc)  # a server that never answered would otherwise outlive the bench
-        raise
+    wait_ready(proc, port, "/healthz", 120, log)
     return proc, port
 
 
@@ -427,12 +433,7 @@ def start_mlflow(extra: list[str], log: Path) -> tuple[subprocess.Popen, int]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    try:
-        wait_http(port, "/health", proc, 180, log)
-        wait_idle(proc)
-    except BaseException:
-        stop(proc)  # a server that never answered would otherwise outlive the bench
-        raise
+    wait_ready(proc, port, "/health", 180, log)
     return proc, port
 
 

@@ -170,11 +170,11 @@ def _hand_over(listener: socket.socket, workers: list[_Worker], turn: int) -> in
         except (BlockingIOError, InterruptedError):
             return turn
         with connection:
-            live = [w for w in workers if w.process.poll() is None]
+            live = [(index, w) for index, w in enumerate(workers) if w.process.poll() is None]
             if not live:
                 return turn
             turn += 1
-            worker = min(live, key=lambda w: (w.serving, (workers.index(w) - turn) % len(workers)))
+            _, worker = min(live, key=lambda pair: (pair[1].serving, (pair[0] - turn) % len(workers)))
             try:
                 socket.send_fds(worker.channel, [b"+"], [connection.fileno()])
                 worker.serving += 1

@@ -553,14 +553,23 @@ def _cached_series(work: list[_Entry]) -> dict[tuple[int, str], tuple] | None:
 def _store_pg_unlocked(work: list[_Entry], series: dict[tuple[int, str], tuple], now: datetime.datetime) -> bool:
     """Store the batches in one autocommitted statement from their cached series rows; False when they need the
     locking path after all (an alert to raise, or a row changed since it was cached), with nothing written."""
+    prepared = _prepare_unlocked(work, series)
+    if prepared is None:
+        return False
+    return _write_unlocked(work, series, *prepared, now)
+
+
+def _prepare_unlocked(work: list[_Entry], series: dict) -> tuple[list[_NewBlock], list[tuple]] | None:
+    """The blocks and series-row updates of the batches, from the given series rows; None when one of them has an
+    alert to raise or resolve, which only the locking path writes."""
     blocks: list[_NewBlock] = []
     updates: list[tuple] = []
     try:
         for entry in work:
             _prepare(entry, series, {}, blocks, updates, alerts=False)
     except _NeedsLocks:
-        return False
-    return _write_unlocked(work, series, blocks, updates, now)
+        return None
+    return blocks, updates
 
 
 def _write_unlocked(work: list[_Entry], series: dict, blocks: list[_NewBlock], updates: list[tuple], now) -> bool:
@@ -613,13 +622,10 @@ def metrics_prepare(*, run: Run, batch: Batch) -> Ready | None:
     series = _cached_series([entry])
     if series is None:
         return None
-    blocks: list[_NewBlock] = []
-    updates: list[tuple] = []
-    try:
-        _prepare(entry, series, {}, blocks, updates, alerts=False)
-    except _NeedsLocks:
+    prepared = _prepare_unlocked([entry], series)
+    if prepared is None:
         return None
-    return Ready(run, batch, entry, series, blocks, updates, timezone.now())
+    return Ready(run, batch, entry, series, *prepared, timezone.now())
 
 
 def metrics_store_ready(ready: list[Ready], *, push: bool = True) -> list[IngestResult]:

@@ -437,15 +437,15 @@ def _store_group(group: list[Waiting]) -> list[Answer]:
     (and all of them, should that statement fail) as ingest_handle_many stores requests."""
     answers: dict[int, Answer] = {}
     rest = [w for w in group if w.ready is None]
-    ready = [w for w in group if w.ready is not None]
+    ready = [(w, w.ready) for w in group if w.ready is not None]
     if ready:
         try:
-            results = metrics_store_ready([w.ready for w in ready if w.ready is not None], push=False)
+            results = metrics_store_ready([prepared for _, prepared in ready], push=False)
         except Exception:  # stored again from their bodies, where one request's failure is its own answer only
             log.info("a prepared ingest of %d requests failed; storing them again", len(ready), exc_info=True)
-            rest += ready
+            rest += [waiting for waiting, _ in ready]
         else:
-            for waiting, result in zip(ready, results, strict=True):
+            for (waiting, _), result in zip(ready, results, strict=True):
                 answers[id(waiting)] = Answer(200, result.as_json(), result.compact, result.push)
     if rest:
         stored = ingest_handle_many([(w.run_id, w.authorization, w.body) for w in rest], push=False)

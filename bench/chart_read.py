@@ -65,8 +65,8 @@ def main() -> None:
     from django.core.management import call_command
     from django.test import Client
 
+    import runs.metrics.store as metrics
     import runs.services.alerts as alerts
-    import runs.services.metrics as metrics
     from runs.models import MetricBlock
     from runs.roles import ensure_roles
     from runs.services.seed import seed_defaults

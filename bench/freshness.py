@@ -110,9 +110,9 @@ def setup(n_runs: int, metrics: int) -> list[tuple[int, str]]:
     from django.core.management import call_command
     from django.db import connections
 
+    from runs.metrics.store import metrics_record
     from runs.models import RunStatus
     from runs.roles import ensure_roles
-    from runs.services.metrics import metrics_record
     from runs.services.seed import seed_defaults
     from runs.services.tokens import run_token_issue
     from runs.services.transitions import transition

@@ -161,8 +161,8 @@ def _ingest(name: str, path: Path) -> None:
     django.setup()
     from django.contrib.auth import get_user_model
 
+    from runs.metrics.store import metrics_record
     from runs.models import BackendKind, Cluster, DataMixRecipe
-    from runs.services.metrics import metrics_record
     from runs.services.runs import run_create
     from runs.services.seed import seed_defaults
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
+from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
 from runs.services.jobs import run_finish
-from runs.services.metrics import metrics_record
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import JobState, get_backend
 from workers.logscan import csv_monitor_records, loss_records, scan_lines

@@ -7,7 +7,7 @@ blocks of tier 1, 2, ... (`TIER0_FANOUT` one-step ingest blocks, or fewer larger
 each tier is `TIER_FANOUT` times larger; `merge_due`), so a series holds O(fanout x log(points)) blocks.
 Compacted blocks carry rollups: per chunk of consecutive points, the first/last step, finite min/max, last value
 and count of non-finite values, so a zoomed-out chart reads kilobytes of summaries instead of every point.
-Idempotence on (run, key, step) is enforced at write time (runs.services.metrics): every ingest either holds the row
+Idempotence on (run, key, step) is enforced at write time (runs.metrics): every ingest either holds the row
 locks of the series it writes, or writes them only if their version is the one it read, and steps already present
 in an overlapping block are dropped.
 """

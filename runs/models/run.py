@@ -59,7 +59,7 @@ class Run(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Written by ingest (runs.services.metrics): liveness for the hang watcher and progress for the pages.
+    # Written by ingest (runs.metrics): liveness for the hang watcher and progress for the pages.
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_step = models.BigIntegerField(null=True, blank=True)
     # What an MLflow client logged through the compatibility API (runs.views.mlflow_compat): its params, and its

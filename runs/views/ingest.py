@@ -28,22 +28,13 @@ from django.http.request import split_domain_port, validate_host
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from runs.metrics.compaction import metrics_compact_due
+from runs.metrics.rows import RunGone
+from runs.metrics.sql import ingest_connection_setup
+from runs.metrics.store import Ready, metrics_prepare, metrics_store_many, metrics_store_ready
+from runs.metrics.validation import MAX_BODY_BYTES, MAX_POINTS, IngestInvalid, ingest_parse, ingest_validate
 from runs.services.broadcast import Message, send_many_async
 from runs.services.listeners import GroupListeners
-from runs.services.metrics import (
-    MAX_BODY_BYTES,
-    MAX_POINTS,
-    IngestInvalid,
-    Ready,
-    RunGone,
-    ingest_connection_setup,
-    ingest_parse,
-    ingest_validate,
-    metrics_compact_due,
-    metrics_prepare,
-    metrics_store_many,
-    metrics_store_ready,
-)
 from runs.services.tokens import run_token_cached, run_token_check_cached
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from functools import partial
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from runs.services.metrics import MAX_BODY_BYTES
+from runs.metrics.validation import MAX_BODY_BYTES
 from runs.views.ingest import FAILED, Answer, IngestFastPath, Waiting
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,12 @@ from collections.abc import Callable
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from runs.metrics.mlflow_records import MlflowParamConflict, run_mlflow_record
+from runs.metrics.prepare import nonfinite_name
+from runs.metrics.reads import series_latest, series_read
+from runs.metrics.store import metrics_record
+from runs.metrics.validation import IngestInvalid
 from runs.models import Run, RunStatus
-from runs.services.metrics import (
-    IngestInvalid,
-    MlflowParamConflict,
-    metrics_record,
-    nonfinite_name,
-    run_mlflow_record,
-    series_latest,
-    series_read,
-)
 from runs.services.tokens import run_token_check_cached
 from runs.views.ingest import bearer_token
 

@@ -6,8 +6,9 @@ from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
+from runs.metrics.reads import series_json, series_keys, series_read
+from runs.metrics.validation import KEY_RE
 from runs.models import Run
-from runs.services.metrics import KEY_RE, series_json, series_keys, series_read
 
 MAX_KEYS = 20
 MAX_OVERLAY_RUNS = 10

@@ -27,8 +27,8 @@ def _record(run_id: int | None, pairs: list[tuple[int, float | None]], owner=Non
     async_to_sync, which cannot run in the thread of Playwright's event loop."""
     from django.db import connections
 
+    from runs.metrics.store import metrics_record
     from runs.models import Run
-    from runs.services.metrics import metrics_record
     from tests.runs.factories import tiny_run
 
     def work():

@@ -11,11 +11,11 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from runs.metrics.detectors import QUIET, WATCHED_KEYS, WINDOW, Thresholds, detect
+from runs.metrics.store import metrics_record
 from runs.models import Alert, AuditEvent, MetricSeries
 from runs.services.alerts import alert_raise, alert_resolve
 from runs.services.broadcast import run_group
-from runs.services.detectors import QUIET, WATCHED_KEYS, WINDOW, Thresholds, detect
-from runs.services.metrics import metrics_record
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,9 +17,11 @@ from django.db import connection, connections
 from django.test import Client
 
 from jobs.reporter import Reporter
+from runs.metrics.reads import series_read
+from runs.metrics.store import metrics_record
+from runs.metrics.validation import MAX_RECORDS
 from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus
 from runs.services.broadcast import run_group
-from runs.services.metrics import MAX_RECORDS, metrics_record, series_read
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
 from runs.services.transitions import transition
 from runs.views.ingest import IngestFastPath

@@ -10,7 +10,7 @@ import time
 import pytest
 import uvicorn
 
-from runs.services.metrics import MAX_BODY_BYTES
+from runs.metrics.validation import MAX_BODY_BYTES
 from runs.services.tokens import run_token_issue, token_cache_clear
 from runs.views.ingest import IngestFastPath
 from runs.views.ingest_http import IngestHttpProtocol

@@ -7,9 +7,11 @@ import threading
 import pytest
 from django.db import connections
 
+from runs.metrics import postgres
+from runs.metrics.reads import series_read
+from runs.metrics.store import metrics_prepare, metrics_record, metrics_store_ready
+from runs.metrics.validation import ingest_validate
 from runs.models import MetricBlock, MetricSeries, Run
-from runs.services import metrics as m
-from runs.services.metrics import metrics_record, series_read
 from tests.runs.factories import tiny_run
 
 pytestmark = [
@@ -32,13 +34,13 @@ def run(seeded, operator):
 def locked_writes(monkeypatch):
     """How many times the locking path ran."""
     calls = []
-    original = m._store_pg
+    original = postgres.store_locked
 
     def counting(work, now):
         calls.append(len(work))
         return original(work, now)
 
-    monkeypatch.setattr(m, "_store_pg", counting)
+    monkeypatch.setattr(postgres, "store_locked", counting)
     return calls
 
 
@@ -63,16 +65,16 @@ def test_a_known_series_is_written_without_locks(run, locked_writes):
         assert steps_of(run, key) == list(range(100))
         series = MetricSeries.objects.get(run=run, key=key)
         assert (series.points, series.last_step, series.version) == (100, 99, 2)
-        assert m._series_cache[(run.pk, key)][6] == 2
+        assert postgres.series_cache[(run.pk, key)].version == 2
     assert Run.objects.get(pk=run.pk).last_step == 99
 
 
 def test_a_series_written_elsewhere_meanwhile_is_written_again_under_locks(run, locked_writes):
     metrics_record(run=run, records=batch(0))
-    seen_here = dict(m._series_cache)
+    seen_here = dict(postgres.series_cache)
     metrics_record(run=run, records=batch(50))  # as another process would: this one's cache is put back below
-    m._series_cache.clear()
-    m._series_cache.update(seen_here)
+    postgres.series_cache.clear()
+    postgres.series_cache.update(seen_here)
 
     result = metrics_record(run=run, records=batch(50, 100))  # steps 50-99 again, then 100-149
     assert locked_writes == [1, 1]  # the version check failed, so the locking path stored it
@@ -82,7 +84,7 @@ def test_a_series_written_elsewhere_meanwhile_is_written_again_under_locks(run, 
         series = MetricSeries.objects.get(run=run, key=key)
         assert (series.points, series.version) == (150, 3)
         assert MetricBlock.objects.filter(series=series).count() == 3  # nothing of the failed statement stayed
-        assert m._series_cache[(run.pk, key)][6] == 3
+        assert postgres.series_cache[(run.pk, key)].version == 3
 
 
 def test_a_batch_that_raises_an_alert_takes_the_locking_path(run, locked_writes):
@@ -120,9 +122,9 @@ def test_concurrent_posts_of_known_series_store_each_step_once(run):
 
 def test_a_prepared_batch_is_written_in_one_statement_and_counted_as_one_write(run, locked_writes):
     metrics_record(run=run, records=batch(0))
-    ready = m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50)))
+    ready = metrics_prepare(run=run, batch=ingest_validate(batch(50)))
     assert ready is not None and locked_writes == [1]
-    (result,) = m.metrics_store_ready([ready])
+    (result,) = metrics_store_ready([ready])
     assert locked_writes == [1]
     assert (result.accepted, result.duplicates, result.last_step) == (150, 0, 99)
     for key in KEYS:
@@ -132,9 +134,9 @@ def test_a_prepared_batch_is_written_in_one_statement_and_counted_as_one_write(r
 
 def test_a_batch_prepared_before_another_write_of_its_series_is_stored_again_from_the_start(run, locked_writes):
     metrics_record(run=run, records=batch(0))
-    ready = m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50)))
+    ready = metrics_prepare(run=run, batch=ingest_validate(batch(50)))
     metrics_record(run=run, records=batch(50, 100))  # lands first: steps 50-149
-    (result,) = m.metrics_store_ready([ready])
+    (result,) = metrics_store_ready([ready])
     assert (result.accepted, result.duplicates) == (0, 150)  # every step of it was stored by then
     for key in KEYS:
         assert steps_of(run, key) == list(range(150))
@@ -142,12 +144,12 @@ def test_a_batch_prepared_before_another_write_of_its_series_is_stored_again_fro
 
 
 def test_only_batches_of_known_series_without_events_or_alerts_are_prepared(run):
-    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(0))) is None  # series not known yet
+    assert metrics_prepare(run=run, batch=ingest_validate(batch(0))) is None  # series not known yet
     metrics_record(run=run, records=batch(0, 100))
-    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(50))) is None  # steps stored already
+    assert metrics_prepare(run=run, batch=ingest_validate(batch(50))) is None  # steps stored already
     event = [*batch(100, 1), {"kind": "event", "type": "checkpoint_saved", "step": 100, "tag": "a", "path": "/x"}]
-    assert m.metrics_prepare(run=run, batch=m.ingest_validate(event)) is None
+    assert metrics_prepare(run=run, batch=ingest_validate(event)) is None
     spike = batch(100, 1)
     spike[0]["values"]["loss"] = 50.0
-    assert m.metrics_prepare(run=run, batch=m.ingest_validate(spike)) is None  # an alert: the locking path
-    assert m.metrics_prepare(run=run, batch=m.ingest_validate(batch(100))) is not None
+    assert metrics_prepare(run=run, batch=ingest_validate(spike)) is None  # an alert: the locking path
+    assert metrics_prepare(run=run, batch=ingest_validate(batch(100))) is not None

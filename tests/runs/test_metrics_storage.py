@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from runs.metrics import compaction
+from runs.metrics import rollups as ru
+from runs.metrics.compaction import COMPACT_FANOUT, TIER0_FANOUT, TIER0_POINTS, metrics_compact
+from runs.metrics.reads import series_read
+from runs.metrics.store import metrics_record
 from runs.models import MetricBlock, MetricSeries
-from runs.services import metrics as metrics_service
-from runs.services import rollups as ru
-from runs.services.metrics import (
-    COMPACT_FANOUT,
-    TIER0_FANOUT,
-    TIER0_POINTS,
-    metrics_compact,
-    metrics_record,
-    series_read,
-)
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,7 +58,7 @@ def read(run, key="loss", **kw):
 
 
 def test_compaction_merges_tiers_and_keeps_every_point_once(run, monkeypatch):
-    monkeypatch.setattr(metrics_service, "TIER_FANOUT", COMPACT_FANOUT)  # tier 2 within a few thousand writes
+    monkeypatch.setattr(compaction, "TIER_FANOUT", COMPACT_FANOUT)  # tier 2 within a few thousand writes
     per_merge = max(COMPACT_FANOUT, -(-TIER0_POINTS // 50))  # batches of 50 steps: merged by points
     n = 50 * per_merge * COMPACT_FANOUT + 130
     values = np.sin(np.arange(n) / 50.0)
@@ -174,7 +169,7 @@ def test_block_arrays_are_lz4_compressed_where_postgresql_has_lz4():
 def test_ingest_connections_plan_their_row_lookups_by_index_and_only_outside_a_transaction():
     from django.db import connection, transaction
 
-    from runs.services.metrics import ingest_connection_setup
+    from runs.metrics.sql import ingest_connection_setup
 
     if connection.vendor != "postgresql":
         pytest.skip("planner settings are PostgreSQL's")

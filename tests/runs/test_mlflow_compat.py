@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from runs.metrics.reads import series_read
 from runs.models import Run
-from runs.services.metrics import series_read
 from runs.services.tokens import run_token_issue, token_cache_clear
 from tests.runs.factories import tiny_run
 

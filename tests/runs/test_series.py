@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import Client
 
-from runs.services.metrics import metrics_record
+from runs.metrics.store import metrics_record
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,0 +1,226 @@
+"""Reading series: which keys a run has, and the points of a step range, whole when they fit a chart or as a
+min/max/last envelope per step bucket in which every spike survives (merged blocks' rollups where they are fine
+enough, raw points elsewhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from django.db import connection
+
+from runs.metrics import rollups as ru
+from runs.metrics.prepare import MAX_PUSH_POINTS, nonfinite_name
+from runs.models import MetricSeries, Run
+
+
+def series_keys(*, run_id: int) -> list[dict]:
+    return [
+        {"key": key, "points": points, "last_step": last_step, "last_value": last_value}
+        for key, points, last_step, last_value in MetricSeries.objects.filter(run_id=run_id)
+        .order_by("key")
+        .values_list("key", "points", "last_step", "last_value")
+    ]
+
+
+@dataclass
+class _Block:
+    id: int
+    lo: int
+    hi: int
+    n: int
+    coarse: np.ndarray | None  # rollup rows, compacted blocks only
+
+
+def series_read(
+    *, run_id: int, keys: list[str], lo: int | None = None, hi: int | None = None, max_points: int = 1500
+) -> dict:
+    """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape."""
+    found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
+    out = {
+        key: read_series(series_id=found[key], lo=lo, hi=hi, max_points=max_points)
+        if key in found
+        else _full(np.empty(0, np.int64), np.empty(0))
+        for key in keys
+    }
+    last_step = Run.objects.filter(pk=run_id).values_list("last_step", flat=True).first()
+    return {"keys": out, "last_step": last_step}
+
+
+def _full(steps: np.ndarray, values: np.ndarray) -> dict:
+    bad = np.flatnonzero(~np.isfinite(values))
+    return {
+        "mode": "full",
+        "steps": steps,
+        "values": values,  # orjson writes NaN/inf as null; "nonfinite" says which and what they were
+        "nonfinite": bad,
+        "nonfinite_kinds": [nonfinite_name(float(values[i])) for i in bad[:MAX_PUSH_POINTS]],
+    }
+
+
+def read_series(*, series_id: int, lo: int | None, hi: int | None, max_points: int) -> dict:
+    """Every point of [lo, hi] if there are at most max_points, else a min/max/last envelope of max_points buckets.
+
+    Numpy arrays in the answer are meant for orjson with OPT_SERIALIZE_NUMPY (NaN becomes null).
+    """
+    blocks = _overlapping_blocks(series_id, lo, hi)
+    if not blocks:
+        return _full(np.empty(0, np.int64), np.empty(0))
+    lo = min(b.lo for b in blocks) if lo is None else lo
+    hi = max(b.hi for b in blocks) if hi is None else hi
+    if sum(_points_bound(b, lo, hi) for b in blocks) <= max_points:
+        steps, values = _raw_points(blocks, lo, hi)
+        return _full(steps, values)
+    width = max(1, -(-(hi - lo + 1) // max_points))
+    parts: list[np.ndarray] = []
+    raw_parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for block in blocks:
+        _envelope_rows(block, lo, hi, width, parts, raw_parts)
+    raw_steps = np.concatenate([p[0] for p in raw_parts]) if raw_parts else np.empty(0, np.int64)
+    raw_values = np.concatenate([p[1] for p in raw_parts]) if raw_parts else np.empty(0)
+    inside = (raw_steps >= lo) & (raw_steps <= hi)
+    raw_steps, raw_values = raw_steps[inside], raw_values[inside]
+    if not parts and raw_steps.size <= max_points:
+        order = np.argsort(raw_steps, kind="stable")
+        return _full(raw_steps[order], raw_values[order])
+    parts.append(ru.points_as_rows(raw_steps, raw_values))
+    env = ru.envelope(np.concatenate(parts), lo=lo, hi=hi, buckets=max_points)
+    return {
+        "mode": "envelope",
+        "bucket": env.bucket,
+        "steps": env.steps,
+        "min": env.min.astype(np.float32),  # 7 significant digits draw the same; halves the answer's size
+        "max": env.max.astype(np.float32),
+        "last": env.last,
+        "nonfinite": env.nonfinite,
+    }
+
+
+def _overlapping_blocks(series_id: int, lo: int | None, hi: int | None) -> list[_Block]:
+    sql = "SELECT id, step_lo, step_hi, n, rollup_coarse FROM runs_metricblock WHERE series_id = %s"
+    params: list[Any] = [series_id]
+    if lo is not None:
+        sql += " AND step_hi >= %s"
+        params.append(lo)
+    if hi is not None:
+        sql += " AND step_lo <= %s"
+        params.append(hi)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [
+            _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None)
+            for bid, blo, bhi, n, coarse in cursor.fetchall()
+        ]
+
+
+def _chunk_range(rows: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """Indexes [first, last) of the rollup chunks that overlap [lo, hi] (rows are in step order)."""
+    overlap = np.flatnonzero((rows[:, ru.S1] >= lo) & (rows[:, ru.S0] <= hi))
+    if overlap.size == 0:
+        return 0, 0
+    return int(overlap[0]), int(overlap[-1]) + 1
+
+
+def _points_bound(block: _Block, lo: int, hi: int) -> int:
+    """An upper bound on the block's points within [lo, hi]."""
+    if (block.lo >= lo and block.hi <= hi) or block.coarse is None:
+        return block.n
+    first, last = _chunk_range(block.coarse, lo, hi)
+    return max(0, min(block.n, last * ru.ROLLUP_COARSE) - first * ru.ROLLUP_COARSE)
+
+
+def _slice_points(block_id: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    values_col = connection.ops.quote_name("values")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT substr(steps, %s, %s), substr({values_col}, %s, %s) FROM runs_metricblock WHERE id = %s",
+            [start * 8 + 1, (stop - start) * 8, start * 8 + 1, (stop - start) * 8, block_id],
+        )
+        row = cursor.fetchone()
+    if row is None:  # compacted away since the metadata was read
+        return np.empty(0, np.int64), np.empty(0)
+    return ru.unpack_steps(bytes(row[0])).copy(), ru.unpack_values(bytes(row[1])).copy()
+
+
+def _whole_points(block_ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    if not block_ids:
+        return []
+    values_col = connection.ops.quote_name("values")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT steps, {values_col} FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(block_ids))})",
+            block_ids,
+        )
+        return [(ru.unpack_steps(bytes(s)), ru.unpack_values(bytes(v))) for s, v in cursor.fetchall()]
+
+
+def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    whole, parts = [], []
+    for block in blocks:
+        if (block.lo >= lo and block.hi <= hi) or block.coarse is None:
+            whole.append(block.id)
+        else:
+            first, last = _chunk_range(block.coarse, lo, hi)
+            if last > first:
+                parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
+    parts.extend(_whole_points(whole))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0)
+    steps = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    inside = (steps >= lo) & (steps <= hi)
+    steps, values = steps[inside], values[inside]
+    order = np.argsort(steps, kind="stable")
+    return steps[order], values[order]
+
+
+def _fine_rows(block_id: int, first: int, last: int) -> np.ndarray:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT substr(rollup, %s, %s) FROM runs_metricblock WHERE id = %s",
+            [first * ru.ROLLUP_ROW_BYTES + 1, (last - first) * ru.ROLLUP_ROW_BYTES, block_id],
+        )
+        row = cursor.fetchone()
+    return ru.unpack_rollup(bytes(row[0])) if row and row[0] is not None else ru.unpack_rollup(b"")
+
+
+def _envelope_rows(block: _Block, lo: int, hi: int, width: int, parts: list, raw_parts: list) -> None:
+    """Add the block's contribution: rollup rows where chunks are at most a quarter of a bucket wide, raw
+    points elsewhere and for the chunks that straddle lo or hi."""
+    coarse = block.coarse
+    if coarse is None or coarse.size == 0:
+        raw_parts.extend(_whole_points([block.id]))
+        return
+    span_per_point = (block.hi - block.lo + 1) / block.n
+    first, last = _chunk_range(coarse, lo, hi)
+    if last <= first:
+        return
+    if span_per_point * ru.ROLLUP_COARSE * 4 <= width:
+        rows, chunk, offset = coarse[first:last], ru.ROLLUP_COARSE, first
+    elif span_per_point * ru.ROLLUP_FINE * 4 <= width:
+        per = ru.ROLLUP_COARSE // ru.ROLLUP_FINE
+        fine_first, fine_last = first * per, min(-(-block.n // ru.ROLLUP_FINE), last * per)
+        fine = _fine_rows(block.id, fine_first, fine_last)
+        a, b = _chunk_range(fine, lo, hi)
+        rows, chunk, offset = fine[a:b], ru.ROLLUP_FINE, fine_first + a
+    else:
+        raw_parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
+        return
+    straddle = (rows[:, ru.S0] < lo) | (rows[:, ru.S1] > hi)
+    parts.append(rows[~straddle])
+    for i in np.flatnonzero(straddle):
+        start = (offset + int(i)) * chunk
+        raw_parts.append(_slice_points(block.id, start, min(block.n, start + chunk)))
+
+
+def series_json(payload: dict) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def series_latest(*, run_id: int) -> list[tuple[str, float | None, int | None]]:
+    """(key, value at the highest step, that step) per series."""
+    return list(
+        MetricSeries.objects.filter(run_id=run_id).order_by("key").values_list("key", "last_value", "last_step")
+    )

@@ -1,0 +1,206 @@
+"""Ingest validation: a request body parsed, and its records checked and grouped by key into a `Batch`.
+
+The body's format is docs/run-config.md's: `{"records": [...]}`, each record a run-directory record (metrics,
+event, heartbeat). A batch is refused whole on any error, and `IngestInvalid` names each offending record and
+field, so the reporter or script that sent it can say what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+
+KEY_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_RECORDS = 5000
+MAX_POINTS = 100_000
+MAX_STEP = 2**53  # rollups keep steps as float64, exact up to here
+MAX_ERRORS = 20
+MAX_SERIES_PER_REQUEST = 2000
+NONFINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf}
+NONFINITE |= {"-inf": -math.inf, "-infinity": -math.inf}
+EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
+class IngestInvalid(Exception):
+    """The batch is refused whole; `errors` name each offending record index and field."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors
+        super().__init__("; ".join(_describe(e) for e in errors[:3]))
+
+    def as_json(self) -> dict:
+        return {"error": str(self), "errors": self.errors}
+
+
+def _describe(error: dict) -> str:
+    where = "body" if error.get("index") is None else f"records[{error['index']}]"
+    if error.get("field"):
+        where += f".{error['field']}"
+    return f"{where}: {error['message']}"
+
+
+def _error(index: int | None, field_name: str, message: str) -> dict:
+    return {"index": index, "field": field_name, "message": message}
+
+
+def ingest_parse(body: bytes) -> Any:
+    """The `records` list of a request body. NaN/Infinity literals are tolerated (Python's json writes them)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise IngestInvalid([_error(None, "", f"is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes")])
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IngestInvalid([_error(None, "", f"is not JSON ({exc})")]) from None
+    if not isinstance(doc, dict) or "records" not in doc:
+        raise IngestInvalid([_error(None, "records", 'missing: send {"records": [...]}')])
+    return doc["records"]
+
+
+def _step_of(raw: Any) -> int | None:
+    if type(raw) is int:
+        return raw if 0 <= raw <= MAX_STEP else None
+    if type(raw) is float and raw.is_integer() and 0 <= raw <= MAX_STEP:
+        return int(raw)
+    return None
+
+
+def _number(raw: Any) -> float | None:
+    kind = type(raw)
+    if kind is float or kind is int:
+        return float(raw)
+    if kind is str:
+        return NONFINITE.get(raw.strip().lower())
+    return None
+
+
+class Column(NamedTuple):
+    """One key's points of a batch, in the order they were sent."""
+
+    steps: list[int]
+    values: list[float]
+
+
+class Event(NamedTuple):
+    """An event record of a batch: where it was in the body, its type and step, and the record itself."""
+
+    position: int  # its index in the records
+    type: str
+    step: int
+    record: dict
+
+
+@dataclass
+class Batch:
+    """A validated request: metric points grouped by key, events, heartbeats and the highest step seen."""
+
+    metrics: dict[str, Column] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    heartbeat_time: float | None = None
+    heartbeats: int = 0
+    max_step: int | None = None
+    points: int = 0
+
+
+def ingest_validate(records: Any) -> Batch:
+    """Check every record (the whole batch is refused on any error) and group metric points by key."""
+    if not isinstance(records, list):
+        raise IngestInvalid([_error(None, "records", "must be a list of records")])
+    if len(records) > MAX_RECORDS:
+        raise IngestInvalid(
+            [_error(None, "records", f"has {len(records)} records; send at most {MAX_RECORDS} per request")]
+        )
+    batch = Batch()
+    errors: list[dict] = []
+    metrics = batch.metrics
+    max_step = -1
+    for i, rec in enumerate(records):
+        if len(errors) >= MAX_ERRORS:
+            break
+        if type(rec) is not dict:
+            errors.append(_error(i, "", "must be an object"))
+            continue
+        kind = rec.get("kind")
+        step = rec.get("step")
+        step = step if type(step) is int and 0 <= step <= MAX_STEP else _step_of(step)
+        if step is None:
+            if "step" not in rec:
+                errors.append(_error(i, "step", "missing"))
+            else:
+                errors.append(_error(i, "step", f"{rec['step']!r} is not an integer between 0 and 2**53"))
+            continue
+        if step > max_step:
+            max_step = step
+        if kind == "metrics":
+            values = rec.get("values")
+            if type(values) is not dict or not values:
+                errors.append(_error(i, "values", "must be a non-empty object of key: number"))
+                continue
+            for key, raw in values.items():
+                number = raw if type(raw) is float else _number(raw)  # float: the usual case, without a call
+                column = metrics.get(key)
+                if column is None:
+                    if not KEY_RE.match(key):
+                        errors.append(_error(i, f"values.{key}", "key must match [A-Za-z0-9_./-]{1,100}"))
+                        continue
+                    if len(metrics) >= MAX_SERIES_PER_REQUEST:
+                        errors.append(_error(i, "values", f"more than {MAX_SERIES_PER_REQUEST} keys in one request"))
+                        break
+                    column = metrics[key] = Column([], [])
+                if number is None:
+                    errors.append(
+                        _error(i, f"values.{key}", f"{raw!r} is not a number (NaN/Infinity may be sent as strings)")
+                    )
+                    continue
+                column.steps.append(step)
+                column.values.append(number)
+            batch.points += len(values)
+        elif kind == "heartbeat":
+            batch.heartbeats += 1
+            when = rec.get("time")
+            if when is not None and (type(when) not in (int, float) or not math.isfinite(when)):
+                errors.append(_error(i, "time", f"{when!r} is not a Unix time in seconds"))
+                continue
+            if when is not None and (batch.heartbeat_time is None or when > batch.heartbeat_time):
+                batch.heartbeat_time = float(when)
+            elif when is None:
+                batch.heartbeat_time = math.inf
+        elif kind == "event":
+            etype = rec.get("type")
+            if not isinstance(etype, str) or not EVENT_TYPE_RE.match(etype):
+                errors.append(_error(i, "type", "must be an event name such as checkpoint_saved, oom, nan"))
+                continue
+            problem = _event_problem(etype, rec)
+            if problem:
+                errors.append(_error(i, problem[0], problem[1]))
+                continue
+            batch.events.append(Event(i, etype, step, rec))
+        else:
+            errors.append(_error(i, "kind", f"{kind!r} is not one of metrics, event, heartbeat"))
+    if batch.points > MAX_POINTS and not errors:
+        errors.append(_error(None, "records", f"hold {batch.points} points; send at most {MAX_POINTS} per request"))
+    if errors:
+        raise IngestInvalid(errors)
+    batch.max_step = max_step if max_step >= 0 else None
+    return batch
+
+
+def _event_problem(etype: str, rec: dict) -> tuple[str, str] | None:
+    if etype != "checkpoint_saved":
+        return None
+    if not isinstance(rec.get("tag", ""), str) or not isinstance(rec.get("path", ""), str):
+        return "path", "tag and path must be strings"
+    size = rec.get("bytes", 0)
+    if type(size) is not int or size < 0:
+        return "bytes", f"{size!r} is not a non-negative integer"
+    if not isinstance(rec.get("metrics", {}), dict):
+        return "metrics", "must be an object of metric: value"
+    return None

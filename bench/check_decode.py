@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 @torch.no_grad()
 def check(model_dir: Path, *, steps: int, prompt_tokens: int) -> dict:
-    from jobs.engine import load_engine
+    from jobs.engine.loading import load_engine
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     engine = load_engine(model_dir, device=device, max_batch=1, max_seq_len=512)

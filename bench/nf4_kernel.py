@@ -3,7 +3,7 @@
   python bench/nf4_kernel.py --model-dir DIR/nf4 [--out FILE]      # an NF4 dir as bench/serve_latency.py saves it
 
 1. Loads the dir through the engine with 4 slots (batch buckets 1, 2, 4): the engine's start-up self-check and
-   kernel choice (``jobs.engine_linear.NF4_CHOICE``: per batch size and weight shape, the chosen Triton config,
+   kernel choice (``jobs.engine.linear.NF4_CHOICE``: per batch size and weight shape, the chosen Triton config,
    microseconds per layer and GB/s over the packed bytes + absmax, and all projections against bitsandbytes);
 2. decodes three slots at different lengths in one graph step (batch bucket 4) and compares each row's logits
    with transformers' forward over the same tokens (bitsandbytes' kernels), as serve_latency does for bf16;
@@ -36,9 +36,10 @@ def main() -> int:
     import triton
 
     from bench.serve_latency import check_multislot
-    from jobs import engine_linear, engine_nf4
-    from jobs.engine import load_engine
-    from jobs.engine_linear import NF4Linear, _graph_seconds
+    from jobs.engine import linear as engine_linear
+    from jobs.engine import nf4 as engine_nf4
+    from jobs.engine.linear import NF4Linear, _graph_seconds
+    from jobs.engine.loading import load_engine
 
     device = torch.device("cuda")
     report: dict = {"torch": torch.__version__, "triton": triton.__version__, "device": torch.cuda.get_device_name()}

@@ -9,7 +9,7 @@ Steps, all in one run (work files in a temporary folder unless --work-dir):
    guide's BitsAndBytesConfig: double quant, nf4, bf16 compute) and int8 (load_in_8bit) dirs saved from it;
 2. a correctness check of the fast path on the bf16 dir: several slots at different lengths decoded in one
    (graph-captured on CUDA) step, each row's logits against transformers' forward over the same tokens;
-3. per variant, `jobs.latency` (the latency job's own code): prefill of 2,048 tokens, batch-1 decode ms/token
+3. per variant, `jobs.export.latency` (the latency job's own code): prefill of 2,048 tokens, batch-1 decode ms/token
    through the engine, and eager `generate` ms/token on the same model: the baseline (goal: >= 10x);
 4. per variant, `python -m jobs.serve` as a subprocess (max batch 32): one streaming request at a time (64-token
    prompt), then two bursts of 32 concurrent streaming requests (prompts of 16 to 255 tokens, new lengths in each
@@ -87,7 +87,7 @@ def quantize(base: Path, out: Path, *, kind: str, device: torch.device) -> None:
 # ---- correctness --------------------------------------------------------------------------------------------------
 def check_multislot(model_dir: Path, *, device: torch.device) -> dict:
     """Prefill 3 prompts of different lengths into slots 0, 1, 3, decode one step for all, compare with transformers."""
-    from jobs.engine import load_engine
+    from jobs.engine.loading import load_engine
 
     engine = load_engine(model_dir, device=device, max_batch=4, max_seq_len=512)
     backend, model = engine.backend, engine.backend.model
@@ -123,7 +123,7 @@ def profile_decode(model_dir: Path, *, device: torch.device) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from jobs.engine import load_engine
+    from jobs.engine.loading import load_engine
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -327,7 +327,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--skip-http", action="store_true")
     args = p.parse_args()
-    from jobs.latency import device_name, run
+    from jobs.export.latency import device_name, run
 
     device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else torch.device("cuda")
     shape = TINY if args.tiny else FULL

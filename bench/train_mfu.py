@@ -3,13 +3,13 @@
   python bench/train_mfu.py            # on a GPU: the three measurements below, printed as a table
   python bench/train_mfu.py --quick    # tiny sizes, few steps: checks that everything runs (CPU is fine)
 
-(a) dense ~350 M (24 x d1024, MHA, SwiGLU 2816, vocab 32000) under DeepSpeed ZeRO-1 with jobs.model, beside a plain
+(a) dense ~350 M (24 x d1024, MHA, SwiGLU 2816, vocab 32000) under DeepSpeed ZeRO-1 with jobs.train.model, beside a plain
     PyTorch baseline of the same model (torch.compile, fp32 master weights + bf16 autocast, fused AdamW);
 (b) MLA + MoE ~300 M total (8 x d1024, 16 routed experts top-4 + 1 shared) under DeepSpeed ZeRO-1, MFU on
     active-parameter FLOPs;
 (c) reporter overhead: the (a) DeepSpeed step with and without jobs.reporter logging every step.
 
-MFU = flops_per_token (jobs.model: 6 * active params + PaLM's attention term) * tokens/s / peak, where the peak is
+MFU = flops_per_token (jobs.train.model: 6 * active params + PaLM's attention term) * tokens/s / peak, where the peak is
 measured here with a large bf16 torch.matmul loop (not the datasheet figure).
 """
 
@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.config import parse_run_config
-from jobs.ds_config import build_ds_config
-from jobs.model import build_model, flops_per_token, param_counts, token_losses
-from jobs.moe import grouped_mm_available
+from jobs.common.run_config import parse_run_config
+from jobs.train.ds_config import build_ds_config
+from jobs.train.model import build_model, flops_per_token, param_counts, token_losses
+from jobs.train.moe import grouped_mm_available
 
 DENSE = {"arch": "dense", "attention": "mha", "vocab_size": 32000, "hidden_size": 1024, "num_layers": 24,
          "num_heads": 16, "intermediate_size": 2816, "max_seq_len": 2048}  # fmt: skip

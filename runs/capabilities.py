@@ -1,7 +1,7 @@
-"""What the reference trainer can run, as it declares in `jobs/capabilities.json`.
+"""What the reference trainer can run, as it declares in `jobs/train/capabilities.json`.
 
 The trainer owns that file (`python -m jobs.train --capabilities` prints the same thing); the control plane only
-reads it, so `runs` never imports `jobs`.
+reads it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-CAPABILITIES_PATH = Path(__file__).resolve().parent.parent / "jobs" / "capabilities.json"
+from jobs.common.run_config import CAPABILITIES_PATH
 
 # Key -> the check its value must pass, so a malformed file is refused once here rather than surfacing as a
 # confusing validation message later.
@@ -28,7 +28,7 @@ _LIST_ITEM_TYPES: dict[str, type] = {"tp": int, "pp": int, "zero_stages": int, "
 
 
 _REGENERATE = (
-    "regenerate it with `python -m jobs.train --capabilities > jobs/capabilities.json`, or choose the plan_only or "
+    "regenerate it with `python -m jobs.train --capabilities > jobs/train/capabilities.json`, or choose the plan_only or "
     "own_script trainer."
 )
 

@@ -122,7 +122,7 @@ def attention_head_dims(model: dict[str, Any]) -> tuple[int, int]:
 
 
 def count_params(model: dict[str, Any]) -> ParamCounts:
-    """Exact parameter counts of jobs.model.Transformer (the same as transformers' DeepseekV3ForCausalLM).
+    """Exact parameter counts of jobs.train.model.Transformer (the same as transformers' DeepseekV3ForCausalLM).
 
     No biases; RMSNorm has one weight vector. MLA: q_a (+ its norm) and q_b, or a plain q projection when
     q_lora_rank is 0; kv_a (with the shared rotary key), its norm, kv_b, o. MHA: q, k, v, o, each hidden x hidden.

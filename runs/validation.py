@@ -254,7 +254,7 @@ def validate_config(
 ) -> list[FieldIssue]:
     """Every problem with `cfg` for `trainer`; [] when it can be launched (or planned, for plan_only).
 
-    For the reference trainer the layout is checked against `capabilities`, read from jobs/capabilities.json when
+    For the reference trainer the layout is checked against `capabilities`, read from jobs/train/capabilities.json when
     not given; plan_only and own_script skip that check, as neither runs the reference trainer.
     """
     r = _Reader(cfg)

@@ -68,7 +68,7 @@ def _write_ds_config(run: Run, run_dir: Path) -> None:
         [
             sys.executable,
             "-m",
-            "jobs.ds_config",
+            "jobs.train.ds_config",
             "--run-dir",
             str(run_dir),
             "--world-size",

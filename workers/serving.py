@@ -109,7 +109,7 @@ def quantize_start(artifact_id: int) -> str:
         return "nothing to do"
     run = artifact.run
     out = Path(artifact.directory)
-    argv = ["-m", "jobs.quantize", "--run-dir", run.run_dir, "--tag", artifact.tag, "--out", str(out)]
+    argv = ["-m", "jobs.export.quantize", "--run-dir", run.run_dir, "--tag", artifact.tag, "--out", str(out)]
     argv += ["--methods", ",".join(artifact.methods)]
     backend = serving_backend(run.cluster.backend)
     try:
@@ -158,7 +158,7 @@ def benchmark_start(artifact_id: int) -> str:
         return "nothing to do"
     out = Path(artifact.directory)
     (out / "latency.json").unlink(missing_ok=True)
-    argv = ["-m", "jobs.latency", "--artifact-dir", str(out), "--out", str(out / "latency.json")]
+    argv = ["-m", "jobs.export.latency", "--artifact-dir", str(out), "--out", str(out / "latency.json")]
     argv += ["--variants", ",".join(artifact.variants())]
     cluster = artifact.run.cluster
     if cluster.accelerator == "cpu":

@@ -24,7 +24,7 @@ def retention_policy(run: Run) -> tuple[int, int]:
 
 
 def retention_kept(steps: list[int], *, keep_last: int, keep_every: int) -> set[int]:
-    """The same rule as jobs/checkpoint.py applies while the job runs."""
+    """The same rule as jobs/train/checkpoint.py applies while the job runs."""
     kept = set(sorted(steps)[-keep_last:]) if keep_last > 0 else set()
     if keep_every > 0:
         kept |= {s for s in steps if s % keep_every == 0}

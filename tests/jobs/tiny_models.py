@@ -1,4 +1,4 @@
-"""Tiny model dirs for the engine, server and latency tests, as ``jobs.quantize`` lays them out.
+"""Tiny model dirs for the engine, server and latency tests, as ``jobs.export.quantize`` lays them out.
 
 Weights are random with a spread (std 1/sqrt(fan-in)) so that the logits have clear winners: a greedy comparison
 with transformers then tests the arithmetic, not which of two near-equal logits floating-point noise favours.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import parse_run_config
-from jobs.hf_export import export
-from jobs.model import build_model
+from jobs.common.run_config import parse_run_config
+from jobs.export.hf import export
+from jobs.train.model import build_model
 from tests.jobs.conftest import REPO, tiny_run
 
 TOKENIZER = REPO / "jobs" / "assets" / "tokenizer.model"

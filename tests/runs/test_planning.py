@@ -66,8 +66,8 @@ def test_param_counts_match_transformers(name):
 @pytest.mark.parametrize("name", ["tiny", "single_h200"])
 def test_param_counts_match_the_reference_trainer(name):
     torch = pytest.importorskip("torch")
-    from jobs.config import parse_run_config
-    from jobs.model import Transformer
+    from jobs.common.run_config import parse_run_config
+    from jobs.train.model import Transformer
 
     cfg = preset_config(name)
     with torch.device("meta"):

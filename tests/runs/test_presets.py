@@ -203,7 +203,7 @@ def test_presets_carry_alerts_and_remediation(name):
 
 @pytest.mark.parametrize("name", ["tiny", "single_h200"])
 def test_the_reference_trainer_accepts_its_presets(name):
-    from jobs.config import parse_run_config
+    from jobs.common.run_config import parse_run_config
 
     cfg = preset_config(name)
     parsed = parse_run_config(cfg)

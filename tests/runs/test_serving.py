@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.checkpoint import kept_steps
+from jobs.train.checkpoint import kept_steps
 from runs.models import (
     Alert,
     AlertKind,

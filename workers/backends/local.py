@@ -53,7 +53,7 @@ class LocalBackend:
                 ),
             )
         if record is None:
-            argv = [spec.python, "-m", "jobs.launch_wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
+            argv = [spec.python, "-m", "jobs.launch.wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
             try:
                 record = spawn_group(argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir)
             except OSError as exc:

@@ -1,4 +1,4 @@
-"""The local backend's pre-started DeepSpeed launcher (``jobs.warm_launcher``): start it, ask it for a job.
+"""The local backend's pre-started DeepSpeed launcher (``jobs.launch.warm``): start it, ask it for a job.
 
 A worker starts one at start-up (tasks.reattach) for its interpreter. A local CPU launch asks it to fork the job;
 when none answers, the launch starts DeepSpeed's launcher itself as before (and one is started for the next
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from jobs.warm_launcher import frame, read_message
+from jobs.launch.warm import frame, read_message
 from workers.backends.procs import alive, job_record, start_ticks
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def ensure_started(python: str) -> bool:
         }
         with open(sock.parent / "warm-launcher.log", "ab") as out:
             proc = subprocess.Popen(
-                [python, "-m", "jobs.warm_launcher", str(sock)],
+                [python, "-m", "jobs.launch.warm", str(sock)],
                 cwd=settings.BASE_DIR,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -118,7 +118,7 @@ def spawn(*, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launche
     if "pid" not in answer:
         log.warning("the warm launcher refused the job: %s", answer.get("error"))
         return None
-    argv = [python, "-m", "jobs.warm_launcher", "(fork)", "-m", "deepspeed.launcher.launch", *launcher_args]
+    argv = [python, "-m", "jobs.launch.warm", "(fork)", "-m", "deepspeed.launcher.launch", *launcher_args]
     ticks = answer.get("start_ticks")
     return job_record(
         run_dir=run_dir, pid=int(answer["pid"]), argv=argv, ticks=int(ticks) if ticks is not None else None, warm=True

@@ -1,0 +1,5 @@
+"""What the jobs and the control plane share, importable without torch or Django.
+
+- ``run_config``: the run.json schema (field definitions, defaults) and its parser, whose errors name the field.
+- ``failures``: exit codes and the failures a job reports by name.
+"""

@@ -1,0 +1,146 @@
+"""Attention blocks: DeepSeek-V3 Multi-head Latent Attention and plain multi-head attention, plus RMSNorm and RoPE.
+
+Parameter names follow Hugging Face's DeepseekV3Attention / LlamaAttention so that export is a rename-free copy and
+the exported model computes the same function (checked by tests/jobs/export/test_hf.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jobs.common.run_config import ModelConfig
+
+# transformers builds MLA's inner q_a/kv_a norms with its default eps, not config.rms_norm_eps.
+MLA_INNER_NORM_EPS = 1e-6
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalising in fp32 keeps bf16 training stable and matches the HF reference bit for bit in fp32.
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rotary_tables(dim: int, seq_len: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape [seq_len, dim] in fp32, laid out as cat(freqs, freqs) for rotate_half."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    pos = torch.arange(seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(pos, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+class RotaryTables(nn.Module):
+    """cos/sin tables for positions [0, max_seq_len), built once as non-persistent fp32 buffers and sliced per call.
+
+    Rebuilding them every step costs a pow/cos/sin per element inside the fused rotary kernels; a slice of the same
+    table holds the same values (each entry depends only on its position and frequency). Non-persistent, so neither
+    checkpoints nor the HF export see them. Longer sequences than the table fall back to building one on the fly.
+    """
+
+    def __init__(self, dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        self.dim, self.theta = dim, theta
+        cos, sin = rotary_tables(dim, max_seq_len, theta, torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len > self.cos.shape[0] or self.cos.is_meta:
+            return rotary_tables(self.dim, seq_len, self.theta, self.cos.device)
+        return self.cos[:seq_len], self.sin[:seq_len]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, L, dim]; cos/sin: [L, dim] (fp32, cast to x's dtype as HF does)."""
+    cos = cos.to(x.dtype)
+    sin = sin.to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """MLA: keys/values come from a low-rank latent (kv_lora_rank) plus a decoupled rotary key shared by all heads."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.num_heads
+        self.num_heads = h
+        self.nope_dim = cfg.qk_nope_head_dim
+        self.rope_dim = cfg.qk_rope_head_dim
+        self.qk_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        self.v_dim = cfg.v_head_dim
+        self.kv_lora_rank = cfg.kv_lora_rank
+        self.scale = self.qk_dim**-0.5
+        if cfg.q_lora_rank > 0:
+            self.q_a_proj = nn.Linear(cfg.hidden_size, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, MLA_INNER_NORM_EPS)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * self.qk_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(cfg.hidden_size, h * self.qk_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, MLA_INNER_NORM_EPS)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, h * (self.nope_dim + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(h * self.v_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.num_heads
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(b, n, h, self.qk_dim).transpose(1, 2)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+
+        kv_latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        kv = self.kv_b_proj(self.kv_a_layernorm(kv_latent)).view(b, n, h, self.nope_dim + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        k_rope = k_rope.view(b, 1, n, self.rope_dim)
+
+        q_rope = apply_rope(q_rope, cos, sin)
+        k_rope = apply_rope(k_rope, cos, sin)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        k = torch.cat((k_nope, k_rope.expand(b, h, n, self.rope_dim)), dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, h * self.v_dim))
+
+
+class MultiHeadAttention(nn.Module):
+    """Llama-style attention: rotary on the whole head, no biases."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        shape = (b, n, self.num_heads, self.head_dim)
+        q = apply_rope(self.q_proj(x).view(shape).transpose(1, 2), cos, sin)
+        k = apply_rope(self.k_proj(x).view(shape).transpose(1, 2), cos, sin)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def build_attention(cfg: ModelConfig) -> nn.Module:
+    return MultiHeadLatentAttention(cfg) if cfg.is_mla else MultiHeadAttention(cfg)

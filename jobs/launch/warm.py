@@ -135,6 +135,9 @@ _FIELDS = {"run_dir": str, "cwd": str, "env": dict, "args": list}
 
 
 def serve(path: str) -> int:
+    # DeepSpeed imports mlflow, which imports pyarrow where it is installed; pyarrow's jemalloc then starts a
+    # background thread, and a process with threads must not fork. Arrow reads this setting when it loads.
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     import deepspeed.launcher.launch  # noqa: F401  (the import this process exists to hold)
 
     import jobs.launch.wrapper  # noqa: F401  (the forked session leaders use it)

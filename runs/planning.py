@@ -12,19 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.common import hardware
 from runs.presets import reconciliation_notes
 from runs.validation import FieldIssue, validate_config
 
 GIB = 2**30
 DEFAULT_MFU = 0.40
-# Dense peak TFLOP/s per accelerator. fp32 on a GPU means TF32 tensor cores. "CPU" is a nominal figure for one rank
-# on one core: 2 AVX2 FMA units x 8 fp32 lanes x 2 FLOPs x about 3 GHz = 96 GFLOP/s.
-PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.0, "fp32": 494.5},
-    "H100": {"bf16": 989.0, "fp32": 494.5},
-    "A100": {"bf16": 312.0, "fp32": 156.0},
-    "CPU": {"bf16": 0.1, "fp32": 0.1},
-}
 # CUDA context, NCCL communicators and DeepSpeed's buffers on a GPU; the Python, torch and DeepSpeed runtime of one
 # rank on a CPU.
 FIXED_OVERHEAD_GIB = {"cuda": 2.0, "cpu": 0.5}
@@ -485,12 +478,8 @@ class Plan:
 
 
 def peak_tflops_for(*, gpu_type: str, precision: str) -> float | None:
-    """Dense peak TFLOP/s of one accelerator of this type, or None when the type is not in PEAK_TFLOPS."""
-    name = gpu_type.upper()
-    for key, by_precision in PEAK_TFLOPS.items():
-        if key in name:
-            return by_precision.get(precision)
-    return None
+    """Dense peak TFLOP/s of one accelerator of this type (the trainer's table), or None when it has none."""
+    return hardware.peak_tflops(gpu_type, precision)
 
 
 def _mean_attention_length(cfg: dict[str, Any], *, total_steps: int) -> float:

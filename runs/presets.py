@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.common import hardware
+
 SCHEMA_VERSION = 1
 
 
@@ -177,7 +179,7 @@ def r1_guide_config() -> dict[str, Any]:
             "gpus_per_node": R1_GPUS_PER_NODE,
             "accelerator": "cuda",
             "gpu_type": "H100",
-            "gpu_memory_gb": 80.0,
+            "gpu_memory_gb": hardware.memory_gib("H100"),
             "cpu_memory_gb_per_node": 2048.0,
             "interconnect": "NVLink3 + 400 Gbps RDMA",
         },
@@ -363,9 +365,8 @@ def tiny_config() -> dict[str, Any]:
 
 H200_SEQ_LEN = 2048
 H200_TOKEN_BUDGET = 1_000_000_000
-# 139 GiB is what the device reports as usable on the H200 machine (141 GB is the nominal figure); fits are judged
-# against what a process can allocate.
-H200_USABLE_GIB = 139.0
+# Fits are judged against what a process can allocate, not the nominal 141 GB.
+H200_USABLE_GIB = hardware.memory_gib("H200")
 
 
 def single_h200_config() -> dict[str, Any]:

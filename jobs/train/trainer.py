@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from jobs.common import hardware
 from jobs.common.failures import EXIT_ERROR, EXIT_NAN, EXIT_OK, EXIT_OOM, NonFiniteLoss, is_oom
 from jobs.common.run_config import ConfigError, RunConfig, expected_total_steps, load_capabilities, load_run_config
 from jobs.train import checkpoint
@@ -32,17 +33,6 @@ from jobs.train.model import build_model, flops_per_token, param_counts, token_l
 from jobs.train.moe import as_deepspeed_moe
 from jobs.train.rendezvous import launch_env
 
-# Dense peak TFLOP/s of one device by precision, for the mfu metric when CP_PEAK_TFLOPS is not set.
-_PEAK_TFLOPS = {
-    "H200": {"bf16": 989.0, "fp32": 67.0},
-    "H100": {"bf16": 989.0, "fp32": 67.0},
-    "A100": {"bf16": 312.0, "fp32": 19.5},
-    "L40S": {"bf16": 362.0, "fp32": 91.6},
-    "A10": {"bf16": 125.0, "fp32": 31.2},
-}
-# Nothing to look up for a CPU: a nominal figure (about one AVX2 core's FMA throughput) so mfu stays comparable
-# between CPU runs; the started event says it is nominal.
-_CPU_NOMINAL_TFLOPS = 0.05
 CHECKPOINT_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
 
@@ -58,18 +48,21 @@ def _mem_gb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def peak_tflops(device: torch.device, precision: str) -> tuple[float, str]:
-    """(peak TFLOP/s of one device, where the figure came from)."""
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def peak_tflops(name: str, precision: str) -> tuple[float, str]:
+    """(peak TFLOP/s of one device named `name`, where the figure came from), for the mfu metric."""
     env = os.environ.get("CP_PEAK_TFLOPS", "").strip()
     if env:
         return float(env), "env CP_PEAK_TFLOPS"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peaks in _PEAK_TFLOPS.items():
-            if key in name:
-                return peaks[precision], f"table {key} {precision}"
-        return _PEAK_TFLOPS["H100"][precision], f"unknown GPU {name!r}: H100 {precision} figure"
-    return _CPU_NOMINAL_TFLOPS, "nominal CPU figure, not a measured peak"
+    row = hardware.accelerator(name)
+    if row is None:
+        return hardware.PEAK_TFLOPS["H100"][precision], f"unknown GPU {name!r}: H100 {precision} figure"
+    if row.name == "CPU":
+        return row.peak_tflops[precision], "nominal CPU figure, not a measured peak"
+    return row.peak_tflops[precision], f"table {row.name} {precision}"
 
 
 def _read_token(run_dir: Path) -> str | None:
@@ -143,7 +136,7 @@ class Trainer:
         )
         self.batcher = MixedBatcher(cfg.raw, rank=self.rank // (self.world // self.dp), world=self.dp, seed=seed)
         self.sources = self.batcher.source_names
-        self.peak_tflops, self.peak_source = peak_tflops(self.device, cfg.precision)
+        self.peak_tflops, self.peak_source = peak_tflops(device_name(self.device), cfg.precision)
 
     # -- reporting -------------------------------------------------------------------------------------------
     def open_reporter(self) -> None:

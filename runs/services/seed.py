@@ -6,6 +6,7 @@ import os
 
 from django.db import transaction
 
+from jobs.common import hardware
 from runs.models import BackendKind, Cluster, DataMixRecipe, DataSource
 from runs.services.audit import SYSTEM, audit_record
 from runs.services.recipes import recipe_create
@@ -32,7 +33,7 @@ CLUSTERS = [
         "gpus_per_node": 8,
         "accelerator": "cuda",
         "gpu_type": "H100",
-        "gpu_memory_gb": 80.0,
+        "gpu_memory_gb": hardware.memory_gib("H100"),
         "cpu_memory_gb_per_node": 2048.0,
         "interconnect": "NVLink3 + 400 Gbps RDMA",
         "partition": "gpu",
@@ -46,7 +47,7 @@ CLUSTERS = [
         "gpus_per_node": 1,
         "accelerator": "cuda",
         "gpu_type": "H200",
-        "gpu_memory_gb": 139.0,
+        "gpu_memory_gb": hardware.memory_gib("H200"),
         "cpu_memory_gb_per_node": 128.0,
         "interconnect": "PCIe/NVLink",
         "runnable": os.path.exists("/dev/nvidia0"),

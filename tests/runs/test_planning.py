@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from runs.planning import GIB, PEAK_TFLOPS, PlanError, count_params, plan
+from jobs.common.hardware import PEAK_TFLOPS
+from runs.planning import GIB, PlanError, count_params, plan
 from runs.presets import preset_config
 from runs.validation import validate_config
 

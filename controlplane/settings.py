@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.common.atomic import write_atomic
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -51,8 +53,7 @@ def _secret_key() -> str:
     # A per-install key kept beside the embedded database: nothing secret ships in the repository.
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        write_atomic(path, secrets.token_urlsafe(50), mode=0o600)
     return path.read_text().strip()
 
 

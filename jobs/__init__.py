@@ -1,7 +1,7 @@
 """Programs that run on cluster nodes, started by the control plane's backends as ``python -m jobs.<program>``.
 
-- ``jobs.common``: what every job and the control plane share: the run.json schema, exit codes and the hardware
-  table (peak FLOP/s, memory per device).
+- ``jobs.common``: what every job and the control plane share: the run.json schema, exit codes, the hardware
+  table (peak FLOP/s, memory per device) and the atomic file write.
 - ``jobs.train``: the reference trainer (DeepSpeed) with its model, checkpoints and DeepSpeed config.
 - ``jobs.data``: training data: token shards, the mixing sampler, the curriculum, tokenizer and bundled assets.
 - ``jobs.engine``: the decode engine (continuous batching, sampling, the fast Llama path and its kernels).

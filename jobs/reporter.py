@@ -25,6 +25,8 @@ import time
 import urllib.error
 import urllib.request
 
+from jobs.common.atomic import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 ACKED_FILE = "metrics.acked"
 TOKEN_FILE = "token"
@@ -231,12 +233,7 @@ class Reporter:
         return acked
 
     def _write_acked(self, offset: int) -> None:
-        tmp = self.acked_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{offset}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.acked_path)
+        write_atomic(self.acked_path, f"{offset}\n")
         self._acked = offset
 
     @property

@@ -7,7 +7,6 @@ Every function takes an id and re-reads the database, so a redelivered or re-att
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from jobs.common.atomic import write_atomic
 from runs.models import Artifact, Cluster, Deployment, DeploymentStatus, JobPhase
 from runs.services.artifacts import (
     artifact_finish,
@@ -204,9 +204,7 @@ def _free_port() -> int:
 
 
 def _write_key(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32))
+    write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
 
 
 def deploy_start(deployment_id: int) -> str:

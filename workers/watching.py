@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import redis
 from django.conf import settings
 
+from jobs.common.atomic import write_atomic
 from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
@@ -44,9 +44,7 @@ class _State:
         self.data.setdefault("offsets", {})[name] = value
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data))
 
 
 def _read_new(path: Path, start: int) -> tuple[list[str], int]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.common.atomic import write_atomic
+
 FORMAT = "cp-token-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -102,9 +104,7 @@ class ShardWriter:
             "total_tokens": sum(s["tokens"] for s in self._shards),
             "shards": self._shards,
         }
-        tmp = self.directory / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(tmp, self.directory / MANIFEST)
+        write_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         return manifest
 
     def __enter__(self):

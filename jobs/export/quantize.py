@@ -32,7 +32,6 @@ import functools
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from jobs.common.atomic import write_atomic
 from jobs.common.run_config import RunConfig, load_run_config
 from jobs.data import MixedBatcher, corpus, curriculum_seq_len, load_tokenizer
 from jobs.data.locations import default_corpus_dir, default_shards_dir, resolve_shards_dir, resolve_tokenizer_path
@@ -187,9 +187,7 @@ class Progress:
         elif stage == "done":
             self.fraction = 1.0
         record = {"stage": stage, "fraction": round(self.fraction, 4), "message": message, "updated_at": time.time()}
-        tmp = self.out / ".progress.json.tmp"
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, self.out / "progress.json")
+        write_atomic(self.out / "progress.json", json.dumps(record) + "\n")
         print("QUANT_PROGRESS " + json.dumps(record), file=self.stdout, flush=True)
 
 
@@ -309,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.write(stage="failed", message=message)
         print(f"quantize: error: {message}", file=sys.stderr)
         return 1
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out / "report.json")
+    write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     progress.write(stage="done", message=f"{', '.join(['base', *args.methods])} written to {out}")
     print("QUANT_REPORT " + json.dumps(report), flush=True)
     return 0

@@ -17,17 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+from jobs.common.atomic import write_atomic
 
 
 def supervise(run_dir: Path, child_pid: int) -> int:
     """Wait for this process's child `child_pid` (the leader of its own process group) and write exit.json;
     returns the exit status to leave with."""
-    _write_atomic(run_dir / "child.json", {"pid": child_pid, "pgid": child_pid})
+    write_atomic(run_dir / "child.json", json.dumps({"pid": child_pid, "pgid": child_pid}))
     stopping = {"signal": None}
 
     def forward(signum, frame):
@@ -46,9 +42,9 @@ def supervise(run_dir: Path, child_pid: int) -> int:
         os.killpg(child_pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _write_atomic(
+    write_atomic(
         run_dir / "exit.json",
-        {"exit_code": code, "signal": stopping["signal"], "finished_at": time.time()},
+        json.dumps({"exit_code": code, "signal": stopping["signal"], "finished_at": time.time()}),
     )
     return code if code >= 0 else 128 - code
 

@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs.common.atomic import write_atomic
+
 log = logging.getLogger("jobs.serve")
 
 ENDPOINT_FILE = "endpoint.json"
@@ -51,9 +53,7 @@ def write_endpoint(state_dir: Path, *, host: str, port: int, model: str, engine:
     payload = {"url": f"http://{url_host}:{port}", "host": host, "port": port, "pid": os.getpid(), "model": model,
                "engine": engine, "started_at": datetime.now(UTC).isoformat()}  # fmt: skip
     target = state_dir / ENDPOINT_FILE
-    tmp = state_dir / f".{ENDPOINT_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(payload, indent=1) + "\n")
     return target
 
 

@@ -8,7 +8,6 @@ per-rank states, so the one model-states file holds all of them and each rank ta
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from jobs.common.atomic import write_atomic
 
 INDEX = "index.json"
 
@@ -32,9 +33,7 @@ def read_index(ckpt_dir: str | Path) -> list[dict]:
 
 
 def _write_index(ckpt_dir: Path, entries: list[dict]) -> None:
-    tmp = ckpt_dir / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(entries, indent=1) + "\n")
-    os.replace(tmp, ckpt_dir / INDEX)
+    write_atomic(ckpt_dir / INDEX, json.dumps(entries, indent=1) + "\n")
 
 
 def resolve_tag(ckpt_dir: str | Path, which: str) -> str:

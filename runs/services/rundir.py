@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from django.conf import settings
 
+from jobs.common.atomic import write_atomic
 from runs.models import Run
 from runs.services.tokens import run_token_issue
 
@@ -32,12 +32,6 @@ def run_dir_prepare(*, run: Run) -> Path:
     """Write run.json and a fresh ingest token (mode 0600). Safe to repeat: a relaunch gets a new token."""
     path = run_dir_path(run)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "run.json.tmp"
-    tmp.write_text(json.dumps(run_json(run), indent=2))
-    os.replace(tmp, path / "run.json")
-    token = run_token_issue(run=run)
-    token_path = path / "token"
-    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
+    write_atomic(path / "run.json", json.dumps(run_json(run), indent=2))
+    write_atomic(path / "token", run_token_issue(run=run), mode=0o600)
     return path

@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.common.atomic import write_atomic
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import deepspeed_argv, job_env
 
@@ -343,9 +344,7 @@ class HostfileBackend:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_text(path: Path) -> str:

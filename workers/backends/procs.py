@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from jobs.common.atomic import write_atomic
+
 
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if it is gone."""
@@ -50,9 +52,7 @@ def job_record(*, run_dir: Path, pid: int, argv: list[str], ticks: int | None = 
     ticks = start_ticks(pid) if ticks is None else ticks
     record = {"pid": pid, "pgid": pid, "start_ticks": ticks, "argv": argv, "started_at": time.time()}
     record.update(extra)
-    tmp = run_dir / "job.json.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, run_dir / "job.json")
+    write_atomic(run_dir / "job.json", json.dumps(record))
     return record
 
 

@@ -22,6 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from jobs.common.atomic import write_atomic
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import job_env, rank_argv
 
@@ -375,9 +376,7 @@ def _errors(stderr: str) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:

@@ -1,0 +1,34 @@
+"""Write a file so that a reader sees the old content or the new one, never a part, even after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int | None = None) -> None:
+    """Replace `path` with `data` (str is written as UTF-8).
+
+    The bytes go to a new temporary file in the same directory (a rename is atomic only within one file system),
+    are flushed to disk, and the file is renamed over `path`. `mode` (e.g. 0o600 for a secret) is the new file's
+    mode from its creation, so the content is never readable more widely; without it the process's umask applies,
+    as for any new file.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # the umask may have cleared bits the caller asked for
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,8 +1,9 @@
 """Deterministic generator of the bundled sample corpus: one paragraph (document) per line.
 
 The text is produced from templates and word lists written for this project, so the corpus carries no third-party
-text. `random.Random` with an integer seed gives the same stream on every CPython 3 version, which keeps the
-regenerated assets byte-identical.
+text. Each language module holds only its word lists and sentence templates, on one base (``base.Paragraph``): a
+paragraph's person and topic, and the weighted draw of its sentences. `random.Random` with an integer seed gives
+the same stream on every CPython 3 version, which keeps the regenerated assets byte-identical.
 """
 
 from random import Random

@@ -1,6 +1,6 @@
 """German paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph, cap
 
 DEFINITE = {"nom": {"m": "der", "f": "die", "n": "das"}, "acc": {"m": "den", "f": "die", "n": "das"}}
 INDEFINITE = {"nom": {"m": "ein", "f": "eine", "n": "ein"}, "acc": {"m": "einen", "f": "eine", "n": "ein"}}
@@ -86,23 +86,13 @@ REASONS = [
 PRICED = ["Äpfel", "Käse", "Reis", "Fisch", "Tomaten", "Kartoffeln"]
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
-
-
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class German(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_present", 3), ("s_perfect", 4), ("s_future", 2), ("s_intransitive", 2), ("s_negative", 1),
+        ("s_because", 1), ("s_reported", 1), ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
+    ]  # fmt: skip
 
     def noun_phrase(self, noun, gender, case, adjs, definite=None):
         if definite is None:
@@ -137,8 +127,8 @@ class _Paragraph:
         verb = self.pick(data["verbs"])[0]
         subj, obj, place = self.subject(), self.obj(data), self.pick(PLACES)
         if self.rng.random() < 0.4:
-            return f"{_cap(self.pick(TIMES['present']))} {verb} {subj} {obj} {place}."
-        return f"{_cap(subj)} {verb} {obj} {place}."
+            return f"{cap(self.pick(TIMES['present']))} {verb} {subj} {obj} {place}."
+        return f"{cap(subj)} {verb} {obj} {place}."
 
     def s_perfect(self):
         data = self.category_data()
@@ -146,30 +136,30 @@ class _Paragraph:
         subj, obj, time = self.subject(), self.obj(data), self.pick(TIMES["past"])
         place = self.pick(PLACES) + " " if self.rng.random() < 0.5 else ""
         if self.rng.random() < 0.4:
-            return f"{_cap(time)} hat {subj} {obj} {place}{participle}."
-        return f"{_cap(subj)} hat {time} {place}{obj} {participle}."
+            return f"{cap(time)} hat {subj} {obj} {place}{participle}."
+        return f"{cap(subj)} hat {time} {place}{obj} {participle}."
 
     def s_future(self):
         data = self.category_data()
         infinitive = self.pick(data["verbs"])[2]
-        return f"{_cap(self.subject())} wird {self.pick(TIMES['future'])} {self.obj(data)} {infinitive}."
+        return f"{cap(self.subject())} wird {self.pick(TIMES['future'])} {self.obj(data)} {infinitive}."
 
     def s_intransitive(self):
         present, participle = self.pick(INTRANSITIVE)
         subj = self.subject()
         if self.rng.random() < 0.5:
-            return f"{_cap(subj)} {present} {self.pick(MANNERS)} {self.pick(PLACES)}."
-        return f"{_cap(subj)} hat {self.pick(PLACES)} {self.pick(MANNERS)} {participle}."
+            return f"{cap(subj)} {present} {self.pick(MANNERS)} {self.pick(PLACES)}."
+        return f"{cap(subj)} hat {self.pick(PLACES)} {self.pick(MANNERS)} {participle}."
 
     def s_negative(self):
         data = self.category_data()
         participle = self.pick(data["verbs"])[1]
-        return f"{_cap(self.subject())} hat {self.obj(data, definite=True)} nicht {participle}."
+        return f"{cap(self.subject())} hat {self.obj(data, definite=True)} nicht {participle}."
 
     def s_because(self):
         data = self.category_data()
         participle = self.pick(data["verbs"])[1]
-        return f"{_cap(self.subject())} hat {self.obj(data)} {participle}, {self.pick(REASONS)}."
+        return f"{cap(self.subject())} hat {self.obj(data)} {participle}, {self.pick(REASONS)}."
 
     def s_reported(self):
         data = self.category_data()
@@ -203,14 +193,4 @@ class _Paragraph:
         return f"Es gibt {self.obj(data, definite=False)} {self.pick(PLACES)}."
 
 
-_TEMPLATES = [
-    ("s_present", 3), ("s_perfect", 4), ("s_future", 2), ("s_intransitive", 2), ("s_negative", 1),
-    ("s_because", 1), ("s_reported", 1), ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(rng.randint(3, 7)))
+paragraph = German.generate

@@ -1,6 +1,6 @@
 """English paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph, cap
 
 
 def _verb(base, past=None, pp=None, s=None, ing=None):
@@ -158,24 +158,14 @@ def _a(word):
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
-
-
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        # Paragraphs mostly stay on one topic so that they read as one text.
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class English(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_reported", 1),
+        ("s_question", 1), ("s_number", 1), ("s_there_is", 1), ("s_list", 1), ("s_compare", 1),
+        ("s_sequence", 1), ("s_plan", 1),
+    ]  # fmt: skip
 
     def subject(self):
         """Return (text, agreement) with agreement in {"3sg", "pl", "1sg"}."""
@@ -242,8 +232,8 @@ class _Paragraph:
     def s_statement(self):
         if self.rng.random() < 0.25:
             tense = self.pick(["past", "future", "present"])
-            return f"{_cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
-        return _cap(self.clause()) + "."
+            return f"{cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
+        return cap(self.clause()) + "."
 
     def s_intransitive(self):
         if self.rng.random() < 0.25:
@@ -257,7 +247,7 @@ class _Paragraph:
         parts = [subj, self.verb_phrase(self.pick(INTRANSITIVE), agr, tense), self.pick(MANNERS)]
         if self.rng.random() < 0.6:
             parts.append(self.pick(PLACES))
-        return _cap(" ".join(parts)) + "."
+        return cap(" ".join(parts)) + "."
 
     def s_negative(self):
         data = self.category_data()
@@ -265,13 +255,13 @@ class _Paragraph:
         v1, v2 = self.pick(data["verbs"]), self.pick(data["verbs"])
         pron = self.pronoun_for(subj, agr)
         return (
-            f"{_cap(subj)} did not {v1['base']} {self.obj(data)} {self.pick(TIMES['past'])}, "
+            f"{cap(subj)} did not {v1['base']} {self.obj(data)} {self.pick(TIMES['past'])}, "
             f"but {pron} {v2['past']} {self.obj(data)}."
         )
 
     def s_because(self):
         if self.rng.random() < 0.5:
-            return f"{_cap(self.clause('past'))} because {self.pick(REASONS)}."
+            return f"{cap(self.clause('past'))} because {self.pick(REASONS)}."
         return f"Because {self.pick(REASONS)}, {self.clause('past')}."
 
     def s_reported(self):
@@ -279,7 +269,7 @@ class _Paragraph:
         if self.rng.random() < 0.5:
             return f"{name} said that {self.clause('past')}."
         verb = self.pick(["said", "explained", "added", "replied", "whispered"])
-        return f'"{_cap(self.clause("future"))}," {name} {verb}.'
+        return f'"{cap(self.clause("future"))}," {name} {verb}.'
 
     def s_question(self):
         data = self.category_data()
@@ -311,7 +301,7 @@ class _Paragraph:
             return f"A kilogram of {self.pick(PRICED_FOOD)} costs {price} dollars at the market."
         if r < 0.7:
             subj, _ = self.subject()
-            return f"{_cap(subj)} worked for {self.rng.randint(2, 14)} hours {self.pick(TIMES['past'])}."
+            return f"{cap(subj)} worked for {self.rng.randint(2, 14)} hours {self.pick(TIMES['past'])}."
         if r < 0.85:
             pl = self.pick(PEOPLE)[1]
             data = self.category_data()
@@ -341,7 +331,7 @@ class _Paragraph:
         subj, _ = self.subject()
         verb = self.pick(data["verbs"])
         items = [self.obj(data) for _ in range(self.rng.randint(3, 4))]
-        return f"{_cap(subj)} {verb['past']} {', '.join(items[:-1])} and {items[-1]}."
+        return f"{cap(subj)} {verb['past']} {', '.join(items[:-1])} and {items[-1]}."
 
     def s_compare(self):
         word, cat = self.pick(COMPARATIVES)
@@ -359,7 +349,7 @@ class _Paragraph:
         then = f"{pron} {self.pick(INTRANSITIVE)['past']} {self.pick(MANNERS)}"
         if self.rng.random() < 0.5:
             return f"After {first}, {then}."
-        return f"{_cap(first)}, and then {then}."
+        return f"{cap(first)}, and then {then}."
 
     def s_plan(self):
         data = self.category_data()
@@ -367,20 +357,8 @@ class _Paragraph:
         verb = self.pick(data["verbs"])
         if self.rng.random() < 0.5:
             plans = "plans" if agr == "3sg" else "plan"
-            return f"{_cap(subj)} {plans} to {verb['base']} {self.obj(data)} {self.pick(TIMES['future'])}."
-        return f"{_cap(subj)} wanted to {verb['base']} {self.obj(data)}, but {self.pick(REASONS)}."
+            return f"{cap(subj)} {plans} to {verb['base']} {self.obj(data)} {self.pick(TIMES['future'])}."
+        return f"{cap(subj)} wanted to {verb['base']} {self.obj(data)}, but {self.pick(REASONS)}."
 
 
-_TEMPLATES = [
-    ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_reported", 1),
-    ("s_question", 1), ("s_number", 1), ("s_there_is", 1), ("s_list", 1), ("s_compare", 1),
-    ("s_sequence", 1), ("s_plan", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    count = rng.randint(3, 7)
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(count))
+paragraph = English.generate

@@ -1,6 +1,6 @@
 """Spanish paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph, cap
 
 PEOPLE = [
     ("profesor", "m"), ("profesora", "f"), ("ingeniera", "f"), ("médico", "m"), ("enfermera", "f"),
@@ -74,23 +74,13 @@ REASONS = [
 PRICED = ["manzanas", "queso", "pescado", "arroz", "tomates", "naranjas"]
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
-
-
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class Spanish(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
+        ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
+    ]  # fmt: skip
 
     def subject(self):
         if self.rng.random() < 0.4:
@@ -133,31 +123,31 @@ class _Paragraph:
     def s_statement(self):
         if self.rng.random() < 0.3:
             tense = self.pick(["present", "past", "future"])
-            return f"{_cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
-        return _cap(self.clause()) + "."
+            return f"{cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
+        return cap(self.clause()) + "."
 
     def s_intransitive(self):
         present, preterite = self.pick(INTRANSITIVE)
         verb = present if self.rng.random() < 0.5 else preterite
-        return f"{_cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
+        return f"{cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
 
     def s_negative(self):
-        return f"{_cap(self.clause('past', negative=True))}, pero {self.clause('past', with_time=False)}."
+        return f"{cap(self.clause('past', negative=True))}, pero {self.clause('past', with_time=False)}."
 
     def s_because(self):
-        return f"{_cap(self.clause('past'))} porque {self.pick(REASONS)}."
+        return f"{cap(self.clause('past'))} porque {self.pick(REASONS)}."
 
     def s_quote(self):
         verb = self.pick(["dijo", "respondió", "explicó", "añadió"])
-        return f"—{_cap(self.clause('future'))} —{verb} {self.pick(NAMES)[0]}."
+        return f"—{cap(self.clause('future'))} —{verb} {self.pick(NAMES)[0]}."
 
     def s_question(self):
         r = self.rng.random()
         if r < 0.4:
-            return f"¿{_cap(self.clause('past'))}?"
+            return f"¿{cap(self.clause('past'))}?"
         if r < 0.7:
             return f"¿Por qué {self.clause('present', with_time=False)}?"
-        return f"¡Qué sorpresa! {_cap(self.clause('past'))}."
+        return f"¡Qué sorpresa! {cap(self.clause('past'))}."
 
     def s_number(self):
         r = self.rng.random()
@@ -173,14 +163,4 @@ class _Paragraph:
         return f"Hay {self.obj(self.category_data(), definite=False)} {self.pick(PLACES)}."
 
 
-_TEMPLATES = [
-    ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
-    ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(rng.randint(3, 7)))
+paragraph = Spanish.generate

@@ -1,6 +1,6 @@
 """French paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph, cap
 
 # Nouns are (word, gender); a leading vowel or mute h takes the elided article l'.
 PEOPLE = [
@@ -82,29 +82,19 @@ def _starts_with_vowel(word):
     return word[0] in "aeiouéèêhâîô"
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
-
-
 def _definite(noun, gender):
     if _starts_with_vowel(noun):
         return "l'" + noun
     return ("le " if gender == "m" else "la ") + noun
 
 
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class French(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
+        ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
+    ]  # fmt: skip
 
     def subject(self):
         return self.subject_and_pronoun()[0]
@@ -148,31 +138,31 @@ class _Paragraph:
     def s_statement(self):
         if self.rng.random() < 0.3:
             tense = self.pick(["present", "past", "future"])
-            return f"{_cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
-        return _cap(self.clause()) + "."
+            return f"{cap(self.pick(TIMES[tense]))}, {self.clause(tense, with_time=False)}."
+        return cap(self.clause()) + "."
 
     def s_intransitive(self):
         present, participle = self.pick(INTRANSITIVE)
         verb = present if self.rng.random() < 0.5 else "a " + participle
-        return f"{_cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
+        return f"{cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
 
     def s_negative(self):
         data = self.category_data()
         subj, pron = self.subject_and_pronoun()
         first, second = self.pick(data["verbs"]), self.pick(data["verbs"])
         return (
-            f"{_cap(subj)} n'a pas {first[1]} {self.obj(data, True)} {self.pick(TIMES['past'])}, "
+            f"{cap(subj)} n'a pas {first[1]} {self.obj(data, True)} {self.pick(TIMES['past'])}, "
             f"mais {pron} a {second[1]} {self.obj(data)}."
         )
 
     def s_because(self):
         reason = self.pick(REASONS)
         conj = "parce qu'" if _starts_with_vowel(reason) else "parce que "
-        return f"{_cap(self.clause('past'))} {conj}{reason}."
+        return f"{cap(self.clause('past'))} {conj}{reason}."
 
     def s_quote(self):
         verb = self.pick(["a dit", "a répondu", "a expliqué", "a ajouté"])
-        return f"« {_cap(self.clause('future'))} », {verb} {self.pick(NAMES)[0]}."
+        return f"« {cap(self.clause('future'))} », {verb} {self.pick(NAMES)[0]}."
 
     def s_question(self):
         data = self.category_data()
@@ -199,14 +189,4 @@ class _Paragraph:
         return f"Il y a {article} {noun} {adj} {self.pick(PLACES)}."
 
 
-_TEMPLATES = [
-    ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
-    ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(rng.randint(3, 7)))
+paragraph = French.generate

@@ -1,6 +1,6 @@
 """Italian paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph, cap
 
 # Nouns are (definite form, indefinite form, gender): Italian articles depend on the sound, so both are listed.
 PEOPLE = [
@@ -90,23 +90,13 @@ REASONS = [
 PRICED = ["mele", "formaggio", "pesce", "riso", "pomodori", "ciliegie"]
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
-
-
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class Italian(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
+        ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
+    ]  # fmt: skip
 
     def subject(self):
         if self.rng.random() < 0.4:
@@ -145,27 +135,27 @@ class _Paragraph:
     def s_statement(self):
         if self.rng.random() < 0.3:
             tense = self.pick(["present", "past", "future"])
-            return f"{_cap(self.pick(TIMES[tense]))} {self.clause(tense, with_time=False)}."
-        return _cap(self.clause()) + "."
+            return f"{cap(self.pick(TIMES[tense]))} {self.clause(tense, with_time=False)}."
+        return cap(self.clause()) + "."
 
     def s_intransitive(self):
         present, past = self.pick(INTRANSITIVE)
         verb = present if self.rng.random() < 0.5 else past
-        return f"{_cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
+        return f"{cap(self.subject())} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
 
     def s_negative(self):
-        return f"{_cap(self.clause('past', negative=True))}, ma {self.clause('past', with_time=False)}."
+        return f"{cap(self.clause('past', negative=True))}, ma {self.clause('past', with_time=False)}."
 
     def s_because(self):
-        return f"{_cap(self.clause('past'))} perché {self.pick(REASONS)}."
+        return f"{cap(self.clause('past'))} perché {self.pick(REASONS)}."
 
     def s_quote(self):
         verb = self.pick(["ha detto", "ha risposto", "ha spiegato", "ha aggiunto"])
-        return f"«{_cap(self.clause('future'))}», {verb} {self.pick(NAMES)[0]}."
+        return f"«{cap(self.clause('future'))}», {verb} {self.pick(NAMES)[0]}."
 
     def s_question(self):
         if self.rng.random() < 0.5:
-            return f"{_cap(self.clause('past'))}?"
+            return f"{cap(self.clause('past'))}?"
         return f"Perché {self.clause('present', with_time=False)}?"
 
     def s_number(self):
@@ -182,14 +172,4 @@ class _Paragraph:
         return f"C'è {self.obj(self.category_data(), definite=False)} {self.pick(PLACES)}."
 
 
-_TEMPLATES = [
-    ("s_statement", 6), ("s_intransitive", 2), ("s_negative", 1), ("s_because", 2), ("s_quote", 1),
-    ("s_question", 1), ("s_number", 1), ("s_there_is", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(rng.randint(3, 7)))
+paragraph = Italian.generate

@@ -5,13 +5,17 @@ Nouns carry their case forms ready-made (nominative subjects, accusative objects
 
 from random import Random
 
+from .base import Paragraph, cap
+
 PEOPLE = [
     ("учитель", "m"), ("студентка", "f"), ("инженер", "m"), ("врач", "m"), ("медсестра", "f"),
     ("художник", "m"), ("повар", "m"), ("писательница", "f"), ("садовник", "m"), ("журналистка", "f"),
     ("бабушка", "f"), ("сосед", "m"), ("механик", "m"), ("библиотекарь", "m"), ("фотограф", "m"),
 ]  # fmt: skip
-NAMES = [("Анна", "f"), ("Иван", "m"), ("Мария", "f"), ("Дмитрий", "m"), ("Ольга", "f"), ("Сергей", "m"),
-         ("Наталья", "f"), ("Алексей", "m"), ("Татьяна", "f"), ("Михаил", "m")]  # fmt: skip
+NAMES = [("Анна", "она"), ("Иван", "он"), ("Мария", "она"), ("Дмитрий", "он"), ("Ольга", "она"),
+         ("Сергей", "он"), ("Наталья", "она"), ("Алексей", "он"), ("Татьяна", "она"), ("Михаил", "он")]  # fmt: skip
+# The past tense agrees with the subject's gender.
+GENDERS = {"он": "m", "она": "f"}
 PERSON_ADJ = [("молодой", "молодая"), ("старый", "старая"), ("усталый", "усталая"), ("весёлый", "весёлая"),
               ("внимательный", "внимательная"), ("известный", "известная")]  # fmt: skip
 
@@ -60,29 +64,23 @@ MANNERS = ["медленно", "быстро", "внимательно", "тих
 REASONS = ["шёл дождь", "было холодно", "магазин был закрыт", "дорога была перекрыта", "все проголодались"]
 
 
-def _cap(text):
-    return text[0].upper() + text[1:]
+class Russian(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_statement", 6), ("s_intransitive", 2), ("s_because", 2), ("s_question", 1), ("s_number", 1), ("s_quote", 1),
+    ]  # fmt: skip
+    SENTENCES = (3, 6)
 
-
-class _Paragraph:
     def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.gender = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+        super().__init__(rng)
+        self.gender = GENDERS[self.pronoun]
 
     def subject(self):
         """Return (text, gender) because Russian past tense agrees with the subject's gender."""
         if self.rng.random() < 0.4:
             if self.mentioned and self.rng.random() < 0.5:
-                return ("он" if self.gender == "m" else "она"), self.gender
+                return self.pronoun, self.gender
             self.mentioned = True
             return self.name, self.gender
         noun, gender = self.pick(PEOPLE)
@@ -108,16 +106,16 @@ class _Paragraph:
         return " ".join(parts)
 
     def s_statement(self):
-        return _cap(self.clause()) + "."
+        return cap(self.clause()) + "."
 
     def s_intransitive(self):
         subj, gender = self.subject()
         present, past_m, past_f = self.pick(INTRANSITIVE)
         verb = present if self.rng.random() < 0.5 else (past_m if gender == "m" else past_f)
-        return f"{_cap(subj)} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
+        return f"{cap(subj)} {verb} {self.pick(MANNERS)} {self.pick(PLACES)}."
 
     def s_because(self):
-        return f"{_cap(self.clause('past'))}, потому что {self.pick(REASONS)}."
+        return f"{cap(self.clause('past'))}, потому что {self.pick(REASONS)}."
 
     def s_question(self):
         if self.rng.random() < 0.5:
@@ -131,18 +129,9 @@ class _Paragraph:
 
     def s_quote(self):
         verb = self.pick(["сказала", "ответила"]) if self.rng.random() < 0.5 else None
-        name = self.pick([n for n, g in NAMES if g == "f"]) if verb else self.pick([n for n, g in NAMES if g == "m"])
+        name = self.pick([n for n, p in NAMES if p == "она"]) if verb else self.pick([n for n, p in NAMES if p == "он"])
         verb = verb or self.pick(["сказал", "ответил"])
-        return f"«{_cap(self.clause('future'))}», — {verb} {name}."
+        return f"«{cap(self.clause('future'))}», — {verb} {name}."
 
 
-_TEMPLATES = [
-    ("s_statement", 6), ("s_intransitive", 2), ("s_because", 2), ("s_question", 1), ("s_number", 1), ("s_quote", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    return " ".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(rng.randint(3, 6)))
+paragraph = Russian.generate

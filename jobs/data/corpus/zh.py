@@ -1,6 +1,6 @@
 """Chinese paragraphs built from templates and word lists written for this project."""
 
-from random import Random
+from .base import Paragraph
 
 # (noun, measure word)
 PEOPLE = [
@@ -100,19 +100,16 @@ LANGUAGES = ["Python", "C++", "Rust", "Go", "Java", "SQL"]
 TECH_OBJECTS = ["程序", "脚本", "工具", "网站", "数据库", "模型"]
 
 
-class _Paragraph:
-    def __init__(self, rng: Random):
-        self.rng = rng
-        self.name, self.pronoun = rng.choice(NAMES)
-        self.category = rng.choice(list(CATEGORIES))
-        self.mentioned = False
-
-    def pick(self, seq):
-        return self.rng.choice(seq)
-
-    def category_data(self):
-        cat = self.category if self.rng.random() < 0.7 else self.pick(list(CATEGORIES))
-        return CATEGORIES[cat]
+class Chinese(Paragraph):
+    NAMES = NAMES
+    CATEGORIES = CATEGORIES
+    TEMPLATES = [
+        ("s_past", 5), ("s_habit", 2), ("s_progressive", 1), ("s_future", 2), ("s_ba", 2), ("s_because", 2),
+        ("s_said", 1), ("s_question", 1), ("s_number", 1), ("s_describe", 2), ("s_intransitive", 1),
+        ("s_shi_de", 1),
+    ]  # fmt: skip
+    SENTENCES = (3, 8)
+    JOINER = ""
 
     def subject(self):
         r = self.rng.random()
@@ -252,16 +249,4 @@ class _Paragraph:
         return f"这些{noun}是{self.subject()}{self.pick(TIMES['past'])}{self.pick(PLACES)}{verb}的。"
 
 
-_TEMPLATES = [
-    ("s_past", 5), ("s_habit", 2), ("s_progressive", 1), ("s_future", 2), ("s_ba", 2), ("s_because", 2),
-    ("s_said", 1), ("s_question", 1), ("s_number", 1), ("s_describe", 2), ("s_intransitive", 1),
-    ("s_shi_de", 1),
-]  # fmt: skip
-
-
-def paragraph(rng: Random) -> str:
-    p = _Paragraph(rng)
-    names = [n for n, _ in _TEMPLATES]
-    weights = [w for _, w in _TEMPLATES]
-    count = rng.randint(3, 8)
-    return "".join(getattr(p, rng.choices(names, weights)[0])() for _ in range(count))
+paragraph = Chinese.generate

@@ -58,7 +58,7 @@ def main() -> None:
     import logging
 
     # No channel layer runs here (nothing is pushed: reads are measured); the failed pushes need not print.
-    logging.getLogger("runs.services.broadcast").setLevel(logging.ERROR)
+    logging.getLogger("runs.realtime.broadcast").setLevel(logging.ERROR)
     import numpy as np
     import orjson
     from django.conf import settings
@@ -68,7 +68,7 @@ def main() -> None:
     import runs.metrics.store as metrics
     import runs.services.alerts as alerts
     from runs.models import MetricBlock
-    from runs.roles import ensure_roles
+    from runs.services.roles import ensure_roles
     from runs.services.seed import seed_defaults
     from tests.runs.factories import tiny_run
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def run(ranks: int, steps: int, port: int) -> float:
-    from runs.presets import preset_config
+    from runs.planning.presets import preset_config
 
     cfg = preset_config("tiny")
     cfg["cluster"]["gpus_per_node"] = ranks

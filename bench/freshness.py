@@ -112,7 +112,7 @@ def setup(n_runs: int, metrics: int) -> list[tuple[int, str]]:
 
     from runs.metrics.store import metrics_record
     from runs.models import RunStatus
-    from runs.roles import ensure_roles
+    from runs.services.roles import ensure_roles
     from runs.services.seed import seed_defaults
     from runs.services.tokens import run_token_issue
     from runs.services.transitions import transition
@@ -216,7 +216,7 @@ async def layer_listener(run_ids: list[int], seen: dict, ready: asyncio.Event):
     """Joins the watched runs' groups on the server's channel layer and stamps each loss step as it comes off."""
     from channels_redis.core import RedisChannelLayer
 
-    from runs.services.listeners import group_join
+    from runs.realtime.listeners import group_join
 
     layer = RedisChannelLayer(hosts=[{"address": REDIS_URL, "socket_timeout": 30}], capacity=2000, expiry=30)
     channel = await layer.new_channel()

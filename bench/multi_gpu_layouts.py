@@ -34,7 +34,7 @@ LAYOUTS = {
 
 
 def layout_config(name: str, steps: int) -> dict:
-    from runs.presets import preset_config
+    from runs.planning.presets import preset_config
 
     spec = LAYOUTS[name]
     cfg = preset_config("single_h200")
@@ -72,8 +72,8 @@ def prepare(out: Path, steps: int) -> None:
     import django
 
     django.setup()
-    from runs.planning import plan
-    from runs.validation import validate_config
+    from runs.planning.plan import plan
+    from runs.planning.validation import validate_config
     from workers.backends.base import LaunchSpec
     from workers.backends.local import launcher_argv
 

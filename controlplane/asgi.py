@@ -11,9 +11,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the apps loa
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from runs.routing import websocket_urlpatterns  # noqa: E402
+from runs.planning.warmup import warm_up_in_background  # noqa: E402
+from runs.realtime.routing import websocket_urlpatterns  # noqa: E402
 from runs.views.ingest import IngestFastPath  # noqa: E402
-from runs.warmup import warm_up_in_background  # noqa: E402
 
 warm_up_in_background()
 

@@ -4,8 +4,8 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 
-from runs.roles import ensure_roles
 from runs.services.audit import audit_record
+from runs.services.roles import ensure_roles
 
 
 @receiver(user_logged_in)

@@ -70,7 +70,7 @@ def seeded(db):
 def _user(django_user_model, username: str, role: str | None):
     from django.contrib.auth.models import Group
 
-    from runs.roles import ensure_roles
+    from runs.services.roles import ensure_roles
 
     ensure_roles()
     user = django_user_model.objects.create_user(username=username, password="pw-for-tests-1")

@@ -10,7 +10,7 @@ from django import forms
 
 from runs.forms.run_fields import ALL_FIELDS, BY_PATH, GROUPS
 from runs.models import Cluster, DataMixRecipe, Trainer
-from runs.presets import PRESETS, preset_config
+from runs.planning.presets import PRESETS, preset_config
 from runs.services.diff import flatten
 from runs.services.runs import Checked, run_check
 from runs.services.seed import PRESET_CLUSTERS

@@ -12,7 +12,7 @@ import numpy as np
 
 from runs.metrics.validation import Batch
 from runs.models import Run
-from runs.services.broadcast import Message
+from runs.realtime.broadcast import Message
 
 
 class SeriesRow(NamedTuple):

@@ -27,7 +27,7 @@ from runs.metrics.prepare import apply_event, points_message
 from runs.metrics.rows import Entry, IngestResult, NewBlock, SeriesRow, SeriesUpdate, entries
 from runs.metrics.validation import Batch, ingest_validate
 from runs.models import Run
-from runs.services.broadcast import broadcast_many_on_commit, run_group
+from runs.realtime.broadcast import broadcast_many_on_commit, run_group
 
 
 def metrics_record(*, run: Run, records: Any, compact: bool = True) -> IngestResult:

@@ -9,8 +9,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from runs.models import Alert, Run
+from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.audit import SYSTEM, audit_record
-from runs.services.broadcast import broadcast_on_commit, run_group
 from runs.services.enqueue import enqueue_on_commit
 
 WEBHOOK_TASK = "workers.deliver_webhook"

@@ -8,8 +8,8 @@ from typing import Any
 from django.db import transaction
 
 from runs.models import Artifact, Checkpoint, JobPhase, Trainer, Variant
+from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.audit import audit_record
-from runs.services.broadcast import broadcast_on_commit, run_group
 from runs.services.enqueue import enqueue_on_commit
 from runs.services.rundir import run_dir_path
 from runs.services.serving_transitions import IllegalMove, move, serving_event

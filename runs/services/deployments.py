@@ -10,10 +10,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.models import AlertKind, Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Severity
+from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.alerts import alert_raise
 from runs.services.artifacts import ServingRefused
 from runs.services.audit import audit_record
-from runs.services.broadcast import broadcast_on_commit, run_group
 from runs.services.enqueue import enqueue_on_commit
 from runs.services.serving_transitions import IllegalMove, move, serving_event
 

@@ -11,17 +11,18 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from runs.capabilities import CapabilitiesUnavailable, trainer_capabilities
 from runs.models import Cluster, DataMixRecipe, Run, RunStatus, Trainer
 from runs.models.run import ACTIVE_STATUSES
-from runs.planning import PlanError
-from runs.planning import plan as compute_plan
+from runs.planning.capabilities import CapabilitiesUnavailable, trainer_capabilities
+from runs.planning.fields import FieldIssue
+from runs.planning.plan import PlanError
+from runs.planning.plan import plan as compute_plan
+from runs.planning.validation import validate_config
+from runs.realtime.broadcast import RUN_LIST_GROUP, broadcast_on_commit
 from runs.services.audit import audit_record
-from runs.services.broadcast import RUN_LIST_GROUP, broadcast_on_commit
 from runs.services.diff import config_diff
 from runs.services.enqueue import enqueue_on_commit
 from runs.services.transitions import IllegalTransition, transition
-from runs.validation import FieldIssue, validate_config
 
 
 class RunInvalid(Exception):

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from runs.models import Artifact, Deployment, DeploymentStatus, JobPhase
 from runs.models.serving import DEPLOYMENT_TRANSITIONS, JOB_PHASE_TRANSITIONS
+from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.audit import audit_record
-from runs.services.broadcast import broadcast_on_commit, run_group
 
 # (model, status field) -> its allowed moves
 _MACHINES: dict[tuple[type[models.Model], str], dict[str, frozenset[str]]] = {

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from runs.models import Run, RunStatus
 from runs.models.run import ALLOWED_TRANSITIONS, TERMINAL_STATUSES
+from runs.realtime.broadcast import RUN_LIST_GROUP, broadcast_on_commit, run_group
 from runs.services.audit import audit_record
-from runs.services.broadcast import RUN_LIST_GROUP, broadcast_on_commit, run_group
 
 
 class IllegalTransition(Exception):

@@ -33,8 +33,8 @@ from runs.metrics.rows import RunGone
 from runs.metrics.sql import ingest_connection_setup
 from runs.metrics.store import Ready, metrics_prepare, metrics_store_many, metrics_store_ready
 from runs.metrics.validation import MAX_BODY_BYTES, MAX_POINTS, IngestInvalid, ingest_parse, ingest_validate
-from runs.services.broadcast import Message, send_many_async
-from runs.services.listeners import GroupListeners
+from runs.realtime.broadcast import Message, send_many_async
+from runs.realtime.listeners import GroupListeners
 from runs.services.tokens import run_token_cached, run_token_check_cached
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
 from runs.models import AuditEvent, Checkpoint, Run, RunStatus
-from runs.presets import PRESETS
+from runs.planning.presets import PRESETS
 from runs.services.artifacts import ServingRefused
 from runs.services.checkpoints import run_start_from
 from runs.services.diff import config_diff

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from runs.models import Cluster, DataMixRecipe, Run
-from runs.presets import preset_config
+from runs.models import Artifact, Cluster, DataMixRecipe, Deployment, JobPhase, Run
+from runs.planning.presets import preset_config
+from runs.services.artifacts import artifact_finish
+from runs.services.deployments import deployment_create
 from runs.services.runs import run_create
+from runs.services.serving_transitions import move
 
 
 def tiny_run(*, owner, name: str = "tiny-test", **overrides) -> Run:
@@ -24,3 +27,13 @@ def tiny_run(*, owner, name: str = "tiny-test", **overrides) -> Run:
         recipe=DataMixRecipe.objects.get(name="bilingual-demo", version=1),
         config=cfg,
     )
+
+
+def deployment_for(run: Run, *, actor) -> Deployment:
+    """An NF4 deployment (starting) of the run's first checkpoint, through a finished quantize artifact."""
+    artifact = Artifact.objects.create(
+        run=run, checkpoint=run.checkpoints.first(), step=4, tag="step_000004", methods=["nf4"], created_by=actor
+    )
+    artifact = move(obj=artifact, to=JobPhase.RUNNING, actor="system")
+    artifact = artifact_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report={})
+    return deployment_create(artifact=artifact, variant="nf4", engine="native", actor=actor)

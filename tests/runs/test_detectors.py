@@ -14,8 +14,8 @@ from django.conf import settings
 from runs.metrics.detectors import QUIET, WATCHED_KEYS, WINDOW, Thresholds, detect
 from runs.metrics.store import metrics_record
 from runs.models import Alert, AuditEvent, MetricSeries
+from runs.realtime.broadcast import run_group
 from runs.services.alerts import alert_raise, alert_resolve
-from runs.services.broadcast import run_group
 from tests.runs.factories import tiny_run
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -21,13 +21,13 @@ from runs.metrics.reads import series_read
 from runs.metrics.store import metrics_record
 from runs.metrics.validation import MAX_RECORDS
 from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus
-from runs.services.broadcast import run_group
+from runs.realtime.broadcast import run_group
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
 from runs.services.transitions import transition
 from runs.views.ingest import IngestFastPath
 from tests.runs.factories import tiny_run
+from tests.runs.realtime.test_listeners import _until
 from tests.runs.test_detectors import receive_matching
-from tests.runs.test_listeners import _until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -558,7 +558,7 @@ def test_fast_path_pushes_each_requests_points(run_and_token, fast_path):
 
 
 def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_one(run_and_token, fast_path):
-    from runs.services.listeners import group_join
+    from runs.realtime.listeners import group_join
 
     run, token = run_and_token
     layer = get_channel_layer()

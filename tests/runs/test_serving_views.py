@@ -1,39 +1,11 @@
-"""Checkpoints, deployments and playground: pages by role, clear refusals, and the playground websocket's guards."""
+"""Checkpoints and deployments: pages by role and clear refusals."""
 
 from __future__ import annotations
 
 import pytest
-from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import AnonymousUser
 
-from runs.models import Artifact, Checkpoint, Deployment, JobPhase, Run, RunStatus
-from runs.playground import playground_params
-from runs.routing import websocket_urlpatterns
-from runs.services.artifacts import artifact_finish
-from runs.services.deployments import deployment_create
-from runs.services.serving_transitions import move
-from tests.runs.factories import tiny_run
-
-
-@pytest.fixture
-def checkpointed(seeded, operator, settings, tmp_path):
-    settings.RUNS_DIR = tmp_path / "runs"
-    run = tiny_run(owner=operator, name="served")
-    folder = settings.RUNS_DIR / f"run-{run.pk}" / "checkpoints" / "step_000004"
-    folder.mkdir(parents=True)
-    Run.objects.filter(pk=run.pk).update(run_dir=str(folder.parent.parent), status=RunStatus.SUCCEEDED)
-    Checkpoint.objects.create(run=run, step=4, tag=folder.name, path=str(folder), metrics={"loss": 7.25})
-    return Run.objects.get(pk=run.pk)
-
-
-def _deployment(run, operator) -> Deployment:
-    artifact = Artifact.objects.create(
-        run=run, checkpoint=run.checkpoints.first(), step=4, tag="step_000004", methods=["nf4"], created_by=operator
-    )
-    artifact = move(obj=artifact, to=JobPhase.RUNNING, actor="system")
-    artifact = artifact_finish(artifact=artifact, status=JobPhase.SUCCEEDED, report={})
-    return deployment_create(artifact=artifact, variant="nf4", engine="native", actor=operator)
+from runs.models import Artifact
+from tests.runs.factories import deployment_for
 
 
 @pytest.mark.django_db
@@ -105,7 +77,7 @@ def test_fork_from_a_checkpoint_prefills_the_form_and_starts_there(client, check
 
 @pytest.mark.django_db
 def test_deployment_pages_by_role(client, checkpointed, operator, viewer):
-    deployment = _deployment(checkpointed, operator)
+    deployment = deployment_for(checkpointed, actor=operator)
     client.force_login(viewer)
     assert deployment.name in client.get("/deployments/").content.decode()
     page = client.get(f"/deployments/{deployment.pk}/").content.decode()
@@ -117,58 +89,3 @@ def test_deployment_pages_by_role(client, checkpointed, operator, viewer):
     client.post(f"/deployments/{deployment.pk}/stop/")
     deployment.refresh_from_db()
     assert deployment.status == "stopping"
-
-
-@pytest.mark.parametrize(
-    ("content", "words"),
-    [
-        ({"prompt": "  "}, "prompt: type something"),
-        ({"prompt": "hi", "max_tokens": 0}, "max_tokens: 0 is outside 1 to 4096"),
-        ({"prompt": "hi", "max_tokens": 2.5}, "max_tokens: must be a whole number"),
-        ({"prompt": "hi", "temperature": -1}, "temperature: -1 is outside"),
-        ({"prompt": "hi", "top_p": "high"}, "top_p: must be a number"),
-        ("just text", "send a JSON object"),
-    ],
-)
-def test_playground_parameters_are_checked_with_the_field_named(content, words):
-    with pytest.raises(ValueError, match=words):
-        playground_params(content)
-
-
-class _WithUser:
-    def __init__(self, inner, user):
-        self.inner, self.user = inner, user
-
-    async def __call__(self, scope, receive, send):
-        return await self.inner({**scope, "user": self.user}, receive, send)
-
-
-async def _connect(user, deployment_id):
-    comm = WebsocketCommunicator(
-        _WithUser(URLRouter(websocket_urlpatterns), user), f"/ws/deployments/{deployment_id}/playground/"
-    )
-    connected, code = await comm.connect(timeout=3)
-    return comm, connected, code
-
-
-@pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True)
-async def test_playground_refuses_anonymous_and_viewers_and_waits_for_a_running_endpoint(
-    checkpointed, operator, viewer
-):
-    from channels.db import database_sync_to_async
-
-    deployment = await database_sync_to_async(_deployment)(checkpointed, operator)
-    for user, expected in ((AnonymousUser(), 4401), (viewer, 4403)):
-        comm, connected, code = await _connect(user, deployment.pk)
-        await comm.disconnect()
-        assert not connected and code == expected
-    comm, connected, code = await _connect(operator, 999_999)
-    await comm.disconnect()
-    assert not connected and code == 4404
-    comm, connected, _ = await _connect(operator, deployment.pk)
-    assert connected
-    await comm.send_json_to({"prompt": "hello", "max_tokens": 4})
-    reply = await comm.receive_json_from(timeout=3)
-    await comm.disconnect()
-    assert reply == {"type": "error", "message": "The endpoint is starting; prompts need a running one."}

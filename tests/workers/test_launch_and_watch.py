@@ -9,7 +9,7 @@ import pytest
 from django.test import override_settings
 
 from runs.models import Alert, AlertKind, Checkpoint, MetricSeries, Run, RunStatus
-from runs.presets import preset_config
+from runs.planning.presets import preset_config
 from runs.services.runs import run_create, run_launch
 from workers import launching, watching
 

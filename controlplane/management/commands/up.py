@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand
 
 from controlplane import embedded_redis
 from controlplane.processes import web_server_argv, worker_argv
-from runs.roles import ADMIN, OPERATOR, VIEWER
+from runs.services.roles import ADMIN, OPERATOR, VIEWER
 from runs.services.seed import seed_defaults
 
 DEFAULT_USERS = [
@@ -50,7 +50,7 @@ def start_demo_run():
     Skipped while an earlier demo is still in flight (the worker re-attaches to it instead)."""
     from runs.models import Cluster, DataMixRecipe, Run
     from runs.models.run import ACTIVE_STATUSES
-    from runs.presets import preset_config
+    from runs.planning.presets import preset_config
     from runs.services.runs import run_create, run_launch
 
     if Run.objects.filter(name__startswith="demo-tiny", status__in=ACTIVE_STATUSES).exists():

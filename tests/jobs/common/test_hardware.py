@@ -6,8 +6,8 @@ import pytest
 
 from jobs.common import hardware
 from jobs.train.trainer import peak_tflops
-from runs.planning import peak_tflops_for
-from runs.presets import preset_config
+from runs.planning.compute import peak_tflops_for
+from runs.planning.presets import preset_config
 
 # Names as torch.cuda.get_device_name reports them (the trainer) beside the cluster's gpu_type (the form).
 DEVICES = [

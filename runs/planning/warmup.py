@@ -7,9 +7,9 @@ import threading
 
 def warm_up_in_background() -> threading.Thread:
     def work() -> None:
-        from runs.planning import _deepspeed_estimators
+        from runs.planning.memory import deepspeed_estimators
 
-        _deepspeed_estimators()
+        deepspeed_estimators()
 
     thread = threading.Thread(target=work, name="plan-warm-up", daemon=True)
     thread.start()

@@ -9,10 +9,12 @@ import re
 
 import pytest
 
-from runs import capabilities
-from runs.capabilities import CapabilitiesUnavailable, trainer_capabilities
-from runs.presets import preset_config
-from runs.validation import RANGES, FieldIssue, nearest_batch_pair, validate_config
+from runs.planning import capabilities
+from runs.planning.capabilities import CapabilitiesUnavailable, trainer_capabilities
+from runs.planning.fields import RANGES, FieldIssue
+from runs.planning.presets import preset_config
+from runs.planning.schedule_checks import nearest_batch_pair
+from runs.planning.validation import validate_config
 
 FIX = re.compile(
     r"\b(set|use|choose|turn|lower|raise|enter|order|remove|adjust|merge|start|make|point|pick|add|name|tick|"

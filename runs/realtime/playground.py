@@ -16,7 +16,7 @@ import httpx
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from runs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 
 MAX_PROMPT_CHARS = 20_000
 LIMITS = {"max_tokens": (1, 4096), "temperature": (0.0, 2.0), "top_p": (0.01, 1.0)}

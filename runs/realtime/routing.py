@@ -1,7 +1,7 @@
 from django.urls import path
 
-from runs.consumers import RunConsumer, RunListConsumer
-from runs.playground import PlaygroundConsumer
+from runs.realtime.consumers import RunConsumer, RunListConsumer
+from runs.realtime.playground import PlaygroundConsumer
 
 websocket_urlpatterns = [
     path("ws/runs/", RunListConsumer.as_asgi()),

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.db import transaction
 
-from runs.services.listeners import GroupListeners, groups_with_members
+from runs.realtime.listeners import GroupListeners, groups_with_members
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,11 @@ import time
 import pytest
 
 from jobs.common.hardware import PEAK_TFLOPS
-from runs.planning import GIB, PlanError, count_params, plan
-from runs.presets import preset_config
-from runs.validation import validate_config
+from runs.planning.memory import GIB
+from runs.planning.params import count_params
+from runs.planning.plan import PlanError, plan
+from runs.planning.presets import preset_config
+from runs.planning.validation import validate_config
 
 # transformers' DeepseekV3ForCausalLM, instantiated on the meta device with these presets' shapes (untied, no
 # multi-token-prediction module), counts exactly these parameters.

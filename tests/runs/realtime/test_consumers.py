@@ -7,7 +7,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
-from runs.routing import websocket_urlpatterns
+from runs.realtime.routing import websocket_urlpatterns
 from runs.services.runs import run_launch
 from tests.runs.factories import tiny_run
 

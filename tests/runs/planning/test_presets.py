@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runs.presets import PRESETS, preset_config, reconciliation_notes
-from runs.validation import validate_config
+from runs.planning.presets import PRESETS, preset_config, reconciliation_notes
+from runs.planning.validation import validate_config
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "run-config.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "run-config.md"
 # Keys Cluster.spec() adds to the documented cluster section.
 CLUSTER_EXTRAS = {"name", "cpu_memory_gb_per_node", "interconnect"}
 REFERENCE_CAPS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from runs.services.broadcast import RUN_LIST_GROUP, run_group
-from runs.services.listeners import group_join
+from runs.realtime.broadcast import RUN_LIST_GROUP, run_group
+from runs.realtime.listeners import group_join
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403

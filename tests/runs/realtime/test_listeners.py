@@ -8,10 +8,10 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from runs.services import listeners as listeners_module
-from runs.services.listeners import GroupListeners, group_join
+from runs.realtime import listeners as listeners_module
+from runs.realtime.listeners import GroupListeners, group_join
 from tests.runs.factories import tiny_run
-from tests.runs.test_consumers import _communicator
+from tests.runs.realtime.test_consumers import _communicator
 
 pytestmark = pytest.mark.asyncio
 

@@ -80,6 +80,13 @@ class RunForm(forms.Form):
         help_text="start_step:seq_len stages, e.g. 0:256, 1000:2048, 5000:8192; the last length is the batch's.",
     )
 
+    fit_override_reason = forms.CharField(
+        required=False,
+        max_length=300,
+        label="Launch although the plan does not fit, because",
+        help_text="Only when the plan says the run does not fit: why it should run anyway (recorded in the audit).",
+    )
+
     def __init__(self, *args: Any, preset: str = "tiny", base_config: dict | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         for cf in ALL_FIELDS:
@@ -137,6 +144,7 @@ class RunForm(forms.Form):
             trainer=data["trainer"],
             script_path=data.get("script_path", ""),
             preset=data.get("preset"),
+            fit_override_reason=data.get("fit_override_reason", ""),
         )
         for issue in self.checked.issues:
             target = _field_for_issue(issue.field, self.fields)

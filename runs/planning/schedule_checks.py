@@ -222,15 +222,27 @@ def check_curriculum(
                     f"curriculum only lengthens sequences, so use at least {prev_len:,}.",
                     {f"curriculum.{i}.seq_len": prev_len},
                 )
-            if seq is not None and seq % length:
+            if seq is not None and length > seq:
+                r.add(
+                    f"curriculum.{i}.seq_len",
+                    f"curriculum.{i}.seq_len is {length:,}, longer than batch.seq_len {seq:,} (the final, longest "
+                    f"length); lower the stage to at most {seq:,} or raise batch.seq_len.",
+                    {f"curriculum.{i}.seq_len": seq},
+                )
+            elif seq is not None and seq % length:
                 valid = [d for d in divisors(seq) if prev_len is None or d >= prev_len]
                 best = nearest(valid, length)
+                fix = (
+                    f"use a divisor such as {best:,}"
+                    if best is not None
+                    else f"no divisor of {seq:,} is at least the previous stage's {prev_len:,}, so lower that stage too"
+                )
                 r.add(
                     f"curriculum.{i}.seq_len",
                     f"curriculum.{i}.seq_len is {length:,}, which does not divide batch.seq_len {seq:,}; the "
                     "trainer keeps tokens per step constant by running seq_len / stage length sequences in "
-                    f"each micro-batch slot, so use a divisor such as {best:,}.",
-                    {f"curriculum.{i}.seq_len": best},
+                    f"each micro-batch slot, so {fix}.",
+                    {f"curriculum.{i}.seq_len": best} if best is not None else None,
                 )
             if max_seq is not None and length > max_seq:
                 r.add(

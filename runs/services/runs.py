@@ -70,6 +70,44 @@ class Checked:
     plan: dict | None
 
 
+FIT_OVERRIDE_FIELD = "fit_override_reason"
+
+
+def plan_fits(plan: dict | None) -> bool:
+    """Whether a stored or fresh plan says the run fits its devices' memory (no plan: nothing to refuse on)."""
+    memory = (plan or {}).get("memory_gib") or {}
+    return memory.get("fits") is not False
+
+
+def fit_issue(plan: dict | None, override_reason: str) -> FieldIssue | None:
+    """A plan that does not fit is refused unless someone states why it should run anyway."""
+    if plan_fits(plan) or override_reason.strip():
+        return None
+    memory = plan["memory_gib"]
+    return FieldIssue(
+        FIT_OVERRIDE_FIELD,
+        f"The plan needs {memory.get('total')} GiB per device but the cluster has {memory.get('gpu_memory')} GiB, "
+        "so the job would run out of memory; apply one of the plan's suggestions to make it fit, or, if you know "
+        "the plan overestimates, give the reason to launch it anyway (it is audited).",
+    )
+
+
+def _record_fit_override(*, run: Run, actor: Any, reason: str, at: str) -> None:
+    """Keeps who overrode the fit check and why with the run's plan, and audits it."""
+    plan = dict(run.plan or {})
+    plan["fit_override"] = {"reason": reason.strip(), "by": getattr(actor, "username", str(actor)), "at": at}
+    Run.objects.filter(pk=run.pk).update(plan=plan)
+    run.plan = plan
+    memory = plan.get("memory_gib") or {}
+    audit_record(
+        actor=actor,
+        action="run.fit_override",
+        obj=run,
+        message=reason.strip(),
+        diff={"plan.memory_gib.total": [memory.get("gpu_memory"), memory.get("total")]},
+    )
+
+
 def run_check(
     *,
     base: dict,
@@ -78,6 +116,7 @@ def run_check(
     trainer: str,
     script_path: str = "",
     preset: str | None = None,
+    fit_override_reason: str = "",
 ) -> Checked:
     """Validate and plan without saving: what the form shows as fields change."""
     cfg = assemble_config(base=base, cluster=cluster, recipe=recipe, trainer=trainer)
@@ -107,6 +146,9 @@ def run_check(
         plan_dict = compute_plan(cfg, mfu=settings.CP_PLAN_MFU, preset=preset).to_dict()
     except PlanError:
         plan_dict = None  # the validator's issues above already name the fields the plan needs
+    too_big = fit_issue(plan_dict, fit_override_reason)
+    if too_big is not None:
+        issues.append(too_big)
     return Checked(cfg, issues, plan_dict)
 
 
@@ -121,9 +163,16 @@ def run_create(
     config: dict,
     script_path: str = "",
     parent: Run | None = None,
+    fit_override_reason: str = "",
 ) -> Run:
     checked = run_check(
-        base=config, cluster=cluster, recipe=recipe, trainer=trainer, script_path=script_path, preset=preset
+        base=config,
+        cluster=cluster,
+        recipe=recipe,
+        trainer=trainer,
+        script_path=script_path,
+        preset=preset,
+        fit_override_reason=fit_override_reason,
     )
     if checked.issues:
         raise RunInvalid(checked.issues)
@@ -144,6 +193,8 @@ def run_create(
         run.config["run"].update({"id": run.pk, "name": name, "attempt": run.attempt})
         Run.objects.filter(pk=run.pk).update(config=run.config)
         audit_record(actor=owner, action="run.create", obj=run, diff=config_diff({}, run.config))
+        if not plan_fits(run.plan):
+            _record_fit_override(run=run, actor=owner, reason=fit_override_reason, at="create")
         broadcast_on_commit(RUN_LIST_GROUP, {"type": "run.created", "run_id": run.pk})
     return run
 
@@ -158,11 +209,18 @@ def run_update(
     recipe: DataMixRecipe,
     config: dict,
     script_path: str = "",
+    fit_override_reason: str = "",
 ) -> Run:
     if run.status != RunStatus.DRAFT:
         raise RunActionRefused(f"Run #{run.pk} is {run.status}; only a draft can be edited. Fork it instead.")
     checked = run_check(
-        base=config, cluster=cluster, recipe=recipe, trainer=trainer, script_path=script_path, preset=run.preset
+        base=config,
+        cluster=cluster,
+        recipe=recipe,
+        trainer=trainer,
+        script_path=script_path,
+        preset=run.preset,
+        fit_override_reason=fit_override_reason,
     )
     if checked.issues:
         raise RunInvalid(checked.issues)
@@ -190,6 +248,9 @@ def run_update(
             plan=checked.plan or {},
         )
         audit_record(actor=actor, action="run.edit", obj=before, diff=diff)
+        before.plan = checked.plan or {}
+        if not plan_fits(before.plan):
+            _record_fit_override(run=before, actor=actor, reason=fit_override_reason, at="edit")
     run.refresh_from_db()
     return run
 
@@ -206,10 +267,17 @@ def launch_blocker(run: Run) -> str | None:
     return None
 
 
-def run_launch(*, actor: Any, run: Run) -> Run:
+def run_launch(*, actor: Any, run: Run, fit_override_reason: str = "") -> Run:
     blocker = launch_blocker(run)
     if blocker:
         raise RunActionRefused(blocker)
+    overridden = bool((run.plan or {}).get("fit_override"))
+    if not plan_fits(run.plan) and not overridden and not fit_override_reason.strip():
+        issue = fit_issue(run.plan, "")
+        raise RunActionRefused(issue.message if issue else "The plan does not fit.")
+    if not plan_fits(run.plan) and fit_override_reason.strip():
+        with transaction.atomic():
+            _record_fit_override(run=run, actor=actor, reason=fit_override_reason, at="launch")
     try:
         run = transition(run=run, to=RunStatus.QUEUED, actor=actor, action="run.launch")
     except IllegalTransition as exc:

@@ -86,6 +86,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                         config=form.config(),
                         script_path=data.get("script_path", ""),
                         parent=parent,
+                        fit_override_reason=data.get("fit_override_reason", ""),
                     )
                     if start_from is not None:
                         run_start_from(run=run, checkpoint=start_from, actor=request.user)
@@ -138,6 +139,7 @@ def run_edit(request: HttpRequest, pk: int) -> HttpResponse:
                     recipe=data["recipe"],
                     config=form.config(),
                     script_path=data.get("script_path", ""),
+                    fit_override_reason=data.get("fit_override_reason", ""),
                 )
             except (RunInvalid, RunActionRefused) as exc:
                 form.add_error(None, str(exc))
@@ -201,7 +203,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def run_launch_view(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run, pk=pk)
     try:
-        run_launch(actor=request.user, run=run)
+        run_launch(actor=request.user, run=run, fit_override_reason=request.POST.get("fit_override_reason", ""))
     except RunActionRefused as exc:
         messages.error(request, str(exc))
     else:

@@ -113,27 +113,53 @@ function showErrors(form, errors) {
   }
 }
 
+// The panel says so when the plan in it no longer matches the fields: a refused or failed request never leaves a
+// frozen plan that contradicts them.
+function planUnavailable(message) {
+  const body = document.getElementById("plan-body");
+  if (!body) return;
+  body.innerHTML = `<p class="error" id="plan-error" role="alert">${esc(message)}</p>`;
+  const panel = document.getElementById("plan-panel");
+  if (panel) panel.dataset.valid = "unknown";
+}
+
 (function wireForm() {
   const form = document.getElementById("run-form");
   if (!form) return;
+  const override = document.getElementById("fit-override");
   let timer = null, seq = 0;
   async function refresh() {
     const mine = ++seq;
     const data = new FormData(form);
-    let resp;
+    let resp, out;
     try {
       resp = await fetch("/runs/plan/", {method: "POST", body: data, headers: {"X-CSRFToken": data.get("csrfmiddlewaretoken"), "Accept": "application/json"}});
+      out = resp.ok ? await resp.json() : null;
     } catch (e) {
-      return;  // offline for a moment; the next change retries
+      if (mine === seq) planUnavailable("The plan could not be updated: the control plane did not answer. It retries on your next change.");
+      return;
     }
-    if (mine !== seq || !resp.ok) return;
-    const out = await resp.json();
+    if (mine !== seq) return;
+    if (!out) {
+      let detail = "";
+      try { detail = (await resp.json()).error || ""; } catch (e) { /* not JSON */ }
+      planUnavailable(`The plan could not be computed (HTTP ${resp.status})${detail ? ": " + detail : ""}. The fields were not checked; change one to retry.`);
+      return;
+    }
     showErrors(form, out.errors);
     renderPlan(out.plan);
+    const fits = !out.plan || !out.plan.memory_gib || out.plan.memory_gib.fits !== false;
+    if (override) override.hidden = fits && !(out.errors || {}).fit_override_reason;
     document.getElementById("plan-panel").dataset.valid = out.valid ? "yes" : "no";
   }
   function schedule() { clearTimeout(timer); timer = setTimeout(refresh, 200); }
   form.addEventListener("input", schedule);
   form.addEventListener("change", schedule);
   refresh();
+})();
+
+// A page that shows a stored plan (the run page) reads it from a JSON data island: no inline script.
+(function storedPlan() {
+  const data = document.getElementById("plan-data");
+  if (data && !document.getElementById("run-form")) renderPlan(JSON.parse(data.textContent));
 })();

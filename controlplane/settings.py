@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # the REST API's docs page, served from its own static files
     "controlplane",
     "runs",
     "workers",

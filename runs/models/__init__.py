@@ -1,3 +1,4 @@
+from runs.models.api_token import ApiToken
 from runs.models.audit import AuditChainHead, AuditEvent
 from runs.models.cluster import BackendKind, Cluster
 from runs.models.data import DataMixRecipe, DataSource, RecipeEntry
@@ -8,6 +9,7 @@ from runs.models.serving import Artifact, Deployment, DeploymentStatus, Engine, 
 __all__ = [
     "Alert",
     "AlertKind",
+    "ApiToken",
     "Artifact",
     "AuditChainHead",
     "AuditEvent",

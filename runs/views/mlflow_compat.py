@@ -1,6 +1,7 @@
 """MLflow REST compatibility, so the `mlflow` client (and transformers' MLflow callback) log into one of our runs.
 
-Tracking URI: http://HOST/api/v1/ingest/<run_id>/mlflow, token in MLFLOW_TRACKING_TOKEN (sent as Bearer). Every
+Tracking URI: http://HOST/api/v1/ingest/<run_id>/mlflow, token in MLFLOW_TRACKING_TOKEN (sent as Bearer); the routes,
+their request models and the token check are runs.api.mlflow's. Every
 experiment and run the client names under that URI is this one run: experiments/get-by-name and create answer
 with an experiment whose id is the run id, runs/create answers with run id "<run_id>". Metrics go through the
 same ingest service as the reporter (idempotent on key+step: MLflow's re-logging of a step keeps the first
@@ -16,17 +17,12 @@ import re
 import time
 from collections.abc import Callable
 
-from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
-
 from runs.metrics.mlflow_records import MlflowParamConflict, run_mlflow_record
 from runs.metrics.prepare import nonfinite_name
 from runs.metrics.reads import series_latest, series_read
 from runs.metrics.store import metrics_record
 from runs.metrics.validation import IngestInvalid
 from runs.models import Run, RunStatus
-from runs.services.tokens import run_token_check_cached
-from runs.views.ingest import bearer_token
 
 MAX_BATCH_METRICS = 1000  # MLflow's own limits per log-batch
 MAX_BATCH_PARAMS_TAGS = 100
@@ -312,39 +308,3 @@ ENDPOINTS: dict[tuple[str, str], Callable[[Run, dict], dict]] = {
     ("POST", "runs/log-outputs"): log_inputs,
     ("GET", "metrics/get-history"): get_metric_history,
 }
-
-
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error_code": code, "message": message}, status=status)
-
-
-@csrf_exempt
-def dispatch(request: HttpRequest, run_id: int, endpoint: str) -> JsonResponse:
-    handler = ENDPOINTS.get((request.method or "", endpoint.strip("/")))
-    token = bearer_token(request.headers.get("Authorization", ""))
-    run = run_token_check_cached(run_id=int(run_id), token=token) if token else None
-    if run is None:
-        return _error(
-            401, "UNAUTHENTICATED", "invalid or missing run token: set MLFLOW_TRACKING_TOKEN to the run's token"
-        )
-    if handler is None:
-        return _error(
-            404, "ENDPOINT_NOT_FOUND", f"{request.method} {endpoint} is not supported by this tracking server"
-        )
-    if request.method == "GET":
-        body = {k: request.GET.get(k) for k in request.GET}
-    else:
-        try:
-            body = json.loads(request.body or b"{}")
-        except ValueError:
-            return _error(400, "MALFORMED_REQUEST", "the body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "MALFORMED_REQUEST", "the body must be a JSON object")
-    if handler is not log_batch:  # the token cache holds a snapshot; these answers show the stored record
-        run = Run.objects.select_related("owner", "cluster").filter(pk=run.pk).first()
-        if run is None:
-            return _error(401, "UNAUTHENTICATED", "invalid or missing run token")
-    try:
-        return JsonResponse(handler(run, body))
-    except MlflowError as exc:
-        return _error(exc.status, exc.code, str(exc))

@@ -9,8 +9,8 @@ from django.http import HttpRequest
 from ninja.security import HttpBearer, SessionAuth
 
 from runs.api.errors import Refused
-from runs.roles import role_of
 from runs.services.api_tokens import api_token_user
+from runs.services.roles import role_of
 
 
 class ApiTokenAuth(HttpBearer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from runs.api.auth import require
@@ -14,7 +14,7 @@ from runs.api.schemas import ClusterOut, DataSourceOut, ErrorOut, PathId, Preset
 from runs.api.serialize import cluster_out, recipe_out, source_out
 from runs.forms import RecipeForm
 from runs.models import Cluster, DataMixRecipe, DataSource
-from runs.presets import PRESETS, preset_config
+from runs.planning.presets import PRESETS, preset_config
 from runs.services.recipes import RecipeInvalid, recipe_create, recipe_new_version
 from runs.services.seed import PRESET_CLUSTERS
 
@@ -76,7 +76,7 @@ def list_recipes(request, filters: Query[RecipeFilters]):
     if filters.name:
         recipes = recipes.filter(name=filters.name)
     if filters.latest:
-        newest = {}
+        newest: dict[str, int] = {}
         for pk, name in recipes.values_list("pk", "name"):
             newest.setdefault(name, pk)
         recipes = recipes.filter(pk__in=newest.values())
@@ -153,7 +153,7 @@ def create_recipe(request, payload: RecipeIn):
         )
     except RecipeInvalid as exc:
         raise _refused(exc) from None
-    return 201, recipe_out(recipe)
+    return Status(201, recipe_out(recipe))
 
 
 @router.post("/recipes/{recipe_id}/versions/", response={201: RecipeOut, **REFUSED}, summary="Save a new version")
@@ -166,4 +166,4 @@ def new_recipe_version(request, recipe_id: PathId, payload: RecipeVersionIn):
         recipe = recipe_new_version(actor=request.user, base=base, weights=weights, notes=form.cleaned_data["notes"])
     except RecipeInvalid as exc:
         raise _refused(exc) from None
-    return 201, recipe_out(recipe)
+    return Status(201, recipe_out(recipe))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.config import JsonDict
 
 from runs.metrics.validation import MAX_POINTS, MAX_RECORDS, MAX_SERIES_PER_REQUEST, MAX_STEP
 
@@ -45,7 +46,7 @@ class HeartbeatRecord(_Record):
     time: float | None = Field(None, description="Unix time in seconds; absent: the time it arrives.")
 
 
-_CHECKPOINT_FIELDS = {
+_CHECKPOINT_FIELDS: JsonDict = {
     "if": {"properties": {"type": {"const": "checkpoint_saved"}}, "required": ["type"]},
     "then": {
         "properties": {

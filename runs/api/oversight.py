@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from runs.api.auth import require
@@ -21,8 +21,8 @@ from runs.api.schemas import (
 )
 from runs.api.serialize import alert_out, audit_out, token_out
 from runs.models import Alert, AlertKind, ApiToken, AuditEvent, Severity
-from runs.roles import role_of
 from runs.services.api_tokens import TokenRefused, api_token_create, api_token_revoke
+from runs.services.roles import role_of
 
 router = Router(tags=["alerts, audit and tokens"])
 REFUSED = {400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
@@ -117,7 +117,7 @@ def create_token(request, payload: TokenIn):
         issued = api_token_create(user=request.user, name=payload.name)
     except TokenRefused as exc:
         raise Refused([(exc.field, str(exc))], 403 if exc.field == "user" else 400) from None
-    return 201, {**token_out(issued.token), "secret": issued.secret}
+    return Status(201, {**token_out(issued.token), "secret": issued.secret})
 
 
 @router.delete("/tokens/{token_id}/", response={200: ApiTokenOut, **REFUSED}, summary="Revoke one of your tokens")

@@ -14,7 +14,7 @@ from runs.forms import RunForm
 from runs.forms.run_fields import ALL_FIELDS, BY_PATH
 from runs.forms.run_form import format_curriculum
 from runs.models import Cluster, DataMixRecipe
-from runs.presets import PRESETS, preset_config
+from runs.planning.presets import PRESETS, preset_config
 from runs.services.diff import flatten
 from runs.services.seed import PRESET_CLUSTERS
 
@@ -43,7 +43,7 @@ class RunChanges(Schema):
 
 
 class RunIn(RunChanges):
-    name: str = Field(min_length=1, max_length=100)  # type: ignore[assignment]
+    name: str = Field(min_length=1, max_length=100)
     preset: str = Field("tiny", description="tiny, single_h200 or r1_guide (GET /api/v1/presets/).")
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from django.db import transaction
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from runs.api.auth import require
@@ -139,7 +139,7 @@ def plan_run(request, payload: PlanIn):
 def create_run(request, payload: RunIn):
     require(request, "runs.add_run", "creating runs")
     form = _checked_form(payload, preset=payload.preset)
-    return 201, run_out(_from_form(form, actor=request.user), detail=True)
+    return Status(201, run_out(_from_form(form, actor=request.user), detail=True))
 
 
 @router.get("/runs/compare/", response={200: CompareOut, **REFUSED}, summary="Config diff of two runs")
@@ -193,16 +193,11 @@ def launch_run(request, run_id: PathId):
     return run_out(_run(run_id), detail=True)
 
 
-class CancelIn(Schema):
-    reason: str = Field("cancelled by user", max_length=200)
-
-
 @router.post("/runs/{run_id}/cancel/", response={200: RunDetailOut, 409: ErrorOut, **REFUSED}, summary="Cancel a run")
-def cancel_run(request, run_id: PathId, payload: CancelIn | None = None):
+def cancel_run(request, run_id: PathId, reason: str = Query("cancelled by user", min_length=1, max_length=200)):
     require(request, "runs.cancel_run", "cancelling runs")
-    reason = payload.reason if payload else "cancelled by user"
     try:
-        run_cancel(actor=request.user, run=_run(run_id), reason=reason or "cancelled by user")
+        run_cancel(actor=request.user, run=_run(run_id), reason=reason)
     except RunActionRefused as exc:
         raise Refused([("run", str(exc))], 409) from None
     return run_out(_run(run_id), detail=True)
@@ -221,7 +216,7 @@ def fork_run(request, run_id: PathId, payload: ForkIn):
             raise Refused([("checkpoint_id", f"Run #{parent.pk} has no checkpoint #{payload.checkpoint_id} on disk.")])
     base = {**_base_of(parent), "name": f"{parent.name}-fork"[:100]}
     form = _checked_form(payload, preset=parent.preset, base_config=parent.config, base=base)
-    return 201, run_out(_from_form(form, actor=request.user, parent=parent, checkpoint=checkpoint), detail=True)
+    return Status(201, run_out(_from_form(form, actor=request.user, parent=parent, checkpoint=checkpoint), detail=True))
 
 
 class EventFilters(Schema):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from pydantic import Field
 
 from runs.api.auth import require
@@ -85,7 +85,7 @@ def resume_checkpoint(request, checkpoint_id: PathId):
         child = checkpoint_resume(checkpoint=_checkpoint(checkpoint_id), actor=request.user)
     except ServingRefused as exc:
         raise _refused(exc) from None
-    return 201, run_out(Run.objects.select_related("owner", "cluster", "recipe").get(pk=child.pk), detail=True)
+    return Status(201, run_out(Run.objects.select_related("owner", "cluster", "recipe").get(pk=child.pk), detail=True))
 
 
 class QuantizeIn(Schema):
@@ -105,7 +105,7 @@ def quantize_checkpoint(request, checkpoint_id: PathId, payload: QuantizeIn):
         )
     except ServingRefused as exc:
         raise _refused(exc) from None
-    return 201, artifact_out(artifact)
+    return Status(201, artifact_out(artifact))
 
 
 class ArtifactFilters(Schema):
@@ -163,7 +163,9 @@ def deploy_artifact(request, artifact_id: PathId, payload: DeployIn):
         )
     except ServingRefused as exc:
         raise _refused(exc) from None
-    return 201, deployment_out(Deployment.objects.select_related("artifact", "created_by").get(pk=deployment.pk))
+    return Status(
+        201, deployment_out(Deployment.objects.select_related("artifact", "created_by").get(pk=deployment.pk))
+    )
 
 
 class DeploymentFilters(Schema):

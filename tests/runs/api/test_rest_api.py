@@ -57,14 +57,14 @@ def test_viewers_get_no_token(seeded, viewer, viewer_client):
 def test_a_run_is_created_from_a_preset_with_overrides_and_audited(op, operator):
     answer = op.post(
         "/api/v1/runs/",
-        {"name": "api-run", "preset": "tiny", "overrides": {"optimizer.lr": 0.002}, "curriculum": "0:256, 3000:2048"},
+        {"name": "api-run", "preset": "tiny", "overrides": {"optimizer.lr": 0.002}, "curriculum": "0:32, 3:64"},
         content_type="application/json",
     )
     assert answer.status_code == 201, answer.content
     body = answer.json()
     run = Run.objects.get(pk=body["id"])
     assert run.owner == operator and run.config["optimizer"]["lr"] == 0.002 and body["status"] == "draft"
-    assert [s["seq_len"] for s in run.config["curriculum"]] == [256, 2048]
+    assert [s["seq_len"] for s in run.config["curriculum"]] == [32, 64]
     assert AuditEvent.objects.filter(action="run.create", run_id=run.pk).exists()
 
 
@@ -80,6 +80,12 @@ def test_a_bad_layout_is_refused_naming_the_field_and_nothing_is_saved(op):
     answer = op.post("/api/v1/runs/", {"name": "bad", "overrides": {"parallel.tp": 0}}, content_type="application/json")
     assert answer.status_code == 400 and answer.json()["errors"][0]["field"] == "overrides.parallel.tp"
     assert not Run.objects.exists()
+
+
+def test_a_curriculum_longer_than_the_batch_is_refused_not_a_server_error(op):
+    """The form's '0:256, 3000:2048' on the tiny preset (batch.seq_len 64) once gave a 500."""
+    answer = op.post("/api/v1/runs/", {"name": "c", "curriculum": "0:256, 3000:2048"}, content_type="application/json")
+    assert answer.status_code == 400 and {e["field"] for e in answer.json()["errors"]} == {"curriculum"}
 
 
 def test_plan_is_the_forms_plan_and_saves_nothing(viewer_client):
@@ -115,7 +121,9 @@ def test_launch_cancel_fork_and_edit_go_through_the_services(op, operator):
     assert op.post(f"/api/v1/runs/{run.pk}/launch/").status_code == 409
     assert op.patch(f"/api/v1/runs/{run.pk}/", {"name": "x"}, content_type="application/json").status_code == 409
     assert op.post(f"/api/v1/runs/{run.pk}/cancel/").json()["status"] == "cancelled"
-    fork = op.post(f"/api/v1/runs/{run.pk}/fork/", {"overrides": {"optimizer.lr": 0.01}}, content_type="application/json")
+    fork = op.post(
+        f"/api/v1/runs/{run.pk}/fork/", {"overrides": {"optimizer.lr": 0.01}}, content_type="application/json"
+    )
     assert fork.status_code == 201 and fork.json()["parent_id"] == run.pk
     assert fork.json()["config"]["training"]["seed"] == 7 and fork.json()["name"] == f"{run.name}-fork"
     listed = op.get(f"/api/v1/runs/?parent={run.pk}").json()

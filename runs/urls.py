@@ -1,7 +1,7 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from runs.views import audit, recipes, runs, serving
+from runs.views import audit, recipes, runs, serving, tokens
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list"), name="home"),
@@ -36,5 +36,7 @@ urlpatterns = [
     path("recipes/<int:pk>/", recipes.recipe_detail, name="recipe-detail"),
     path("recipes/<int:pk>/edit/", recipes.recipe_edit, name="recipe-edit"),
     path("audit/", audit.audit_list, name="audit-list"),
+    path("account/tokens/", tokens.token_list, name="token-list"),
+    path("account/tokens/<int:pk>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("", include("runs.urls_api")),
 ]

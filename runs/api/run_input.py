@@ -40,6 +40,11 @@ class RunChanges(Schema):
     curriculum: str | list[CurriculumStage] | None = Field(
         None, description='Sequence-length stages: "0:256, 3000:2048" or [{start_step, seq_len}, ...].'
     )
+    fit_override_reason: str = Field(
+        "",
+        max_length=300,
+        description="Only when the plan says the run does not fit: why it should run anyway (audited).",
+    )
 
 
 class RunIn(RunChanges):
@@ -147,6 +152,7 @@ def build_form(
         recipe=recipe.pk if recipe else None,
         script_path=changes.script_path if changes.script_path is not None else base.get("script_path", ""),
         curriculum=curriculum,
+        fit_override_reason=changes.fit_override_reason,
     )
     return RunForm(data, preset=preset)
 

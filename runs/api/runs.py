@@ -71,6 +71,7 @@ def _from_form(form, *, actor, parent: Run | None = None, checkpoint: Checkpoint
                 config=form.config(),
                 script_path=data.get("script_path", ""),
                 parent=parent,
+                fit_override_reason=data.get("fit_override_reason", ""),
             )
             if checkpoint is not None:
                 run_start_from(run=run, checkpoint=checkpoint, actor=actor)
@@ -175,6 +176,7 @@ def edit_run(request, run_id: PathId, payload: RunChanges):
             recipe=data["recipe"],
             config=form.config(),
             script_path=data.get("script_path", ""),
+            fit_override_reason=data.get("fit_override_reason", ""),
         )
     except RunInvalid as exc:
         raise Refused([(f"overrides.{i.field}", i.message) for i in exc.issues]) from None
@@ -184,10 +186,16 @@ def edit_run(request, run_id: PathId, payload: RunChanges):
 
 
 @router.post("/runs/{run_id}/launch/", response={200: RunDetailOut, 409: ErrorOut, **REFUSED}, summary="Queue a run")
-def launch_run(request, run_id: PathId):
+def launch_run(
+    request,
+    run_id: PathId,
+    fit_override_reason: str = Query(
+        "", max_length=300, description="Only when the plan says the run does not fit: why launch it anyway (audited)."
+    ),
+):
     require(request, "runs.launch_run", "launching runs")
     try:
-        run_launch(actor=request.user, run=_run(run_id))
+        run_launch(actor=request.user, run=_run(run_id), fit_override_reason=fit_override_reason)
     except RunActionRefused as exc:
         raise Refused([("run", str(exc))], 409) from None
     return run_out(_run(run_id), detail=True)

@@ -161,3 +161,15 @@ def test_the_schema_is_published_behind_login(viewer_client):
     assert schema["components"]["schemas"]["IngestBody"]["properties"]["records"]
     assert viewer_client.get("/api/v1/docs").status_code == 200
     assert Client().get("/api/v1/docs").status_code == 302
+
+
+def test_the_tokens_page_shows_a_new_token_once_and_revokes_it(seeded, operator):
+    client = Client()
+    client.force_login(operator)
+    page = client.post("/account/tokens/", {"name": "laptop"})
+    token = ApiToken.objects.get()
+    assert page.status_code == 200 and b"cpat_" in page.content and token.prefix.encode() in page.content
+    assert b"cpat_" not in client.get("/account/tokens/").content.replace(token.prefix.encode(), b"")
+    client.post(f"/account/tokens/{token.pk}/revoke/")
+    token.refresh_from_db()
+    assert token.revoked_at is not None

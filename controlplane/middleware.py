@@ -30,7 +30,10 @@ class LoginRequiredEverywhere:
         ).startswith("application/json"):
             fix = "log in, or send Authorization: Bearer <your API token> (API tokens page)"
             return JsonResponse(
-                {"error": "authentication required: log in first", "errors": [{"field": "Authorization", "message": fix}]},
+                {
+                    "error": "authentication required: log in first",
+                    "errors": [{"field": "Authorization", "message": fix}],
+                },
                 status=401,
             )
         return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)

@@ -128,7 +128,7 @@ def setup(n_runs: int, metrics: int) -> list[tuple[int, str]]:
         run = tiny_run(owner=user, name=f"fresh-{i}")
         for status in (RunStatus.QUEUED, RunStatus.LAUNCHING, RunStatus.RUNNING):
             run = transition(run=run, to=status, actor="system")
-        token = run_token_issue(run=run)
+        token = run_token_issue(run=run, kind="job").secret
         seed = [
             {"kind": "metrics", "step": s, "time": time.time(), "values": values(s, metrics)} for s in range(SEED_STEPS)
         ]

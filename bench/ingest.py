@@ -353,7 +353,7 @@ def setup_cp(n_runs: int) -> list[tuple[int, str]]:
         "seed_defaults()\n"
         "user = get_user_model().objects.create_user('bench', password='bench-pass-123')\n"
         f"runs = [tiny_run(owner=user, name=f'bench-{{i}}') for i in range({n_runs})]\n"
-        "print(json.dumps([[r.pk, run_token_issue(run=r)] for r in runs]))\n"
+        "print(json.dumps([[r.pk, run_token_issue(run=r, kind='operator').secret] for r in runs]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script],

@@ -237,6 +237,11 @@ WHITENOISE_AUTOREFRESH = DEBUG
 CP_PLAN_MFU = float(os.environ.get("CP_PLAN_MFU", "0.40"))
 CP_BASE_URL = os.environ.get("CP_BASE_URL", "http://127.0.0.1:8000")
 CP_WORKER_CONCURRENCY = _env_int("CP_WORKER_CONCURRENCY", 2)
+# Run tokens (runs.services.tokens): how long a process trusts a token it checked (the bound on revocation), how long
+# a job token outlives its run (the reporter's final flush), and an operator token's lifetime unless given.
+TOKEN_CACHE_TTL_S = _env_int("CP_TOKEN_CACHE_TTL_S", 15)
+TOKEN_GRACE_S = _env_int("CP_TOKEN_GRACE_S", 60)
+OPERATOR_TOKEN_TTL_S = _env_int("CP_OPERATOR_TOKEN_TTL_S", 30 * 24 * 3600)
 
 LOGGING = {
     "version": 1,

@@ -5,6 +5,7 @@ from runs.models.data import DataMixRecipe, DataSource, RecipeEntry
 from runs.models.metrics import MetricBlock, MetricSeries
 from runs.models.run import Alert, AlertKind, Checkpoint, Run, RunStatus, Severity, Trainer
 from runs.models.serving import Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Variant
+from runs.models.token import RunToken, TokenKind
 
 __all__ = [
     "Alert",
@@ -27,7 +28,9 @@ __all__ = [
     "RecipeEntry",
     "Run",
     "RunStatus",
+    "RunToken",
     "Severity",
+    "TokenKind",
     "Trainer",
     "Variant",
 ]

@@ -50,7 +50,6 @@ class Run(models.Model):
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.DRAFT, db_index=True)
     backend_job_id = models.CharField(max_length=100, blank=True)
     run_dir = models.CharField(max_length=500, blank=True)
-    ingest_token_hash = models.CharField(max_length=64, blank=True)
     failure_reason = models.TextField(blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     attempt = models.PositiveIntegerField(default=1)

@@ -20,7 +20,7 @@ from jobs.reporter import Reporter
 from runs.metrics.reads import series_read
 from runs.metrics.store import metrics_record
 from runs.metrics.validation import MAX_RECORDS
-from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus
+from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus, RunToken
 from runs.realtime.broadcast import run_group
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
 from runs.services.transitions import transition
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def run_and_token(seeded, operator):
     token_cache_clear()
     run = tiny_run(owner=operator)
-    return run, run_token_issue(run=run)
+    return run, run_token_issue(run=run, kind="operator").secret
 
 
 def metrics(step: int, **values) -> dict:
@@ -58,8 +58,8 @@ def points(run_id: int, key: str) -> int:
 
 def test_token_is_stored_as_a_hash_and_audited_without_the_secret(run_and_token):
     run, token = run_and_token
-    run.refresh_from_db()
-    assert token not in run.ingest_token_hash and len(run.ingest_token_hash) == 64
+    (stored,) = RunToken.objects.filter(run=run)
+    assert token not in stored.digest and len(stored.digest) == 64
     event = AuditEvent.objects.get(action="run.token_issued", run_id=run.pk)
     assert token not in json.dumps([event.message, event.diff])
     assert run_token_check(run_id=run.pk, token=token).pk == run.pk
@@ -67,9 +67,12 @@ def test_token_is_stored_as_a_hash_and_audited_without_the_secret(run_and_token)
     assert run_token_check(run_id=run.pk + 999, token=token) is None
 
 
-def test_reissuing_a_token_retires_the_old_one(run_and_token):
-    run, old = run_and_token
-    new = run_token_issue(run=run)
+def test_reissuing_a_job_token_retires_the_old_one(run_and_token):
+    run, _ = run_and_token
+    for status in (RunStatus.QUEUED, RunStatus.LAUNCHING, RunStatus.RUNNING):
+        run = transition(run=run, to=status, actor="system")
+    old = run_token_issue(run=run, kind="job").secret
+    new = run_token_issue(run=run, kind="job").secret
     assert post(run.pk, [metrics(1, loss=1.0)], old).status_code == 401
     assert post(run.pk, [metrics(1, loss=1.0)], new).status_code == 200
 
@@ -199,7 +202,7 @@ def test_heartbeats_move_liveness_and_last_step(run_and_token):
     run.refresh_from_db()
     assert run.last_step == 42 and run.last_heartbeat_at.timestamp() >= before - 1
     other = tiny_run(owner=run.owner, name="old-backlog")
-    other_token = run_token_issue(run=other)
+    other_token = run_token_issue(run=other, kind="operator").secret
     post(other.pk, [{"kind": "heartbeat", "step": 1, "time": before - 3600}], other_token)
     other.refresh_from_db()
     assert abs(other.last_heartbeat_at.timestamp() - (before - 3600)) < 1
@@ -393,7 +396,7 @@ def _count_store_calls(monkeypatch) -> list[int]:
 def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, fast_path):
     token_cache_clear()
     runs = [tiny_run(owner=operator, name=f"group-{i}") for i in range(4)]
-    tokens = [run_token_issue(run=run) for run in runs]
+    tokens = [run_token_issue(run=run, kind="operator").secret for run in runs]
     body = json.dumps({"records": [metrics(s, loss=2.0 + s % 3 * 0.01, lr=1e-3) for s in range(20)]}).encode()
     app = fast_path
     gone = runs[3]
@@ -466,7 +469,7 @@ def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, p
     token_cache_clear()
     monkeypatch.setattr(ingest_view, "ANSWERED_S", answered_s)
     runs = [tiny_run(owner=owner, name=f"gather-{i}") for i in range(2)]
-    tokens = [run_token_issue(run=run) for run in runs]
+    tokens = [run_token_issue(run=run, kind="operator").secret for run in runs]
     for step in (0, 1):
         time.sleep(pause_s * step)
         body = json.dumps({"records": [metrics(step, loss=2.0)]}).encode()
@@ -517,7 +520,7 @@ def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(see
 
     token_cache_clear()
     runs = [tiny_run(owner=operator, name=f"compact-{i}") for i in range(2)]
-    tokens = [run_token_issue(run=run) for run in runs]
+    tokens = [run_token_issue(run=run, kind="operator").secret for run in runs]
     for run in runs:  # 15 blocks of 300 points each: the 16th makes the series due (merge_due)
         for start in range(0, 15 * 300, 300):
             metrics_record(run=run, records=[metrics(s, mfu=0.5) for s in range(start, start + 300)], compact=False)

@@ -56,7 +56,7 @@ def server(request):
 def run_token(seeded, operator):
     token_cache_clear()
     run = tiny_run(owner=operator)
-    return run, run_token_issue(run=run)
+    return run, run_token_issue(run=run, kind="operator").secret
 
 
 def _post(path: str, body: bytes, token: str, *, version: str = "1.1", host: str = "127.0.0.1") -> bytes:

@@ -19,7 +19,7 @@ mlflow = pytest.importorskip("mlflow")
 def tracked(seeded, operator, live_server, monkeypatch):
     token_cache_clear()
     run = tiny_run(owner=operator)
-    token = run_token_issue(run=run)
+    token = run_token_issue(run=run, kind="operator").secret
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{live_server.url}/api/v1/ingest/{run.pk}/mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -23,7 +23,7 @@ def _copy_digests(apps, schema_editor) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("runs", "0007_block_lz4"),
+        ("runs", "0008_api_token"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

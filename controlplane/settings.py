@@ -243,6 +243,27 @@ TOKEN_CACHE_TTL_S = _env_int("CP_TOKEN_CACHE_TTL_S", 15)
 TOKEN_GRACE_S = _env_int("CP_TOKEN_GRACE_S", 60)
 OPERATOR_TOKEN_TTL_S = _env_int("CP_OPERATOR_TOKEN_TTL_S", 30 * 24 * 3600)
 
+# Data preparation: where prep and count jobs keep their folders, which local folders a data source may read (a
+# registered path must lie inside one), and which fsspec URL schemes (s3, gs, ...) a source may name.
+PREP_DIR = Path(os.environ.get("CP_PREP_DIR") or VAR_DIR / "prep").resolve()
+
+
+def _data_roots() -> list[Path]:
+    raw = os.environ.get("CP_DATA_ROOTS", "")
+    if not raw.strip():
+        return [(VAR_DIR / "data").resolve(), BASE_DIR / "jobs" / "assets" / "corpus"]
+    roots = [Path(p).expanduser() for p in raw.split(":") if p.strip()]
+    relative = [str(p) for p in roots if not p.is_absolute()]
+    if relative:
+        raise ImproperlyConfigured(f"CP_DATA_ROOTS holds relative paths ({', '.join(relative)}); use absolute ones.")
+    return [p.resolve() for p in roots]
+
+
+DATA_ROOTS = _data_roots()
+DATA_REMOTE_PROTOCOLS = [
+    p.strip().lower() for p in os.environ.get("CP_DATA_REMOTE_PROTOCOLS", "").split(",") if p.strip()
+]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

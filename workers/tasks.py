@@ -9,6 +9,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from workers import (
+    data_prep,
     launching,
     serving,
     watching,
@@ -85,7 +86,34 @@ def stop_deployment(deployment_id: int) -> str:
     return serving.deploy_stop(deployment_id)
 
 
-# What serving.in_flight() names -> the task that picks it up again.
+@shared_task(name="workers.count_source", acks_late=True)
+def count_source(source_id: int) -> str:
+    return _then_watch(data_prep.count_start(source_id), watch_count, source_id)
+
+
+@shared_task(name="workers.watch_count", acks_late=True, ignore_result=True)
+def watch_count(source_id: int) -> None:
+    if data_prep.count_watch(source_id):
+        watch_count.apply_async(args=[source_id], countdown=WATCH_INTERVAL_S)
+
+
+@shared_task(name="workers.prep_data", acks_late=True)
+def prep_data(prep_id: int) -> str:
+    return _then_watch(data_prep.prep_start(prep_id), watch_prep, prep_id)
+
+
+@shared_task(name="workers.watch_prep", acks_late=True, ignore_result=True)
+def watch_prep(prep_id: int) -> None:
+    if data_prep.prep_watch(prep_id):
+        watch_prep.apply_async(args=[prep_id], countdown=WATCH_INTERVAL_S)
+
+
+@shared_task(name="workers.stop_prep", acks_late=True)
+def stop_prep(prep_id: int) -> str:
+    return data_prep.prep_stop(prep_id)
+
+
+# What serving.in_flight() and data_prep.in_flight() name -> the task that picks it up again.
 _REATTACH = {
     "quantize_queued": quantize_artifact,
     "quantize_running": watch_artifact,
@@ -94,11 +122,15 @@ _REATTACH = {
     "deploy_queued": deploy,
     "deploy_live": watch_deployment,
     "deploy_stopping": stop_deployment,
+    "count_queued": count_source,
+    "count_running": watch_count,
+    "prep_queued": prep_data,
+    "prep_running": watch_prep,
 }
 
 
 def _reattach_serving() -> None:
-    for kind, pks in serving.in_flight().items():
+    for kind, pks in [*serving.in_flight().items(), *data_prep.in_flight().items()]:
         for pk in pks:
             _REATTACH[kind].delay(pk)
 

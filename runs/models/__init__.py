@@ -1,7 +1,8 @@
 from runs.models.api_token import ApiToken
 from runs.models.audit import AuditChainHead, AuditEvent
 from runs.models.cluster import BackendKind, Cluster
-from runs.models.data import DataMixRecipe, DataSource, RecipeEntry
+from runs.models.data import DataMixRecipe, DataSource, RecipeEntry, SourceFormat
+from runs.models.data_prep import PrepRun
 from runs.models.metrics import MetricBlock, MetricSeries
 from runs.models.run import Alert, AlertKind, Checkpoint, Run, RunStatus, Severity, Trainer
 from runs.models.serving import Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Variant
@@ -25,11 +26,13 @@ __all__ = [
     "JobPhase",
     "MetricBlock",
     "MetricSeries",
+    "PrepRun",
     "RecipeEntry",
     "Run",
     "RunStatus",
     "RunToken",
     "Severity",
+    "SourceFormat",
     "TokenKind",
     "Trainer",
     "Variant",

@@ -8,8 +8,10 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Max
 
+from jobs.data.prep import settings as prep_settings
 from runs.models import DataMixRecipe, DataSource, RecipeEntry
 from runs.services.audit import audit_record
+from runs.services.diff import config_diff
 
 
 class RecipeInvalid(Exception):
@@ -50,8 +52,25 @@ def _clean_weights(weights: dict[str, Any]) -> dict[str, Decimal]:
     return clean
 
 
-def _write_version(*, actor: Any, name: str, version: int, notes: str, weights: dict[str, Decimal]) -> DataMixRecipe:
-    recipe = DataMixRecipe.objects.create(name=name, version=version, notes=notes, created_by=actor)
+def _clean_settings(raw: dict | None) -> dict:
+    """The complete preparation settings (defaults filled in), or RecipeInvalid naming each bad field as
+    `prep.<section>.<key>`."""
+    try:
+        return prep_settings.validate(raw)
+    except prep_settings.SettingsInvalid as exc:
+        raise RecipeInvalid({f"prep.{k}": v for k, v in exc.errors.items()}) from exc
+
+
+def recipe_settings(recipe: DataMixRecipe) -> dict:
+    """A version's preparation settings with the defaults filled in (versions from before settings: defaults)."""
+    return prep_settings.validate(recipe.prep_settings)
+
+
+def _write_version(*, actor: Any, name: str, version: int, notes: str, weights: dict[str, Decimal],
+                   settings: dict) -> DataMixRecipe:  # fmt: skip
+    recipe = DataMixRecipe.objects.create(
+        name=name, version=version, notes=notes, created_by=actor, prep_settings=settings
+    )
     sources = {s.name: s for s in DataSource.objects.filter(name__in=weights)}
     RecipeEntry.objects.bulk_create(
         RecipeEntry(recipe=recipe, source=sources[src], weight=w) for src, w in weights.items()
@@ -59,14 +78,17 @@ def _write_version(*, actor: Any, name: str, version: int, notes: str, weights: 
     return recipe
 
 
-def recipe_create(*, actor: Any, name: str, weights: dict[str, Any], notes: str = "") -> DataMixRecipe:
+def recipe_create(
+    *, actor: Any, name: str, weights: dict[str, Any], notes: str = "", settings: dict | None = None
+) -> DataMixRecipe:
     clean = _clean_weights(weights)
+    clean_settings = _clean_settings(settings)
     with transaction.atomic():
         if DataMixRecipe.objects.filter(name=name).exists():
             raise RecipeInvalid(
                 {"name": f"A recipe named {name!r} exists; edit it to make a new version, or pick another name."}
             )
-        recipe = _write_version(actor=actor, name=name, version=1, notes=notes, weights=clean)
+        recipe = _write_version(actor=actor, name=name, version=1, notes=notes, weights=clean, settings=clean_settings)
         audit_record(
             actor=actor,
             action="recipe.create",
@@ -76,16 +98,25 @@ def recipe_create(*, actor: Any, name: str, weights: dict[str, Any], notes: str 
     return recipe
 
 
-def recipe_new_version(*, actor: Any, base: DataMixRecipe, weights: dict[str, Any], notes: str = "") -> DataMixRecipe:
+def recipe_new_version(
+    *, actor: Any, base: DataMixRecipe, weights: dict[str, Any], notes: str = "", settings: dict | None = None
+) -> DataMixRecipe:
+    """The next version; `settings` None keeps the base version's preparation settings."""
     clean = _clean_weights(weights)
+    clean_settings = _clean_settings(recipe_settings(base) if settings is None else settings)
     with transaction.atomic():
         latest = DataMixRecipe.objects.select_for_update().filter(name=base.name).aggregate(v=Max("version"))["v"]
         before = base.weights()
-        if {k: float(v) for k, v in clean.items()} == before:
+        if {k: float(v) for k, v in clean.items()} == before and clean_settings == recipe_settings(base):
             raise RecipeInvalid(
-                {"__all__": "Nothing changed: the weights equal this version's; change a weight to make a new version."}
+                {
+                    "__all__": "Nothing changed: the weights and preparation settings equal this version's; "
+                    "change one to make a new version."
+                }
             )
-        recipe = _write_version(actor=actor, name=base.name, version=(latest or 0) + 1, notes=notes, weights=clean)
+        recipe = _write_version(
+            actor=actor, name=base.name, version=(latest or 0) + 1, notes=notes, weights=clean, settings=clean_settings
+        )
         audit_record(
             actor=actor,
             action="recipe.new_version",
@@ -98,4 +129,6 @@ def recipe_new_version(*, actor: Any, base: DataMixRecipe, weights: dict[str, An
 
 def recipe_diff(a: DataMixRecipe, b: DataMixRecipe) -> dict[str, list]:
     wa, wb = a.weights(), b.weights()
-    return {f"weights.{s}": [wa.get(s), wb.get(s)] for s in sorted(set(wa) | set(wb)) if wa.get(s) != wb.get(s)}
+    diff = {f"weights.{s}": [wa.get(s), wb.get(s)] for s in sorted(set(wa) | set(wb)) if wa.get(s) != wb.get(s)}
+    diff.update({f"prep.{k}": v for k, v in config_diff(recipe_settings(a), recipe_settings(b)).items()})
+    return diff

@@ -20,6 +20,7 @@ from runs.planning.plan import plan as compute_plan
 from runs.planning.validation import validate_config
 from runs.realtime.broadcast import RUN_LIST_GROUP, broadcast_on_commit
 from runs.services.audit import audit_record
+from runs.services.data_prep import latest_prep
 from runs.services.diff import config_diff
 from runs.services.enqueue import enqueue_on_commit
 from runs.services.transitions import IllegalTransition, transition
@@ -51,6 +52,7 @@ def assemble_config(*, base: dict, cluster: Cluster, recipe: DataMixRecipe, trai
     cfg["data"]["recipe"] = recipe.spec()
     cfg["data"].setdefault("shards_dir", None)
     cfg["data"].setdefault("tokenizer", None)
+    _prepared_data(cfg["data"], recipe)
     training = cfg.setdefault("training", {})
     try:
         per_step = tokens_per_step(cfg)
@@ -61,6 +63,33 @@ def assemble_config(*, base: dict, cluster: Cluster, recipe: DataMixRecipe, trai
         pass  # validate_config names the missing or malformed field
     cfg.setdefault("run", {})["trainer"] = trainer
     return cfg
+
+
+def _prepared_data(data: dict, recipe: DataMixRecipe) -> None:
+    """Point data.shards_dir and data.tokenizer at the recipe version's newest successful prep, unless the config
+    names data of its own (a path outside the prep folder); with no prep, the bundled sample (null)."""
+    managed = [data.get(k) for k in ("shards_dir", "tokenizer")]
+    if any(p and not str(p).startswith(str(settings.PREP_DIR)) for p in managed):
+        return
+    prep = latest_prep(recipe)
+    data["shards_dir"] = prep.shards_dir if prep else None
+    data["tokenizer"] = prep.tokenizer_path if prep else None
+
+
+def _prep_vocab_issue(cfg: dict, recipe: DataMixRecipe) -> FieldIssue | None:
+    prep = latest_prep(recipe)
+    if prep is None or cfg.get("data", {}).get("tokenizer") != prep.tokenizer_path:
+        return None
+    vocab = (prep.report.get("tokenizer") or {}).get("vocab_size")
+    model_vocab = cfg.get("model", {}).get("vocab_size")
+    if isinstance(vocab, int) and isinstance(model_vocab, int) and model_vocab < vocab:
+        return FieldIssue(
+            "model.vocab_size",
+            f"model.vocab_size is {model_vocab:,} but the tokenizer prepared for {recipe} (prep #{prep.pk}) has "
+            f"{vocab:,} pieces; set vocab_size to at least {vocab:,}.",
+            {"model.vocab_size": vocab},
+        )
+    return None
 
 
 @dataclass
@@ -127,6 +156,9 @@ def run_check(
         except CapabilitiesUnavailable as exc:
             return Checked(cfg, [FieldIssue("trainer", str(exc))], None)
     issues = list(validate_config(cfg, capabilities=caps, trainer=trainer))
+    vocab_issue = _prep_vocab_issue(cfg, recipe)
+    if vocab_issue is not None:
+        issues.append(vocab_issue)
     if trainer == Trainer.OWN_SCRIPT:
         if not script_path:
             issues.append(

@@ -26,6 +26,9 @@ class LaunchSpec:
     job_name: str = ""
     # One process, no DeepSpeed launcher: the quantize, benchmark and inference-server jobs.
     single_process: bool = False
+    # CPUs per rank on Slurm; 0: the backend's choice (a node's CPUs shared among its ranks). A data-prep driver
+    # asks for 1, leaving the node's other CPUs to the job arrays it submits.
+    cpus_per_task: int = 0
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ class SlurmBackend:
         run_dir = Path(spec.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         job_name = spec.job_name or f"run-{spec.run_id}"
-        cpus = self.cpus_per_task or self._cpus_per_task(spec.partition, spec.gpus_per_node)
+        cpus = spec.cpus_per_task or self.cpus_per_task or self._cpus_per_task(spec.partition, spec.gpus_per_node)
         script = self.render_script(spec, job_name=job_name, cpus_per_task=cpus)
         script_path = run_dir / "job.sbatch"
         script_path.write_text(script)

@@ -50,7 +50,8 @@ class Stack:
         return "\n".join(out)
 
 
-def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
+def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None, worker: bool = True) -> Stack:
+    """The web server and (unless worker=False: what is queued stays queued) a Celery worker."""
     from django.conf import settings
     from django.db import connection
 
@@ -81,15 +82,18 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         ),
-        subprocess.Popen(
-            worker_argv(concurrency=2, queue=f"e2e-{port}", name=f"e2e-{port}@%h"),
-            cwd=ROOT,
-            env=env,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
     ]
+    if worker:
+        procs.append(
+            subprocess.Popen(
+                worker_argv(concurrency=2, queue=f"e2e-{port}", name=f"e2e-{port}@%h"),
+                cwd=ROOT,
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     stack = Stack(url=f"http://127.0.0.1:{port}", runs_dir=runs_dir, procs=procs, logs=logs)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

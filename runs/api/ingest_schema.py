@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
 
-from runs.metrics.validation import MAX_POINTS, MAX_RECORDS, MAX_SERIES_PER_REQUEST, MAX_STEP
+from runs.metrics.validation import MAX_POINTS, MAX_RECORDS, MAX_SERIES_PER_REQUEST, MAX_STEP, MAX_TIME
 
 Step = Annotated[int, Field(ge=0, le=MAX_STEP, description="The training step, an integer from 0 to 2**53.")]
 MetricKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]{1,100}$")]
@@ -43,7 +43,7 @@ class MetricsRecord(_Record):
 class HeartbeatRecord(_Record):
     kind: Literal["heartbeat"]
     step: Step
-    time: float | None = Field(None, description="Unix time in seconds; absent: the time it arrives.")
+    time: float | None = Field(None, ge=0, le=MAX_TIME, description="Unix time in seconds; absent: when it arrives.")
 
 
 _CHECKPOINT_FIELDS: JsonDict = {

@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_RECORDS = 5000
 MAX_POINTS = 100_000
 MAX_STEP = 2**53  # rollups keep steps as float64, exact up to here
+MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 MAX_ERRORS = 20
 MAX_SERIES_PER_REQUEST = 2000
 NONFINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf}
@@ -166,8 +167,8 @@ def ingest_validate(records: Any) -> Batch:
         elif kind == "heartbeat":
             batch.heartbeats += 1
             when = rec.get("time")
-            if when is not None and (type(when) not in (int, float) or not math.isfinite(when)):
-                errors.append(_error(i, "time", f"{when!r} is not a Unix time in seconds"))
+            if when is not None and (type(when) not in (int, float) or not 0 <= when <= MAX_TIME):
+                errors.append(_error(i, "time", f"{when!r} is not a Unix time in seconds (0 to {MAX_TIME})"))
                 continue
             if when is not None and (batch.heartbeat_time is None or when > batch.heartbeat_time):
                 batch.heartbeat_time = float(when)

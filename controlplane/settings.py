@@ -63,7 +63,6 @@ ALLOWED_HOSTS = [h.strip() for h in os.environ.get("CP_ALLOWED_HOSTS", "127.0.0.
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CP_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -37,10 +37,6 @@ class Cluster(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def total_gpus(self) -> int:
-        return self.nodes * self.gpus_per_node
-
     def spec(self) -> dict:
         """The cluster section of a frozen run config."""
         return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib.auth.models import Group, Permission
 
 VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
-ROLES = (VIEWER, OPERATOR, ADMIN)
 
 _VIEW = [
     "view_run",

@@ -3,8 +3,8 @@
     .venv/bin/python bench/freshness.py [--runs 32] [--pages 4] [--seconds 30] [--warmup 5] [--metrics 4]
                                         [--charts-js FILE] [--json FILE]
 
-Starts our web server as `make up` does (controlplane.processes.web_server_argv: one uvicorn process, ingest fast
-path and websockets) on PostgreSQL at 127.0.0.1:5432 (user postgres; database cp_fresh, created and dropped) and
+Starts our web server as `make up` does (controlplane.processes.web_server_argv: uvicorn's command, one process,
+ingest endpoint and websockets) on PostgreSQL at 127.0.0.1:5432 (user postgres; database cp_fresh, created and dropped) and
 Redis at 127.0.0.1:6379 db 3 (BENCH_REDIS_URL overrides). Creates 32 RUNNING runs with ingest tokens and a few
 seed points each, opens headless Chromium (/usr/bin/chromium, or CHROMIUM_PATH) logged in as a viewer with one
 page per watched run (/runs/<id>/, charts loaded, websocket open), then 32 simulated trainers each post one step

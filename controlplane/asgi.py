@@ -13,13 +13,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from runs.planning.warmup import warm_up_in_background  # noqa: E402
 from runs.realtime.routing import websocket_urlpatterns  # noqa: E402
-from runs.views.ingest import IngestFastPath  # noqa: E402
+from runs.views.ingest import IngestEndpoint  # noqa: E402
 
 warm_up_in_background()
 
-# The ingest path is served by a lean handler in front of Django (token auth, one transaction per batch);
-# everything else, websockets included, goes through the normal stack.
-application = IngestFastPath(
+# The ingest path is answered in front of Django (runs.views.ingest: token auth, requests that arrive together
+# stored in one transaction); everything else, websockets included, goes through the normal stack.
+application = IngestEndpoint(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,

@@ -8,11 +8,32 @@ import sys
 def web_server_argv(
     *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", workers: int | None = None
 ) -> list[str]:
-    """controlplane.serve: uvicorn, in `workers` processes (default CP_WEB_WORKERS, else 1)."""
-    argv = [sys.executable, "-m", "controlplane.serve", "--host", host, "--port", str(port), "--log-level", log_level]
-    if workers is not None:
-        argv += ["--workers", str(workers)]
-    return argv
+    """uvicorn's own command line serving controlplane.asgi in `workers` processes (default: the CP_WEB_WORKERS
+    setting). With more than one, uvicorn's parent holds the listening socket, its workers accept from it, and a
+    worker that dies is replaced."""
+    if workers is None:
+        from django.conf import settings
+
+        workers = settings.CP_WEB_WORKERS
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "controlplane.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        log_level,
+        "--no-access-log",
+        "--lifespan",
+        "off",  # Django's ASGI application has no lifespan events
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
 
 
 def worker_argv(

@@ -41,6 +41,13 @@ def _env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from None
 
 
+def _env_count(name: str, default: int) -> int:
+    value = _env_int(name, default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name}={value} must be at least 1.")
+    return value
+
+
 VAR_DIR = Path(os.environ.get("CP_VAR_DIR") or BASE_DIR / "var").resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 RUNS_DIR = Path(os.environ.get("CP_RUNS_DIR") or VAR_DIR / "runs").resolve()
@@ -236,6 +243,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 CP_PLAN_MFU = float(os.environ.get("CP_PLAN_MFU", "0.40"))
 CP_BASE_URL = os.environ.get("CP_BASE_URL", "http://127.0.0.1:8000")
 CP_WORKER_CONCURRENCY = _env_int("CP_WORKER_CONCURRENCY", 2)
+CP_WEB_WORKERS = _env_count("CP_WEB_WORKERS", 1)  # web server processes (controlplane.processes)
+CP_INGEST_THREADS = _env_count("CP_INGEST_THREADS", 1)  # ingest transactions at once per web process
 # Run tokens (runs.services.tokens): how long a process trusts a token it checked (the bound on revocation), how long
 # a job token outlives its run (the reporter's final flush), and an operator token's lifetime unless given.
 TOKEN_CACHE_TTL_S = _env_int("CP_TOKEN_CACHE_TTL_S", 15)

@@ -14,11 +14,12 @@ from runs.api.auth import require
 from runs.api.errors import Refused
 from runs.api.ingest_schema import IngestBody, IngestRefused, IngestStored, TokenRefused
 from runs.api.schemas import ErrorOut, PathId, is_id
+from runs.metrics.ingest import answer_now
 from runs.metrics.reads import series_json, series_keys, series_read
-from runs.metrics.validation import KEY_RE, MAX_BODY_BYTES, MAX_STEP
+from runs.metrics.validation import KEY_RE, MAX_STEP
 from runs.models import Run
 from runs.services.tokens import run_token_check_cached
-from runs.views.ingest import ingest_handle
+from runs.views.ingest import bearer_token
 
 MAX_KEYS = 20
 MAX_OVERLAY_RUNS = 10
@@ -59,13 +60,9 @@ def ingest(request: HttpRequest, run_id: PathId):
     """What `jobs.reporter` posts (docs/run-config.md). On the production server this path is answered in front of
     Django by the ingest endpoint (runs.views.ingest); this route hands a request that reaches Django to the same
     handler."""
-    if len(request.body) > MAX_BODY_BYTES:
-        status, payload = 413, {"error": f"body over {MAX_BODY_BYTES} bytes; send smaller batches"}
-    else:
-        status, payload, _ = ingest_handle(
-            run_id=run_id, authorization=request.headers.get("Authorization", ""), body=request.body
-        )
-    return HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
+    token = bearer_token(request.headers.get("Authorization", ""))
+    answer = answer_now(run_id=run_id, token=token, body=request.body)
+    return HttpResponse(orjson.dumps(answer.payload), status=answer.status, content_type="application/json")
 
 
 def _keys(raw: str) -> list[str]:

@@ -66,6 +66,11 @@ def ingest_parse(body: bytes) -> Any:
     return doc["records"]
 
 
+def ingest_body(body: bytes) -> Batch:
+    """A request body parsed and validated (IngestInvalid names what to fix)."""
+    return ingest_validate(ingest_parse(body))
+
+
 def _step_of(raw: Any) -> int | None:
     if type(raw) is int:
         return raw if 0 <= raw <= MAX_STEP else None

@@ -31,6 +31,9 @@ def _start(env_overrides: dict[str, str], tmp_path) -> subprocess.CompletedProce
         ({"REDIS_URL": "http://localhost:6379"}, "REDIS_URL has scheme 'http'"),
         ({"REDIS_URL": "redis://localhost:notaport/0"}, "malformed port"),
         ({"CP_DEBUG": "maybe"}, "CP_DEBUG='maybe' is not a boolean"),
+        ({"CP_WEB_WORKERS": "two"}, "CP_WEB_WORKERS='two' is not an integer"),
+        ({"CP_WEB_WORKERS": "0"}, "CP_WEB_WORKERS=0 must be at least 1"),
+        ({"CP_INGEST_THREADS": "-1"}, "CP_INGEST_THREADS=-1 must be at least 1"),
     ],
 )
 def test_malformed_values_fail_at_start_up(env, expected, tmp_path):

@@ -6,15 +6,17 @@ import asyncio
 import datetime
 import json
 import math
+import socket
 import threading
 import time
+from typing import NamedTuple
 
 import pytest
+import uvicorn
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 from django.db import connection, connections
-from django.test import Client
 
 from jobs.reporter import Reporter
 from runs.metrics.reads import series_read
@@ -24,7 +26,7 @@ from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries
 from runs.realtime.broadcast import run_group
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
 from runs.services.transitions import transition
-from runs.views.ingest import IngestFastPath
+from runs.views.ingest import IngestEndpoint
 from tests.runs.factories import tiny_run
 from tests.runs.realtime.test_listeners import _until
 from tests.runs.test_detectors import receive_matching
@@ -43,10 +45,45 @@ def metrics(step: int, **values) -> dict:
     return {"kind": "metrics", "step": step, "time": 1.7e9 + step, "values": values}
 
 
-def post(run_id: int, records, token: str | None, client: Client | None = None):
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
-    body = records if isinstance(records, bytes | str) else json.dumps({"records": records})
-    return (client or Client()).post(f"/api/v1/ingest/{run_id}/", data=body, content_type="application/json", **headers)
+class Posted(NamedTuple):
+    status_code: int
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+
+# One endpoint on one event loop in a thread of its own, as a web server process has them: the endpoint's tasks
+# (the websocket-group listener among them) live on across requests.
+_server: tuple[IngestEndpoint, asyncio.AbstractEventLoop] | None = None
+
+
+def _server_endpoint() -> tuple[IngestEndpoint, asyncio.AbstractEventLoop]:
+    global _server
+    if _server is None:
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="test-server-loop", daemon=True).start()
+        _server = IngestEndpoint(None), loop
+    return _server
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_released():
+    yield
+    global _server
+    if _server is not None:
+        release(_server[0])
+        _server = None
+
+
+def post(run_id: int, records, token: str | None) -> Posted:
+    """POST to the ingest endpoint through ASGI, as the web server hands it a request; returns once the endpoint
+    is idle (its pushes and compactions done)."""
+    body = records if isinstance(records, bytes) else json.dumps({"records": records}).encode()
+    app, loop = _server_endpoint()
+    call = _asgi_coroutine(app, f"/api/v1/ingest/{run_id}/", body, token)
+    status, content = asyncio.run_coroutine_threadsafe(call, loop).result(60)
+    return Posted(status, content)
 
 
 def points(run_id: int, key: str) -> int:
@@ -268,10 +305,43 @@ def test_points_are_pushed_to_the_run_group_once_per_request(run_and_token):
     assert message["points"] == {"mfu": [[1, 2.5], [2, None, "nan"]], "lr": [[1, 0.1], [2, 0.1]]}
 
 
-# The ASGI fast path answers like the Django view
+def test_a_request_that_reaches_django_is_answered_by_the_same_handler(run_and_token):
+    from django.test import Client
+
+    run, token = run_and_token
+
+    def django_post(body: bytes, token: str):
+        return Client().post(
+            f"/api/v1/ingest/{run.pk}/",
+            data=body,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        )
+
+    body = json.dumps({"records": [metrics(s, loss=1.0) for s in range(5)]}).encode()
+    answer = django_post(body, token)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 5
+    assert django_post(body, token).json()["duplicates"] == 5
+    refused = django_post(body, "wrong")
+    assert (refused.status_code, refused.content) == (401, post(run.pk, body, "wrong").content)
+    assert django_post(b"[1", token).status_code == 400
+    assert points(run.pk, "loss") == 5
+
+
+# The endpoint through ASGI
 
 
 def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"127.0.0.1:8000"):
+    status, content = _asgi_call(app, path, body, token, host)
+    return status, json.loads(content) if content else None
+
+
+def _asgi_call(app, path: str, body: bytes, token: str | None, host: bytes = b"127.0.0.1:8000") -> tuple[int, bytes]:
+    """(status, body) of a POST sent in two parts; returns once the endpoint is idle (pushes and compactions)."""
+    return async_to_sync(_asgi_coroutine)(app, path, body, token, host)
+
+
+async def _asgi_coroutine(app, path: str, body: bytes, token: str | None, host: bytes = b"127.0.0.1:8000"):
     headers = [(b"host", host), (b"content-type", b"application/json")]
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
@@ -287,18 +357,17 @@ def _asgi_post(app, path: str, body: bytes, token: str | None, host: bytes = b"1
         "client": ("127.0.0.1", 1),
     }
 
-    async def call():
-        comm = ApplicationCommunicator(app, scope)
-        await comm.send_input({"type": "http.request", "body": body[: len(body) // 2], "more_body": True})
-        await comm.send_input({"type": "http.request", "body": body[len(body) // 2 :], "more_body": False})
-        start = await comm.receive_output(10)
-        content = await comm.receive_output(10)
-        return start["status"], json.loads(content["body"]) if content["body"] else None
+    comm = ApplicationCommunicator(app, scope)
+    await comm.send_input({"type": "http.request", "body": body[: len(body) // 2], "more_body": True})
+    await comm.send_input({"type": "http.request", "body": body[len(body) // 2 :], "more_body": False})
+    start = await comm.receive_output(10)
+    content = await comm.receive_output(10)
+    if isinstance(app, IngestEndpoint):
+        await app.commits.idle()
+    return start["status"], content["body"]
 
-    return async_to_sync(call)()
 
-
-def test_fast_path_stores_and_passes_other_requests_through(run_and_token, request):
+def test_endpoint_stores_and_passes_other_requests_through(run_and_token, request):
     run, token = run_and_token
     passed = []
 
@@ -307,7 +376,7 @@ def test_fast_path_stores_and_passes_other_requests_through(run_and_token, reque
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    app = IngestFastPath(inner)
+    app = IngestEndpoint(inner)
     request.addfinalizer(lambda: release(app))
     body = json.dumps({"records": [metrics(s, loss=1.0) for s in range(20)]}).encode()
     status, answer = _asgi_post(app, f"/api/v1/ingest/{run.pk}/", body, token)
@@ -354,30 +423,21 @@ async def _asgi_posts_in_loop(app, requests: list[tuple[int, bytes, str]]) -> li
 
 
 @pytest.fixture
-def fast_path():
-    app = IngestFastPath(None)
+def endpoint():
+    app = IngestEndpoint(None)
     yield app
     release(app)
 
 
-def release(app: IngestFastPath) -> None:
+def release(app: IngestEndpoint) -> None:
     """Its threads keep their database connections: close each one's, or the test database cannot be dropped."""
-    for executor, threads in ((app.executor, app.slots), (app.compactor, 1)):
-        barrier = threading.Barrier(threads)
-
-        def close(barrier=barrier):
-            barrier.wait(10)
-            connections.close_all()
-
-        for future in [executor.submit(close) for _ in range(threads)]:
-            future.result(20)
-        executor.shutdown()
+    app.commits.close()
 
 
 def _count_store_calls(monkeypatch) -> list[int]:
-    """From now on, the number of batches of each store call of the fast path (metrics_store_many for requests
-    stored from their bodies, metrics_store_ready for those prepared on arrival)."""
-    from runs.views import ingest as ingest_view
+    """From now on, the number of batches of each store call of the endpoint (metrics_store_many for requests
+    stored as batches, metrics_store_ready for those prepared on arrival)."""
+    from runs.metrics import ingest as metrics_ingest
 
     calls: list[int] = []
 
@@ -389,16 +449,16 @@ def _count_store_calls(monkeypatch) -> list[int]:
         return call
 
     for name in ("metrics_store_many", "metrics_store_ready"):
-        monkeypatch.setattr(ingest_view, name, counting(getattr(ingest_view, name)))
+        monkeypatch.setattr(metrics_ingest, name, counting(getattr(metrics_ingest, name)))
     return calls
 
 
-def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, fast_path):
+def test_endpoint_stores_waiting_requests_in_one_transaction(seeded, operator, monkeypatch, endpoint):
     token_cache_clear()
     runs = [tiny_run(owner=operator, name=f"group-{i}") for i in range(4)]
     tokens = [run_token_issue(run=run, kind="operator").secret for run in runs]
     body = json.dumps({"records": [metrics(s, loss=2.0 + s % 3 * 0.01, lr=1e-3) for s in range(20)]}).encode()
-    app = fast_path
+    app = endpoint
     gone = runs[3]
     assert _asgi_posts_at_once(app, [(gone.pk, body, tokens[3])])[0][0] == 200  # its token is now cached
     Run.objects.filter(pk=gone.pk).delete()
@@ -419,31 +479,31 @@ def test_fast_path_stores_waiting_requests_in_one_transaction(seeded, operator, 
     "sqlite" in __import__("django.conf", fromlist=["settings"]).settings.DATABASES["default"]["ENGINE"],
     reason="requests are prepared for the one-statement write on PostgreSQL only",
 )
-def test_fast_path_stores_a_known_runs_request_from_its_preparation(run_and_token, monkeypatch, fast_path):
+def test_endpoint_stores_a_known_runs_request_from_its_preparation(run_and_token, monkeypatch, endpoint):
     run, token = run_and_token
     body = json.dumps({"records": [metrics(s, loss=2.0, lr=1e-3) for s in range(10)]}).encode()
-    assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0][0] == 200  # token and series now known here
+    assert _asgi_posts_at_once(endpoint, [(run.pk, body, token)])[0][0] == 200  # token and series now known here
     calls = _count_store_calls(monkeypatch)
-    from runs.views import ingest as ingest_view
+    from runs.metrics import ingest as metrics_ingest
 
     many = []
-    monkeypatch.setattr(ingest_view, "ingest_handle_many", lambda *a, **k: many.append(a) or [])
+    monkeypatch.setattr(metrics_ingest, "_store_batches", lambda *a, **k: many.append(a) or [])
     body = json.dumps({"records": [metrics(s, loss=2.0, lr=1e-3) for s in range(10, 20)]}).encode()
-    assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0] == (200, _answer_of(accepted=20, last=19))
+    assert _asgi_posts_at_once(endpoint, [(run.pk, body, token)])[0] == (200, _answer_of(accepted=20, last=19))
     assert calls == [1] and many == []  # stored from its preparation, not from its body
     assert points(run.pk, "loss") == 20
 
 
-def test_fast_path_answers_a_bad_body_of_a_known_run_at_once(run_and_token, monkeypatch, fast_path):
+def test_endpoint_answers_a_bad_body_of_a_known_run_at_once(run_and_token, monkeypatch, endpoint):
     run, token = run_and_token
     body = json.dumps({"records": [metrics(s, loss=2.0, lr=1e-3) for s in range(10)]}).encode()
-    assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0][0] == 200  # its token is now cached
+    assert _asgi_posts_at_once(endpoint, [(run.pk, body, token)])[0][0] == 200  # its token is now cached
     calls = _count_store_calls(monkeypatch)
-    from runs.views import ingest as ingest_view
+    from runs.metrics import ingest as metrics_ingest
 
     many = []
-    monkeypatch.setattr(ingest_view, "ingest_handle_many", lambda *a, **k: many.append(a) or [])
-    status, answer = _asgi_posts_at_once(fast_path, [(run.pk, b'{"records": [{"kind": "metrics"}]}', token)])[0]
+    monkeypatch.setattr(metrics_ingest, "_store_batches", lambda *a, **k: many.append(a) or [])
+    status, answer = _asgi_posts_at_once(endpoint, [(run.pk, b'{"records": [{"kind": "metrics"}]}', token)])[0]
     assert status == 400 and answer["errors"][0]["field"] == "step"
     assert calls == [] and many == []  # refused on arrival: it never reached a transaction
     assert points(run.pk, "loss") == 10
@@ -464,10 +524,10 @@ def _answer_of(*, accepted: int, last: int) -> dict:
 def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, pause_s: float = 0.0):
     """Two runs that posted twice each (pause_s apart: prompt when under answered_s); then store calls are counted
     (their sizes) and transactions gather for gather_s."""
-    from runs.views import ingest as ingest_view
+    from runs.metrics import ingest as metrics_ingest
 
     token_cache_clear()
-    monkeypatch.setattr(ingest_view, "ANSWERED_S", answered_s)
+    monkeypatch.setattr(metrics_ingest, "ANSWERED_S", answered_s)
     runs = [tiny_run(owner=owner, name=f"gather-{i}") for i in range(2)]
     tokens = [run_token_issue(run=run, kind="operator").secret for run in runs]
     for step in (0, 1):
@@ -476,23 +536,23 @@ def _gathering(app, owner, monkeypatch, *, gather_s: float, answered_s: float, p
         answers = _asgi_posts_at_once(app, [(r.pk, body, t) for r, t in zip(runs, tokens, strict=True)])
         assert [status for status, _ in answers] == [200, 200]
     # Only now: while the two runs post above, one's answer must not hold the other's request for gather_s.
-    monkeypatch.setattr(ingest_view, "GATHER_S", gather_s)
+    monkeypatch.setattr(metrics_ingest, "GATHER_S", gather_s)
     calls = _count_store_calls(monkeypatch)
     body = json.dumps({"records": [metrics(2, loss=2.0)]}).encode()
     return [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)], calls
 
 
-def test_fast_path_waits_for_a_prompt_run_answered_moments_ago_to_share_its_transaction(
-    seeded, operator, monkeypatch, fast_path
+def test_endpoint_waits_for_a_prompt_run_answered_moments_ago_to_share_its_transaction(
+    seeded, operator, monkeypatch, endpoint
 ):
-    (first, second), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0, answered_s=60.0)
+    (first, second), calls = _gathering(endpoint, operator, monkeypatch, gather_s=30.0, answered_s=60.0)
 
     async def scenario():
-        alone = asyncio.ensure_future(_asgi_posts_in_loop(fast_path, [first]))
+        alone = asyncio.ensure_future(_asgi_posts_in_loop(endpoint, [first]))
         await asyncio.sleep(0.2)  # the first run's transaction waits for the second run, answered just before
         assert calls == [] and not alone.done()
         started = time.monotonic()
-        together = await _asgi_posts_in_loop(fast_path, [second])
+        together = await _asgi_posts_in_loop(endpoint, [second])
         return (await alone) + together, time.monotonic() - started
 
     answers, waited = async_to_sync(scenario)()
@@ -500,23 +560,23 @@ def test_fast_path_waits_for_a_prompt_run_answered_moments_ago_to_share_its_tran
     assert calls == [2] and waited < 10  # one transaction, started when the second run posted
 
 
-def test_fast_path_stops_waiting_for_a_run_that_does_not_post(seeded, operator, monkeypatch, fast_path):
-    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=0.3, answered_s=60.0)
+def test_endpoint_stops_waiting_for_a_run_that_does_not_post(seeded, operator, monkeypatch, endpoint):
+    (first, _), calls = _gathering(endpoint, operator, monkeypatch, gather_s=0.3, answered_s=60.0)
     started = time.monotonic()
-    assert _asgi_posts_at_once(fast_path, [first])[0][0] == 200
+    assert _asgi_posts_at_once(endpoint, [first])[0][0] == 200
     assert calls == [1] and 0.3 <= time.monotonic() - started < 10
 
 
-def test_fast_path_does_not_wait_for_runs_that_post_now_and_then(seeded, operator, monkeypatch, fast_path):
+def test_endpoint_does_not_wait_for_runs_that_post_now_and_then(seeded, operator, monkeypatch, endpoint):
     # Their second post came 0.5 s after their first answer: not prompt, so nobody waits for them.
-    (first, _), calls = _gathering(fast_path, operator, monkeypatch, gather_s=30.0, answered_s=0.4, pause_s=0.5)
+    (first, _), calls = _gathering(endpoint, operator, monkeypatch, gather_s=30.0, answered_s=0.4, pause_s=0.5)
     started = time.monotonic()
-    assert _asgi_posts_at_once(fast_path, [first])[0][0] == 200
+    assert _asgi_posts_at_once(endpoint, [first])[0][0] == 200
     assert calls == [1] and time.monotonic() - started < 10
 
 
-def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(seeded, operator, monkeypatch, fast_path):
-    from runs.views import ingest as ingest_view
+def test_endpoint_compacts_the_series_of_several_answers_in_one_transaction(seeded, operator, monkeypatch, endpoint):
+    from runs.metrics import ingest as metrics_ingest
 
     token_cache_clear()
     runs = [tiny_run(owner=operator, name=f"compact-{i}") for i in range(2)]
@@ -525,15 +585,15 @@ def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(see
         for start in range(0, 15 * 300, 300):
             metrics_record(run=run, records=[metrics(s, mfu=0.5) for s in range(start, start + 300)], compact=False)
     calls = []
-    real = ingest_view.metrics_compact_due
+    real = metrics_ingest.metrics_compact_due
 
     def recording(series_ids):
         calls.append(sorted(series_ids))
         return real(series_ids)
 
-    monkeypatch.setattr(ingest_view, "metrics_compact_due", recording)
+    monkeypatch.setattr(metrics_ingest, "metrics_compact_due", recording)
     body = json.dumps({"records": [metrics(s, mfu=0.5) for s in range(4500, 4800)]}).encode()
-    answers = _asgi_posts_at_once(fast_path, [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)])
+    answers = _asgi_posts_at_once(endpoint, [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)])
     assert [status for status, _ in answers] == [200, 200]
     series = sorted(MetricSeries.objects.filter(run__in=runs, key="mfu").values_list("pk", flat=True))
     deadline = time.monotonic() + 10
@@ -546,21 +606,21 @@ def test_fast_path_compacts_the_series_of_several_answers_in_one_transaction(see
         assert steps.tolist() == list(range(4800))
 
 
-def test_fast_path_pushes_each_requests_points(run_and_token, fast_path):
+def test_endpoint_pushes_each_requests_points(run_and_token, endpoint):
     run, token = run_and_token
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(run_group(run.pk), channel)
     try:
         body = json.dumps({"records": [metrics(7, mfu=0.5)]}).encode()
-        assert _asgi_posts_at_once(fast_path, [(run.pk, body, token)])[0][0] == 200
+        assert _asgi_posts_at_once(endpoint, [(run.pk, body, token)])[0][0] == 200
         (message,) = receive_matching(layer, channel, lambda m: m["type"] == "run.points" and "mfu" in m["points"], 1)
     finally:
         async_to_sync(layer.group_discard)(run_group(run.pk), channel)
     assert message["run_id"] == run.pk and message["points"] == {"mfu": [[7, 0.5]]} and message["last_step"] == 7
 
 
-def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_one(run_and_token, fast_path):
+def test_endpoint_pushes_to_a_page_that_joined_after_its_run_was_found_without_one(run_and_token, endpoint):
     from runs.realtime.listeners import group_join
 
     run, token = run_and_token
@@ -572,15 +632,15 @@ def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_
 
     async def scenario():
         channel = await layer.new_channel()
-        assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(1), token)]))[0][0] == 200
-        listeners = fast_path._listeners
+        assert (await _asgi_posts_in_loop(endpoint, [(run.pk, body(1), token)]))[0][0] == 200
+        listeners = endpoint.commits._listeners
         await _until(lambda: listeners.subscription)
-        assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(2), token)]))[0][0] == 200
+        assert (await _asgi_posts_in_loop(endpoint, [(run.pk, body(2), token)]))[0][0] == 200
         assert listeners.known[group][0] is False  # nobody listens: later pushes do not ask
         await group_join(layer, group, channel)  # as the run page's socket joins
         try:
             await _until(lambda: listeners.known[group][0])
-            assert (await _asgi_posts_in_loop(fast_path, [(run.pk, body(3), token)]))[0][0] == 200
+            assert (await _asgi_posts_in_loop(endpoint, [(run.pk, body(3), token)]))[0][0] == 200
             while True:
                 message = await asyncio.wait_for(layer.receive(channel), 5)
                 if message["type"] == "run.points" and "mfu" in message["points"]:
@@ -595,9 +655,42 @@ def test_fast_path_pushes_to_a_page_that_joined_after_its_run_was_found_without_
 # The job's own reporter against a real HTTP server
 
 
-def test_the_reporter_delivers_its_file_and_a_restart_resends_nothing_twice(run_and_token, live_server, tmp_path):
+def serve_in_thread(app: IngestEndpoint, request) -> int:
+    """Serve the endpoint with uvicorn in a thread until the test ends; returns the port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+
+    def stop():
+        server.should_exit = True
+        thread.join(10)
+        release(app)
+
+    request.addfinalizer(stop)
+    return port
+
+
+@pytest.fixture
+def ingest_url(request) -> str:
+    """The base URL of a real HTTP server with the ingest endpoint (nothing else: 404)."""
+
+    async def elsewhere(scope, receive, send):
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return f"http://127.0.0.1:{serve_in_thread(IngestEndpoint(elsewhere), request)}"
+
+
+def test_the_reporter_delivers_its_file_and_a_restart_resends_nothing_twice(run_and_token, ingest_url, tmp_path):
     run, token = run_and_token
-    url = f"{live_server.url}/api/v1/ingest/{run.pk}/"
+    url = f"{ingest_url}/api/v1/ingest/{run.pk}/"
     reporter = Reporter(str(tmp_path), url, token, batch_size=25, flush_interval_s=0.05)
     for step in range(120):
         reporter.log(step, {"loss": 3.0 - step / 100, "tokens_per_s": 1000.0})

@@ -42,8 +42,11 @@ def _dumps(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_app(*, engine, served_name: str, engine_kind: str = "native", api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="cp-serve", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(
+    *, engine, served_name: str, engine_kind: str = "native", api_key: str | None = None, lifespan=None
+) -> FastAPI:
+    """The API over `engine`; `lifespan` (FastAPI's) runs when the server starts and stops."""
+    app = FastAPI(title="cp-serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     metrics = ServeMetrics(engine=engine, model=served_name, engine_kind=engine_kind)
     app.state.metrics = metrics
     app.add_middleware(ObserveRequests, metrics=metrics)

@@ -17,6 +17,7 @@ model dir's name, or ``<artifact>-<variant>`` for the base/nf4/int8 folders of a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -127,30 +128,34 @@ def _run_native(args: argparse.Namespace, name: str, api_key: str | None) -> int
     engine = load_engine(args.model, max_batch=args.max_batch, max_seq_len=args.max_seq_len)
     log.info("loaded %s in %.1f s: %s", args.model, time.perf_counter() - started, engine.info())
     engine.start()
-    app = create_app(engine=engine, served_name=name, engine_kind="native", api_key=api_key)
+    # The socket is bound here, so that endpoint.json names the port it got (--port 0); the file is written at
+    # uvicorn's start-up, and a client that connects before uvicorn serves the socket waits in its backlog.
+    sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    port = sock.getsockname()[1]
+    ready = []
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
-            if self.started and not self.should_exit:
-                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else args.port
-                path = write_endpoint(state_dir, host=args.host, port=port, model=name, engine="native")
-                print(f"SERVE_READY {path}", flush=True)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        path = write_endpoint(state_dir, host=args.host, port=port, model=name, engine="native")
+        print(f"SERVE_READY {path}", flush=True)
+        ready.append(path)
+        yield
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=10)  # fmt: skip
-    server = Server(config)
+    app = create_app(engine=engine, served_name=name, engine_kind="native", api_key=api_key, lifespan=lifespan)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down; this handler takes it so that the
     # clean-up below runs and the exit code is 0.
     stop_signals: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop_signals.append(signum))
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         remove_endpoint(state_dir)
         engine.stop()
-    return 0 if server.started else 1
+    return 0 if ready else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from runs.views import audit, recipes, runs, serving, tokens
+from runs.views import audit, data, recipes, runs, serving, tokens
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list"), name="home"),
@@ -35,6 +35,16 @@ urlpatterns = [
     path("recipes/new/", recipes.recipe_new, name="recipe-new"),
     path("recipes/<int:pk>/", recipes.recipe_detail, name="recipe-detail"),
     path("recipes/<int:pk>/edit/", recipes.recipe_edit, name="recipe-edit"),
+    path("recipes/<int:recipe_id>/prepare/", data.prep_start_view, name="prep-start"),
+    path("recipes/compare/", data.recipe_compare, name="recipe-compare"),
+    path("data/sources/", data.source_list, name="source-list"),
+    path("data/sources/new/", data.source_new, name="source-new"),
+    path("data/sources/<int:pk>/", data.source_detail, name="source-detail"),
+    path("data/sources/<int:pk>/count/", data.source_recount_view, name="source-recount"),
+    path("data/prep/", data.prep_list, name="prep-list"),
+    path("data/prep/<int:pk>/", data.prep_detail, name="prep-detail"),
+    path("data/prep/<int:pk>/cancel/", data.prep_cancel_view, name="prep-cancel"),
+    path("data/prep/<int:pk>/resume/", data.prep_resume_view, name="prep-resume"),
     path("audit/", audit.audit_list, name="audit-list"),
     path("account/tokens/", tokens.token_list, name="token-list"),
     path("account/tokens/<int:pk>/revoke/", tokens.token_revoke, name="token-revoke"),

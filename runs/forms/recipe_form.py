@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 
+from runs.forms.data_forms import add_setting_fields, setting_fields, settings_from
 from runs.models import DataSource
 
 
@@ -13,8 +14,17 @@ class RecipeForm(forms.Form):
     name = forms.SlugField(max_length=64, help_text="Letters, digits, - and _; versions share the name.")
     notes = forms.CharField(max_length=300, required=False)
 
-    def __init__(self, *args: Any, fixed_name: str | None = None, weights: dict[str, float] | None = None, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        fixed_name: str | None = None,
+        weights: dict[str, float] | None = None,
+        settings: dict | None = None,
+        **kw: Any,
+    ):
+        """`settings` (a version's complete preparation settings) adds their fields, starting from them."""
         super().__init__(*args, **kw)
+        self.base_settings = settings
         self.sources = list(DataSource.objects.order_by("name"))
         for source in self.sources:
             self.fields[f"w_{source.name}"] = forms.DecimalField(
@@ -30,6 +40,15 @@ class RecipeForm(forms.Form):
         if fixed_name:
             self.fields["name"].disabled = True
             self.initial["name"] = fixed_name
+        if settings is not None:
+            add_setting_fields(self, settings)
+
+    def setting_fields(self) -> list:
+        return setting_fields(self) if self.base_settings is not None else []
+
+    def prep_settings(self) -> dict | None:
+        """The preparation settings the form describes (None when it has no settings fields)."""
+        return settings_from(self, self.base_settings) if self.base_settings is not None else None
 
     def weight_fields(self) -> list:
         return [self[f"w_{s.name}"] for s in self.sources]

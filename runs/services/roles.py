@@ -15,6 +15,7 @@ _VIEW = [
     "view_alert",
     "view_artifact",
     "view_deployment",
+    "view_preprun",
 ]
 _OPERATE = [
     "add_run",
@@ -23,6 +24,8 @@ _OPERATE = [
     "cancel_run",
     "add_datamixrecipe",
     "add_datasource",
+    "add_preprun",
+    "change_preprun",
     "add_artifact",
     "add_deployment",
     "change_deployment",

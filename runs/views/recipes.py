@@ -6,14 +6,21 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
+from jobs.data.prep import settings as prep_settings
 from runs.forms import RecipeForm
+from runs.forms.data_forms import PrepForm, setting_field
 from runs.models import DataMixRecipe
-from runs.services.recipes import RecipeInvalid, recipe_create, recipe_diff, recipe_new_version
+from runs.services.data_prep import latest_prep
+from runs.services.recipes import RecipeInvalid, recipe_create, recipe_diff, recipe_new_version, recipe_settings
 
 
 def _apply_errors(form: RecipeForm, exc: RecipeInvalid) -> None:
     for key, message in exc.errors.items():
-        field = "name" if key == "name" else (f"w_{key}" if f"w_{key}" in form.fields else None)
+        if key.startswith("prep."):
+            field = setting_field(key)
+            field = field if field in form.fields else None
+        else:
+            field = "name" if key == "name" else (f"w_{key}" if f"w_{key}" in form.fields else None)
         form.add_error(field, message)
 
 
@@ -36,6 +43,7 @@ def recipe_detail(request: HttpRequest, pk: int) -> HttpResponse:
     elif recipe.version > 1:
         other = DataMixRecipe.objects.filter(name=recipe.name, version__lt=recipe.version).order_by("-version").first()
     diff = recipe_diff(other, recipe) if other else None
+    can_prepare = request.user.has_perm("runs.add_preprun")
     return render(
         request,
         "recipes/detail.html",
@@ -46,13 +54,18 @@ def recipe_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "diff": diff,
             "entries": recipe.entries.select_related("source").order_by("-weight"),
             "runs": recipe.runs.order_by("-id")[:20],
+            "settings": recipe_settings(recipe),
+            "levels": prep_settings.QUALITY_LEVELS,
+            "preps": recipe.prep_runs.select_related("cluster", "created_by").order_by("-id")[:10],
+            "prepared": latest_prep(recipe),
+            "prep_form": PrepForm() if can_prepare else None,
         },
     )
 
 
 @permission_required("runs.add_datamixrecipe", raise_exception=True)
 def recipe_new(request: HttpRequest) -> HttpResponse:
-    form = RecipeForm(request.POST or None)
+    form = RecipeForm(request.POST or None, settings=prep_settings.validate({}))
     if request.method == "POST" and form.is_valid():
         try:
             recipe = recipe_create(
@@ -60,6 +73,7 @@ def recipe_new(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 weights=form.weights(),
                 notes=form.cleaned_data["notes"],
+                settings=form.prep_settings(),
             )
         except RecipeInvalid as exc:
             _apply_errors(form, exc)
@@ -72,11 +86,17 @@ def recipe_new(request: HttpRequest) -> HttpResponse:
 @permission_required("runs.add_datamixrecipe", raise_exception=True)
 def recipe_edit(request: HttpRequest, pk: int) -> HttpResponse:
     base = get_object_or_404(DataMixRecipe, pk=pk)
-    form = RecipeForm(request.POST or None, fixed_name=base.name, weights=base.weights())
+    form = RecipeForm(
+        request.POST or None, fixed_name=base.name, weights=base.weights(), settings=recipe_settings(base)
+    )
     if request.method == "POST" and form.is_valid():
         try:
             recipe = recipe_new_version(
-                actor=request.user, base=base, weights=form.weights(), notes=form.cleaned_data["notes"]
+                actor=request.user,
+                base=base,
+                weights=form.weights(),
+                notes=form.cleaned_data["notes"],
+                settings=form.prep_settings(),
             )
         except RecipeInvalid as exc:
             _apply_errors(form, exc)

@@ -15,6 +15,7 @@ from runs.models import AuditEvent, Checkpoint, Run, RunStatus
 from runs.planning.presets import PRESETS
 from runs.services.artifacts import ServingRefused
 from runs.services.checkpoints import run_start_from
+from runs.services.data_reports import consumed_mix, prep_of_run
 from runs.services.diff import config_diff
 from runs.services.runs import (
     RunActionRefused,
@@ -194,6 +195,8 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
             "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
             "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
+            "consumed": consumed_mix(run),
+            "mix_prep": prep_of_run(run),
         },
     )
 

@@ -50,7 +50,9 @@ def build_sample(out: Path, *, per_language: int = 200, quality_docs: int = 540,
     quality = []
     for i in range(quality_docs):
         lang = samples.LANGUAGES[i % len(samples.LANGUAGES)] if i % 3 == 0 else ("zh", "en")[i % 2]
-        quality.append({"text": normalise(samples.clean_document(lang, rng)), "label": "good"})
+        # Good text of every length: whole documents, and single paragraphs (as the bundled corpus holds).
+        good = samples.clean_document(lang, rng) if i % 4 else samples.paragraph(lang, rng)
+        quality.append({"text": normalise(good), "label": "good"})
         kind = samples.JUNK_KINDS[i % len(samples.JUNK_KINDS)]
         quality.append({"text": normalise(samples.junk_document(kind, lang, rng)), "label": "junk"})
     toxicity = []

@@ -62,15 +62,30 @@ class Driver:
         counts = [s.documents for s in self.spec.sources]
         return sum(counts) if all(c is not None for c in counts) else None  # type: ignore[misc]
 
-    def _live_docs(self, stage: str) -> int:
+    def _live(self, stage: str) -> dict[str, int]:
+        """Documents the stage's tasks have read so far, per source (their progress files)."""
         folder = self.spec.work / "progress" / stage
-        total = 0
+        total: dict[str, int] = {}
         for path in folder.glob("*.json") if folder.is_dir() else []:
             try:
-                total += int(json.loads(path.read_text()).get("docs", 0))
+                by_source = json.loads(path.read_text()).get("by_source", {})
             except (OSError, ValueError):
-                pass
+                continue
+            for source, n in by_source.items():
+                total[source] = total.get(source, 0) + int(n)
         return total
+
+    def _live_docs(self, stage: str) -> int:
+        return sum(self._live(stage).values())
+
+    def _counts(self) -> dict:
+        """The counts of finished tasks, and while the filter stage runs, what its tasks have read so far."""
+        counts = report.counts_so_far(self.spec)
+        for source, docs in self._live("filter").items():
+            stages = counts.setdefault(source, {})
+            if docs > stages.get("read", {}).get("docs_in", 0):
+                stages["read"] = {"docs_in": docs, "docs_out": docs, "chars_in": 0, "chars_out": 0, "tokens_out": 0}
+        return counts
 
     def _completed(self, stage: str) -> int:
         folder = self.spec.work / "logs" / stage / "completions"
@@ -105,7 +120,7 @@ class Driver:
                 "fraction": round(done_weight / total_weight, 4),
                 "detail": detail,
                 "message": message,
-                "counts": report.counts_so_far(self.spec),
+                "counts": self._counts(),
                 "updated_at": time.time(),
             },
         )

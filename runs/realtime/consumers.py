@@ -13,7 +13,23 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 
 
-class _Base(AsyncJsonWebsocketConsumer):
+class JsonFrames(AsyncJsonWebsocketConsumer):
+    """Channels' JSON consumer raises on an empty, binary or malformed frame, which ends the connection's handler
+    with a server error; such a frame is answered with an error message instead, and the socket stays open."""
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if not text_data:
+            await self.send_json({"type": "error", "message": "send JSON objects as text frames"})
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            await self.send_json({"type": "error", "message": "the frame is not JSON; send a JSON object"})
+            return
+        await self.receive_json(content, **kwargs)
+
+
+class _Base(JsonFrames):
     group: str = ""
 
     async def _allowed(self) -> bool:

@@ -14,9 +14,8 @@ from typing import Any
 
 import httpx
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonFrames
 
 MAX_PROMPT_CHARS = 20_000
 LIMITS = {"max_tokens": (1, 4096), "temperature": (0.0, 2.0), "top_p": (0.01, 1.0)}
@@ -44,7 +43,7 @@ def playground_params(content: Any) -> dict:
     return params
 
 
-class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
+class PlaygroundConsumer(JsonFrames):
     deployment: Any = None
     generation: asyncio.Task | None = None
 

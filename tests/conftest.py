@@ -105,3 +105,13 @@ def _no_warm_launcher_in_process(settings):
     """Local launches made inside the test process start DeepSpeed's launcher themselves; the warm launcher is
     tested on its own (tests/workers/test_local_backend.py) and by the end-to-end stack's worker."""
     settings.WARM_LAUNCHER = False
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The property-based suites' case counts (tests/fuzz.py), when any ran."""
+    from tests.fuzz import CASES
+
+    if CASES:
+        terminalreporter.write_line(f"fuzz cases: {sum(CASES.values())} in all")
+        for name, cases in sorted(CASES.items()):
+            terminalreporter.write_line(f"  {cases:6d}  {name}")

@@ -4,14 +4,13 @@ relays `source.update` and `prep.update` (runs.services.data_prep) to logged-in 
 from __future__ import annotations
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonFrames
 from runs.realtime.listeners import group_join
 from runs.services.data_prep import prep_group, source_group
 
 
-class DataConsumer(AsyncJsonWebsocketConsumer):
+class DataConsumer(JsonFrames):
     group = ""
 
     async def connect(self):

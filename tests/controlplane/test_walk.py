@@ -258,9 +258,9 @@ def server_errors(log: str) -> list[str]:
                 continue
             if following.startswith(("The above exception", "During handling")):
                 continue
-            exception = following
-            if not following.split(":")[0].endswith(("Error", "Exception", "Denied", "Exit")):
+            if not following.split(":")[0].endswith(("Error", "Exception", "Denied", "Exit", "Interrupt")):
                 break
+            exception = following  # the last of a chain is the one raised
         found.append(" | ".join([line.strip(), *frames[-3:], exception]))
     return found
 

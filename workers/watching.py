@@ -16,6 +16,7 @@ import redis
 from django.conf import settings
 
 from jobs.common.atomic import write_atomic
+from jobs.common.failures import EXIT_NAN, EXIT_OOM
 from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
@@ -148,9 +149,9 @@ def _end_reason(status, state: _State) -> tuple[str, str]:
         return RunStatus.SUCCEEDED, ""
     if status.state == JobState.CANCELLED:
         return RunStatus.CANCELLED, "cancelled"
-    if job_status == "oom" or status.exit_code == 3 or state.data.get("oom"):
+    if job_status == "oom" or status.exit_code == EXIT_OOM or state.data.get("oom"):
         return RunStatus.FAILED, f"out of memory: {state.data.get('oom') or 'the trainer reported OOM'}"
-    if job_status == "nan" or status.exit_code == 4:
+    if job_status == "nan" or status.exit_code == EXIT_NAN:
         return RunStatus.FAILED, "NaN/Inf loss: the trainer aborted"
     if status.state == JobState.LOST:
         return RunStatus.FAILED, f"job lost: {status.reason}"

@@ -1,43 +1,67 @@
-"""Parse and validate a run directory's ``run.json`` (schema_version 1, see docs/run-config.md).
+"""The run.json schema (schema_version 1) and its parser; importable without Django or torch.
 
-Every error names the field it is about (``ConfigError("model.top_k: ...")``) so that a run refused by the trainer
-tells the user what to fix. Sections the trainer does not act on (alerts, remediation, cluster) are kept as plain
-dicts for the control plane's side.
+What a run directory's ``run.json`` holds is written down in docs/run-config.md; this module is that contract in
+code, for the jobs (the trainer, ds_config, export) and for the control plane's own checks:
+- the section dataclasses (``ModelConfig``, ``ParallelConfig``, ``BatchConfig``, ``OptimizerConfig``,
+  ``TrainingConfig``, ``ReporterConfig``, ``CurriculumStage``) are the field definitions: names, types, defaults;
+- ``FIELDS`` lists every field as a ``FieldSpec`` (dotted name, accepted JSON types, default or required);
+- ``parse_run_config(raw)`` / ``load_run_config(run_dir)`` return a ``RunConfig`` or raise ``ConfigError`` whose
+  ``field`` is the dotted name of the field to fix (its message starts with it too: ``"model.top_k: ..."``);
+- ``load_capabilities()`` is the reference trainer's declaration of the layouts it runs, which the parallel.*
+  rules read.
+Sections the trainer does not act on (data, alerts, remediation, cluster) are kept as plain dicts in
+``RunConfig.extra`` for the control plane's side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SCHEMA_VERSION = 1
 # The reference trainer owns this file (``python -m jobs.train --capabilities`` prints it); the control plane reads
 # the same file.
 CAPABILITIES_PATH = Path(__file__).resolve().parents[1] / "train" / "capabilities.json"
-_REQUIRED = object()
+REQUIRED: Any = dataclasses.MISSING
 
 
 class ConfigError(ValueError):
-    """run.json is malformed; the message starts with the dotted name of the field."""
+    """run.json is malformed; ``field`` is the dotted name of the field to fix, and the message starts with it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
-def _field(section: dict, path: str, key: str, kind: type | tuple, default: Any = _REQUIRED) -> Any:
+class FieldSpec(NamedTuple):
+    name: str  # dotted, e.g. "model.top_k"
+    kinds: tuple[type, ...]  # the JSON types accepted (an integer is accepted where a number is)
+    default: Any  # REQUIRED when run.json must give it; None for an optional field left null
+    default_from: str = ""  # for a default computed from other fields, how
+
+
+def _field(section: dict, path: str, key: str, kind: type | tuple, default: Any = REQUIRED) -> Any:
     name = f"{path}.{key}"
     if key not in section or section[key] is None:
-        if default is _REQUIRED:
-            raise ConfigError(f"{name}: required")
+        if default is REQUIRED:
+            raise ConfigError(name, "required")
         return default
     value = section[key]
     # bool is an int subclass; a stray true/false must not pass as a number.
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(f"{name}: expected {_kind_name(kind)}, got {value!r}")
+        raise ConfigError(name, f"expected {_kind_name(kind)}, got {value!r}")
     if kind is float and isinstance(value, int):
         value = float(value)
     if not isinstance(value, kind):
-        raise ConfigError(f"{name}: expected {_kind_name(kind)}, got {value!r}")
+        raise ConfigError(name, f"expected {_kind_name(kind)}, got {value!r}")
     return value
 
 
@@ -50,22 +74,22 @@ def _kind_name(kind: type | tuple) -> str:
 
 def _positive(name: str, value: int | float) -> None:
     if value <= 0:
-        raise ConfigError(f"{name}: must be > 0, got {value}")
+        raise ConfigError(name, f"must be > 0, got {value}")
 
 
 def _non_negative(name: str, value: int | float) -> None:
     if value < 0:
-        raise ConfigError(f"{name}: must be >= 0, got {value}")
+        raise ConfigError(name, f"must be >= 0, got {value}")
 
 
 def _section(raw: dict, key: str) -> dict:
     value = raw.get(key)
     if not isinstance(value, dict):
-        raise ConfigError(f"{key}: required object")
+        raise ConfigError(key, "required object")
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     arch: str
     attention: str
@@ -78,7 +102,7 @@ class ModelConfig:
     qk_nope_head_dim: int = 16
     qk_rope_head_dim: int = 8
     v_head_dim: int = 16
-    intermediate_size: int = 256
+    intermediate_size: int  # default: 4 x hidden_size (_DERIVED)
     moe_intermediate_size: int = 64
     num_routed_experts: int = 4
     num_shared_experts: int = 1
@@ -121,7 +145,7 @@ class ModelConfig:
         return self.is_moe and index >= self.first_k_dense
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ParallelConfig:
     tp: int = 1
     pp: int = 1
@@ -133,19 +157,19 @@ class ParallelConfig:
     activation_checkpointing: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchConfig:
     global_batch_tokens: int
     micro_batch: int
-    grad_accum: int
+    grad_accum: int = 1
     seq_len: int
     tolerance_pct: float = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
     name: str = "adamw"
-    lr: float = 1e-3
+    lr: float
     min_lr: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -156,13 +180,13 @@ class OptimizerConfig:
     torch_adam: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CurriculumStage:
     start_step: int
     seq_len: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     total_steps: int
     token_budget: int | None = None
@@ -174,7 +198,7 @@ class TrainingConfig:
     nan_policy: str = "abort"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReporterConfig:
     ingest_url: str | None = None
     every_n_steps: int = 1
@@ -182,7 +206,7 @@ class ReporterConfig:
     flush_interval_s: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     raw: dict
     run_id: int | None
@@ -201,7 +225,7 @@ class RunConfig:
     def dp_size(self, world_size: int) -> int:
         model_parallel = self.parallel.tp * self.parallel.pp
         if world_size % model_parallel:
-            raise ConfigError(f"parallel: world size {world_size} is not a multiple of tp*pp = {model_parallel}")
+            raise ConfigError("parallel", f"world size {world_size} is not a multiple of tp*pp = {model_parallel}")
         return world_size // model_parallel
 
     def tokens_per_step(self, world_size: int) -> int:
@@ -213,53 +237,85 @@ class RunConfig:
         dp = self.dp_size(world_size)
         ep = self.parallel.ep
         if dp % ep:
-            raise ConfigError(f"parallel.ep: {ep} must divide the data-parallel size {dp} (world {world_size})")
+            raise ConfigError("parallel.ep", f"{ep} must divide the data-parallel size {dp} (world {world_size})")
         tokens = self.tokens_per_step(world_size)
         want = self.batch.global_batch_tokens
         off_pct = abs(tokens - want) / want * 100.0
         if off_pct > self.batch.tolerance_pct:
             raise ConfigError(
-                f"batch.global_batch_tokens: micro_batch*grad_accum*dp*seq_len = {tokens} with dp={dp} is "
-                f"{off_pct:.1f}% off {want} (tolerance_pct {self.batch.tolerance_pct})"
+                "batch.global_batch_tokens",
+                f"micro_batch*grad_accum*dp*seq_len = {tokens} with dp={dp} is "
+                f"{off_pct:.1f}% off {want} (tolerance_pct {self.batch.tolerance_pct})",
             )
 
 
+# Defaults computed from fields read before them: (how, from the section's values so far).
+_DERIVED: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    "model.intermediate_size": ("4 x model.hidden_size", lambda values: 4 * values["hidden_size"]),
+}
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "batch": BatchConfig,
+    "optimizer": OptimizerConfig,
+    "training": TrainingConfig,
+    "reporter": ReporterConfig,
+}
+
+
+def _kinds(annotation: Any) -> tuple[type, ...]:
+    """JSON types a field of this annotation accepts: int, float, str, bool, a list for a tuple; None is 'absent'."""
+    if isinstance(annotation, types.UnionType):
+        return tuple(k for a in typing.get_args(annotation) if a is not type(None) for k in _kinds(a))
+    if typing.get_origin(annotation) is tuple:
+        return (list,)
+    return (annotation,)
+
+
+def _default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default
+
+
+def _read(cls: type, section: dict, path: str, **given: Any) -> Any:
+    """An instance of the section dataclass `cls` from run.json's `section`: each field type-checked, absent or null
+    ones taking their default. `given` supplies fields the caller read itself."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            values[f.name] = given[f.name]
+            continue
+        default = f.default
+        derived = _DERIVED.get(f"{path}.{f.name}")
+        if derived is not None:
+            default = derived[1](values)
+        kinds = _kinds(hints[f.name])
+        values[f.name] = _field(section, path, f.name, kinds[0] if len(kinds) == 1 else kinds, default)
+    return cls(**values)
+
+
+def _field_specs() -> dict[str, FieldSpec]:
+    specs: dict[str, FieldSpec] = {}
+    for section, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            name = f"{section}.{f.name}"
+            how = _DERIVED[name][0] if name in _DERIVED else ""
+            specs[name] = FieldSpec(name, _kinds(hints[f.name]), None if how else f.default, how)
+    hints = typing.get_type_hints(CurriculumStage)
+    for f in dataclasses.fields(CurriculumStage):
+        specs[f"curriculum[].{f.name}"] = FieldSpec(f"curriculum[].{f.name}", _kinds(hints[f.name]), f.default)
+    specs["precision"] = FieldSpec("precision", (str,), "fp32")
+    return specs
+
+
 def _parse_model(raw: dict) -> ModelConfig:
-    s = _section(raw, "model")
-    p = "model"
-    m = ModelConfig(
-        arch=_field(s, p, "arch", str),
-        attention=_field(s, p, "attention", str),
-        vocab_size=_field(s, p, "vocab_size", int),
-        hidden_size=_field(s, p, "hidden_size", int),
-        num_layers=_field(s, p, "num_layers", int),
-        num_heads=_field(s, p, "num_heads", int),
-        q_lora_rank=_field(s, p, "q_lora_rank", int, 0),
-        kv_lora_rank=_field(s, p, "kv_lora_rank", int, 32),
-        qk_nope_head_dim=_field(s, p, "qk_nope_head_dim", int, 16),
-        qk_rope_head_dim=_field(s, p, "qk_rope_head_dim", int, 8),
-        v_head_dim=_field(s, p, "v_head_dim", int, 16),
-        intermediate_size=_field(s, p, "intermediate_size", int, 4 * _field(s, p, "hidden_size", int)),
-        moe_intermediate_size=_field(s, p, "moe_intermediate_size", int, 64),
-        num_routed_experts=_field(s, p, "num_routed_experts", int, 4),
-        num_shared_experts=_field(s, p, "num_shared_experts", int, 1),
-        top_k=_field(s, p, "top_k", int, 2),
-        first_k_dense=_field(s, p, "first_k_dense", int, 1),
-        aux_loss_coef=_field(s, p, "aux_loss_coef", float, 0.01),
-        rope_theta=_field(s, p, "rope_theta", float, 10000.0),
-        max_seq_len=_field(s, p, "max_seq_len", int, 256),
-        tie_embeddings=_field(s, p, "tie_embeddings", bool, False),
-        n_group=_field(s, p, "n_group", int, 1),
-        topk_group=_field(s, p, "topk_group", int, 1),
-        routed_scaling_factor=_field(s, p, "routed_scaling_factor", float, 1.0),
-        norm_topk_prob=_field(s, p, "norm_topk_prob", bool, True),
-        rms_norm_eps=_field(s, p, "rms_norm_eps", float, 1e-6),
-        init_std=_field(s, p, "init_std", float, 0.02),
-    )
+    m = _read(ModelConfig, _section(raw, "model"), "model")
     if m.arch not in ("moe", "dense"):
-        raise ConfigError(f"model.arch: expected 'moe' or 'dense', got {m.arch!r}")
+        raise ConfigError("model.arch", f"expected 'moe' or 'dense', got {m.arch!r}")
     if m.attention not in ("mla", "mha"):
-        raise ConfigError(f"model.attention: expected 'mla' or 'mha', got {m.attention!r}")
+        raise ConfigError("model.attention", f"expected 'mla' or 'mha', got {m.attention!r}")
     for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_seq_len"):
         _positive(f"model.{key}", getattr(m, key))
     for key in ("rope_theta", "rms_norm_eps"):
@@ -270,12 +326,12 @@ def _parse_model(raw: dict) -> ModelConfig:
             _positive(f"model.{key}", getattr(m, key))
         _non_negative("model.q_lora_rank", m.q_lora_rank)
         if m.qk_rope_head_dim % 2:
-            raise ConfigError(f"model.qk_rope_head_dim: must be even for rotary embeddings, got {m.qk_rope_head_dim}")
+            raise ConfigError("model.qk_rope_head_dim", f"must be even for rotary embeddings, got {m.qk_rope_head_dim}")
     else:
         if m.hidden_size % m.num_heads:
-            raise ConfigError(f"model.num_heads: {m.num_heads} must divide hidden_size {m.hidden_size}")
+            raise ConfigError("model.num_heads", f"{m.num_heads} must divide hidden_size {m.hidden_size}")
         if m.head_dim % 2:
-            raise ConfigError(f"model.num_heads: head_dim hidden_size/num_heads = {m.head_dim} must be even")
+            raise ConfigError("model.num_heads", f"head_dim hidden_size/num_heads = {m.head_dim} must be even")
     if m.is_moe:
         for key in ("moe_intermediate_size", "num_routed_experts", "top_k", "n_group", "topk_group"):
             _positive(f"model.{key}", getattr(m, key))
@@ -283,65 +339,50 @@ def _parse_model(raw: dict) -> ModelConfig:
         _non_negative("model.aux_loss_coef", m.aux_loss_coef)
         _positive("model.routed_scaling_factor", m.routed_scaling_factor)
         if not 0 <= m.first_k_dense < m.num_layers:
-            raise ConfigError(f"model.first_k_dense: must be in [0, num_layers), got {m.first_k_dense}")
+            raise ConfigError("model.first_k_dense", f"must be in [0, num_layers), got {m.first_k_dense}")
         if m.num_routed_experts % m.n_group:
-            raise ConfigError(f"model.n_group: {m.n_group} must divide num_routed_experts {m.num_routed_experts}")
+            raise ConfigError("model.n_group", f"{m.n_group} must divide num_routed_experts {m.num_routed_experts}")
         if m.num_routed_experts // m.n_group < 2:
-            raise ConfigError("model.n_group: each expert group needs >= 2 experts (groups are scored by their top 2)")
+            raise ConfigError(
+                "model.n_group", "each expert group needs >= 2 experts (groups are scored by their top 2)"
+            )
         if m.topk_group > m.n_group:
-            raise ConfigError(f"model.topk_group: {m.topk_group} exceeds n_group {m.n_group}")
+            raise ConfigError("model.topk_group", f"{m.topk_group} exceeds n_group {m.n_group}")
         if m.top_k > m.topk_group * (m.num_routed_experts // m.n_group):
-            raise ConfigError(f"model.top_k: {m.top_k} exceeds the experts in the {m.topk_group} selected group(s)")
+            raise ConfigError("model.top_k", f"{m.top_k} exceeds the experts in the {m.topk_group} selected group(s)")
     return m
 
 
 def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
-    s = _section(raw, "parallel")
-    p = "parallel"
-    par = ParallelConfig(
-        tp=_field(s, p, "tp", int, 1),
-        pp=_field(s, p, "pp", int, 1),
-        ep=_field(s, p, "ep", int, 1),
-        sp=_field(s, p, "sp", bool, False),
-        zero_stage=_field(s, p, "zero_stage", int, 0),
-        offload_optimizer=_field(s, p, "offload_optimizer", bool, False),
-        offload_param=_field(s, p, "offload_param", bool, False),
-        activation_checkpointing=_field(s, p, "activation_checkpointing", bool, False),
-    )
+    par = _read(ParallelConfig, _section(raw, "parallel"), "parallel")
     caps = load_capabilities()
     if par.tp not in caps["tp"]:
-        raise ConfigError(f"parallel.tp: {par.tp} not supported by the reference trainer ({caps['reasons']['tp']})")
+        raise ConfigError("parallel.tp", f"{par.tp} not supported by the reference trainer ({caps['reasons']['tp']})")
     if par.pp not in caps["pp"]:
-        raise ConfigError(f"parallel.pp: {par.pp} not supported by the reference trainer ({caps['reasons']['pp']})")
+        raise ConfigError("parallel.pp", f"{par.pp} not supported by the reference trainer ({caps['reasons']['pp']})")
     if par.sp and not caps["sp"]:
-        raise ConfigError(f"parallel.sp: not supported by the reference trainer ({caps['reasons']['sp']})")
+        raise ConfigError("parallel.sp", f"not supported by the reference trainer ({caps['reasons']['sp']})")
     if par.zero_stage not in caps["zero_stages"]:
-        raise ConfigError(f"parallel.zero_stage: expected one of {caps['zero_stages']}, got {par.zero_stage}")
+        raise ConfigError("parallel.zero_stage", f"expected one of {caps['zero_stages']}, got {par.zero_stage}")
     _positive("parallel.ep", par.ep)
     if par.ep > 1:
         if not model.is_moe:
-            raise ConfigError("parallel.ep: expert parallelism needs model.arch 'moe'")
+            raise ConfigError("parallel.ep", "expert parallelism needs model.arch 'moe'")
         if model.num_routed_experts % par.ep:
-            raise ConfigError(f"parallel.ep: {par.ep} must divide model.num_routed_experts {model.num_routed_experts}")
+            raise ConfigError(
+                "parallel.ep", f"{par.ep} must divide model.num_routed_experts {model.num_routed_experts}"
+            )
         if par.zero_stage == 3:
-            raise ConfigError(f"parallel.ep: {caps['reasons']['ep_zero3']}")
+            raise ConfigError("parallel.ep", caps["reasons"]["ep_zero3"])
     if par.offload_param and par.zero_stage != 3:
-        raise ConfigError("parallel.offload_param: parameter offload needs zero_stage 3")
+        raise ConfigError("parallel.offload_param", "parameter offload needs zero_stage 3")
     if par.offload_optimizer and par.zero_stage == 0:
-        raise ConfigError("parallel.offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
+        raise ConfigError("parallel.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
     return par
 
 
 def _parse_batch(raw: dict) -> BatchConfig:
-    s = _section(raw, "batch")
-    p = "batch"
-    b = BatchConfig(
-        global_batch_tokens=_field(s, p, "global_batch_tokens", int),
-        micro_batch=_field(s, p, "micro_batch", int),
-        grad_accum=_field(s, p, "grad_accum", int, 1),
-        seq_len=_field(s, p, "seq_len", int),
-        tolerance_pct=_field(s, p, "tolerance_pct", float, 5.0),
-    )
+    b = _read(BatchConfig, _section(raw, "batch"), "batch")
     for key in ("global_batch_tokens", "micro_batch", "grad_accum", "seq_len"):
         _positive(f"batch.{key}", getattr(b, key))
     _non_negative("batch.tolerance_pct", b.tolerance_pct)
@@ -350,93 +391,61 @@ def _parse_batch(raw: dict) -> BatchConfig:
 
 def _parse_optimizer(raw: dict) -> OptimizerConfig:
     s = _section(raw, "optimizer")
-    p = "optimizer"
-    betas = _field(s, p, "betas", list, [0.9, 0.95])
+    betas = _field(s, "optimizer", "betas", list, list(_default(OptimizerConfig, "betas")))
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
-        raise ConfigError(f"optimizer.betas: expected two numbers, got {betas!r}")
+        raise ConfigError("optimizer.betas", f"expected two numbers, got {betas!r}")
     if not all(0.0 <= b < 1.0 for b in betas):
-        raise ConfigError(f"optimizer.betas: each must be in [0, 1), got {betas!r}")
-    o = OptimizerConfig(
-        name=_field(s, p, "name", str, "adamw"),
-        lr=_field(s, p, "lr", float),
-        min_lr=_field(s, p, "min_lr", float, 0.0),
-        betas=(float(betas[0]), float(betas[1])),
-        eps=_field(s, p, "eps", float, 1e-8),
-        weight_decay=_field(s, p, "weight_decay", float, 0.0),
-        grad_clip=_field(s, p, "grad_clip", float, 1.0),
-        warmup_steps=_field(s, p, "warmup_steps", int, 0),
-        schedule=_field(s, p, "schedule", str, "cosine"),
-        torch_adam=_field(s, p, "torch_adam", bool, True),
-    )
+        raise ConfigError("optimizer.betas", f"each must be in [0, 1), got {betas!r}")
+    o = _read(OptimizerConfig, s, "optimizer", betas=(float(betas[0]), float(betas[1])))
     if o.name.lower() != "adamw":
-        raise ConfigError(f"optimizer.name: only 'adamw' is supported, got {o.name!r}")
+        raise ConfigError("optimizer.name", f"only 'adamw' is supported, got {o.name!r}")
     _positive("optimizer.lr", o.lr)
     _positive("optimizer.eps", o.eps)
     for key in ("min_lr", "weight_decay", "grad_clip", "warmup_steps"):
         _non_negative(f"optimizer.{key}", getattr(o, key))
     if o.min_lr > o.lr:
-        raise ConfigError(f"optimizer.min_lr: {o.min_lr} exceeds lr {o.lr}")
+        raise ConfigError("optimizer.min_lr", f"{o.min_lr} exceeds lr {o.lr}")
     if o.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optimizer.schedule: expected 'cosine' or 'constant', got {o.schedule!r}")
+        raise ConfigError("optimizer.schedule", f"expected 'cosine' or 'constant', got {o.schedule!r}")
     return o
 
 
 def _parse_curriculum(raw: dict, batch: BatchConfig) -> tuple[CurriculumStage, ...]:
     stages = raw.get("curriculum") or []
     if not isinstance(stages, list):
-        raise ConfigError("curriculum: expected a list of {start_step, seq_len}")
-    out = []
+        raise ConfigError("curriculum", "expected a list of {start_step, seq_len}")
+    out: list[CurriculumStage] = []
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
-            raise ConfigError(f"curriculum[{i}]: expected an object")
-        stage = CurriculumStage(
-            _field(st, f"curriculum[{i}]", "start_step", int), _field(st, f"curriculum[{i}]", "seq_len", int)
-        )
+            raise ConfigError(f"curriculum[{i}]", "expected an object")
+        stage = _read(CurriculumStage, st, f"curriculum[{i}]")
         _positive(f"curriculum[{i}].seq_len", stage.seq_len)
         if batch.seq_len % stage.seq_len:
-            raise ConfigError(f"curriculum[{i}].seq_len: {stage.seq_len} must divide batch.seq_len {batch.seq_len}")
+            raise ConfigError(f"curriculum[{i}].seq_len", f"{stage.seq_len} must divide batch.seq_len {batch.seq_len}")
         if out and stage.start_step <= out[-1].start_step:
-            raise ConfigError(f"curriculum[{i}].start_step: stages must be sorted by strictly increasing start_step")
+            raise ConfigError(f"curriculum[{i}].start_step", "stages must be sorted by strictly increasing start_step")
         if out and stage.seq_len < out[-1].seq_len:
-            raise ConfigError(f"curriculum[{i}].seq_len: lengths must never decrease")
+            raise ConfigError(f"curriculum[{i}].seq_len", "lengths must never decrease")
         out.append(stage)
     if out and out[0].start_step != 0:
-        raise ConfigError("curriculum[0].start_step: the curriculum must start at step 0")
+        raise ConfigError("curriculum[0].start_step", "the curriculum must start at step 0")
     return tuple(out)
 
 
 def _parse_training(raw: dict) -> TrainingConfig:
-    s = _section(raw, "training")
-    p = "training"
-    t = TrainingConfig(
-        total_steps=_field(s, p, "total_steps", int),
-        token_budget=_field(s, p, "token_budget", int, None),
-        checkpoint_interval=_field(s, p, "checkpoint_interval", int, 0),
-        keep_checkpoints=_field(s, p, "keep_checkpoints", int, 3),
-        keep_every=_field(s, p, "keep_every", int, 0),
-        seed=_field(s, p, "seed", int, 1234),
-        log_interval=_field(s, p, "log_interval", int, 1),
-        nan_policy=_field(s, p, "nan_policy", str, "abort"),
-    )
+    t = _read(TrainingConfig, _section(raw, "training"), "training")
     _positive("training.total_steps", t.total_steps)
     _non_negative("training.checkpoint_interval", t.checkpoint_interval)
     _positive("training.keep_checkpoints", t.keep_checkpoints)
     _non_negative("training.keep_every", t.keep_every)
     _positive("training.log_interval", t.log_interval)
     if t.nan_policy not in ("abort", "skip"):
-        raise ConfigError(f"training.nan_policy: expected 'abort' or 'skip', got {t.nan_policy!r}")
+        raise ConfigError("training.nan_policy", f"expected 'abort' or 'skip', got {t.nan_policy!r}")
     return t
 
 
 def _parse_reporter(raw: dict) -> ReporterConfig:
-    s = raw.get("reporter") or {}
-    p = "reporter"
-    r = ReporterConfig(
-        ingest_url=_field(s, p, "ingest_url", str, None),
-        every_n_steps=_field(s, p, "every_n_steps", int, 1),
-        batch_size=_field(s, p, "batch_size", int, 50),
-        flush_interval_s=_field(s, p, "flush_interval_s", float, 1.0),
-    )
+    r = _read(ReporterConfig, raw.get("reporter") or {}, "reporter")
     _positive("reporter.every_n_steps", r.every_n_steps)
     _positive("reporter.batch_size", r.batch_size)
     _positive("reporter.flush_interval_s", r.flush_interval_s)
@@ -445,19 +454,19 @@ def _parse_reporter(raw: dict) -> ReporterConfig:
 
 def parse_run_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
-        raise ConfigError("run.json: expected a JSON object")
+        raise ConfigError("run.json", "expected a JSON object")
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ConfigError(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
+        raise ConfigError("schema_version", f"expected {SCHEMA_VERSION}, got {version!r}")
     run = raw.get("run") or {}
     model = _parse_model(raw)
     parallel = _parse_parallel(raw, model)
     batch = _parse_batch(raw)
     if batch.seq_len > model.max_seq_len:
-        raise ConfigError(f"batch.seq_len: {batch.seq_len} exceeds model.max_seq_len {model.max_seq_len}")
+        raise ConfigError("batch.seq_len", f"{batch.seq_len} exceeds model.max_seq_len {model.max_seq_len}")
     precision = raw.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+        raise ConfigError("precision", f"expected 'fp32' or 'bf16', got {precision!r}")
     training = _parse_training(raw)
     if training.token_budget is not None:
         _positive("training.token_budget", training.token_budget)
@@ -484,9 +493,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"run.json: not found at {path}") from None
+        raise ConfigError("run.json", f"not found at {path}") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"run.json: invalid JSON ({exc})") from None
+        raise ConfigError("run.json", f"invalid JSON ({exc})") from None
     return parse_run_config(raw)
 
 
@@ -497,3 +506,7 @@ def expected_total_steps(token_budget: int, tokens_per_step: int) -> int:
 def load_capabilities() -> dict:
     """The reference trainer's declaration of the layouts it runs (the parallel.* rules above read it)."""
     return json.loads(CAPABILITIES_PATH.read_text())
+
+
+# Every field of run.json's sections that the jobs read, by dotted name ("model.top_k", "curriculum[].seq_len").
+FIELDS: dict[str, FieldSpec] = _field_specs()

@@ -6,14 +6,12 @@ import json
 
 import pytest
 
-from jobs.common.run_config import ConfigError, load_run_config, parse_run_config
-from tests.jobs.conftest import TINY_RUN, tiny_run
+from jobs.common.run_config import FIELDS, REQUIRED, ConfigError, load_run_config, parse_run_config
+from tests.jobs.conftest import REPO, TINY_RUN, tiny_run
 
 
 def _doc_example() -> dict:
     """The run.json shown in docs/run-config.md, without its "//" commentary keys."""
-    from tests.jobs.conftest import REPO
-
     text = (REPO / "docs" / "run-config.md").read_text()
     block = text.split("## `run.json` (schema_version 1)\n```json\n", 1)[1].split("\n```", 1)[0]
 
@@ -85,6 +83,7 @@ def test_invalid_fields_are_named(sections, field):
     with pytest.raises(ConfigError) as err:
         parse_run_config(tiny_run(**sections))
     assert str(err.value).startswith(field + ":"), str(err.value)
+    assert err.value.field == field
 
 
 def test_world_size_checks_name_the_field():
@@ -103,3 +102,50 @@ def test_optional_model_keys_take_defaults():
     model = parse_run_config(raw).model
     assert (model.n_group, model.topk_group, model.routed_scaling_factor, model.norm_topk_prob) == (1, 1, 1.0, True)
     assert TINY_RUN["model"]["arch"] == "moe"
+
+
+def _minimal() -> dict:
+    """TINY_RUN's sections with only the fields FIELDS marks required."""
+    raw: dict = {"schema_version": 1, **{s: {} for s in ("model", "parallel", "batch", "optimizer", "training")}}
+    for name, spec in FIELDS.items():
+        section, _, key = name.partition(".")
+        if spec.default is REQUIRED and not section.startswith("curriculum"):
+            raw.setdefault(section, {})[key] = TINY_RUN[section][key]
+    return raw
+
+
+def test_fields_hold_the_parsers_defaults_and_required_keys():
+    cfg = parse_run_config(_minimal())
+    for name, spec in FIELDS.items():
+        section, _, key = name.partition(".")
+        if section.startswith("curriculum") or spec.default is REQUIRED:
+            continue
+        value = getattr(cfg, section) if section == "precision" else getattr(getattr(cfg, section), key)
+        if spec.default_from:
+            assert name == "model.intermediate_size" and value == 4 * cfg.model.hidden_size
+        else:
+            assert value == (tuple(spec.default) if isinstance(spec.default, list) else spec.default), name
+    assert FIELDS["model.top_k"].default == 2 and FIELDS["optimizer.lr"].default is REQUIRED
+    assert FIELDS["training.token_budget"].kinds == (int,) and FIELDS["reporter.ingest_url"].default is None
+    for name, spec in FIELDS.items():
+        section, _, key = name.partition(".")
+        if spec.default is REQUIRED and not section.startswith("curriculum"):
+            raw = _minimal()
+            del raw[section][key]
+            with pytest.raises(ConfigError) as err:
+                parse_run_config(raw)
+            assert err.value.field == name and err.value.message == "required"
+
+
+def test_every_field_is_in_the_documented_example_or_listed_as_optional():
+    example = _doc_example()
+    text = (REPO / "docs" / "run-config.md").read_text()
+    optional = text.split("Optional `model` keys", 1)[1].split("\n\n", 1)[0]
+    for name in FIELDS:
+        section, _, key = name.partition(".")
+        if section == "curriculum[]":
+            assert all(key in stage for stage in example["curriculum"])
+        elif section == "precision":
+            assert "precision" in example
+        else:
+            assert key in example[section] or f"`{key}`" in optional, name

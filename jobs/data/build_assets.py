@@ -20,6 +20,7 @@ from .tokenizer import file_sha256, load_tokenizer, train_tokenizer
 CORPUS_BYTES_PER_SOURCE = 320 * 1024
 # Small shards so that the bundled sources span several files and exercise cross-shard reads.
 SHARD_TOKENS = 32 * 1024
+BUILT = ("corpus", "shards", "tokenizer.model")
 
 
 def build(out_dir: str | os.PathLike, corpus_bytes: int = CORPUS_BYTES_PER_SOURCE, vocab_size: int = 4096) -> None:
@@ -42,9 +43,19 @@ def build(out_dir: str | os.PathLike, corpus_bytes: int = CORPUS_BYTES_PER_SOURC
                 w.add_document(ids)
 
 
+def _built_files(root: Path) -> set[str]:
+    """The files under `root` that build() writes; jobs/assets also holds prep/, which jobs.data.prep builds."""
+    found = set()
+    for name in BUILT:
+        path = root / name
+        for p in [path] if path.is_file() else path.rglob("*"):
+            if p.is_file():
+                found.add(str(p.relative_to(root)))
+    return found
+
+
 def _differences(a: Path, b: Path) -> list[str]:
-    names_a = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
-    names_b = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
+    names_a, names_b = _built_files(a), _built_files(b)
     diffs = [f"only in {a}: {n}" for n in sorted(names_a - names_b)]
     diffs += [f"only in {b}: {n}" for n in sorted(names_b - names_a)]
     diffs += [f"differs: {n}" for n in sorted(names_a & names_b) if not filecmp.cmp(a / n, b / n, shallow=False)]

@@ -113,7 +113,7 @@ def test_shipped_classifiers_score_held_out_generated_text():
 
     def score(text):
         cps = codepoints(normalise(text).lower())
-        return models.score(cps, np.flatnonzero(np.isin(cps, [ord(c) for c in ".!?。！？\n"])))
+        return models.score(cps, np.isin(cps, [ord(c) for c in ".!?。！？\n"]))
 
     for language in samples.LANGUAGES:
         for _ in range(10):
@@ -160,3 +160,60 @@ def test_vocabulary_scales_to_the_data_and_mix_budgets_follow_the_weights():
     budgets = mix_budgets({"zh": 1000, "en": 400, "other": 1000}, {"zh": 45, "en": 35, "other": 20}, "trim")
     assert budgets["en"] == 400 and budgets["zh"] == int(400 / 0.35 * 0.45) and budgets["other"] <= 1000
     assert mix_budgets({"a": 5, "b": 9}, {"a": 1, "b": 1}, "keep_all") == {"a": 5, "b": 9}
+
+
+def _read(source):
+    from jobs.data.prep.readers import SourceReader
+
+    return [(d.text, d.id, d.metadata["order"]) for d in SourceReader(source).run(rank=0, world_size=1)]
+
+
+def test_sources_are_read_from_jsonl_text_parquet_and_fsspec_urls(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.data.prep.spec import SourceSpec
+
+    (tmp_path / "a.jsonl").write_text('{"body": "one"}\n\n{"body": "two", "extra": 1}\n')
+    (tmp_path / "b.txt").write_text("first line\n\nsecond line\n")
+    pq.write_table(pa.table({"content": ["x", None, "y"]}), tmp_path / "c.parquet")
+    jsonl = SourceSpec(name="j", language="en", format="jsonl", path=str(tmp_path / "*.jsonl"), text_field="body")
+    assert _read(jsonl) == [("one", "a.jsonl:1", [0, 0, 1]), ("two", "a.jsonl:3", [0, 0, 3])]
+    text = SourceSpec(name="t", language="en", format="text", path=str(tmp_path / "b.txt"))
+    assert [t for t, _, _ in _read(text)] == ["first line", "second line"]
+    parquet = SourceSpec(name="p", language="en", format="parquet", path=str(tmp_path / "c.parquet"),
+                         text_field="content")  # fmt: skip
+    assert [(t, i) for t, i, _ in _read(parquet)] == [("x", "c.parquet:1"), ("y", "c.parquet:3")]
+    url = SourceSpec(name="u", language="en", format="jsonl", path=f"file://{tmp_path}/*.jsonl", text_field="body")
+    assert [t for t, _, _ in _read(url)] == ["one", "two"]
+
+
+def test_a_source_shared_by_more_tasks_than_files_is_split_by_line(tmp_path):
+    from jobs.data.prep.readers import SourceReader
+    from jobs.data.prep.spec import SourceSpec
+
+    (tmp_path / "one.txt").write_text("".join(f"line {i}\n" for i in range(10)))
+    spec = SourceSpec(name="s", language="en", format="text", path=str(tmp_path / "one.txt"))
+    parts = [[d.text for d in SourceReader(spec).run(rank=r, world_size=3)] for r in range(3)]
+    assert parts[0] == ["line 0", "line 3", "line 6", "line 9"] and parts[1] == ["line 1", "line 4", "line 7"]
+    assert sorted(sum(parts, [])) == sorted(f"line {i}" for i in range(10))
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "says"),
+    [
+        (b'{"text": "ok"}\n[1, 2]\n', "jsonl", "line 2: not a JSON object"),
+        (b'{"text": "ok"}\n{"txt": "x"}\n', "jsonl", "line 2: the text field 'text' is missing, not a string"),
+        (b"fine\n\xff\xfe broken\n", "text", "line 2: not UTF-8"),
+        (b"not parquet at all", "parquet", "not a readable Parquet file"),
+    ],
+)
+def test_a_malformed_file_is_named_with_its_line(tmp_path, content, fmt, says):
+    from jobs.data.prep.readers import MalformedSource
+    from jobs.data.prep.spec import SourceSpec
+
+    path = tmp_path / f"bad.{fmt}"
+    path.write_bytes(content)
+    with pytest.raises(MalformedSource, match=says) as err:
+        _read(SourceSpec(name="bad", language="en", format=fmt, path=str(path)))
+    assert err.value.path == str(path)

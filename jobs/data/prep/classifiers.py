@@ -41,6 +41,7 @@ def sentences(text: str) -> list[str]:
 
 def build_sample(out: Path, *, per_language: int = 200, quality_docs: int = 540, toxic_lines: int = 1200) -> None:
     """Write the three labelled files; everything is normalised as the prep job normalises its input."""
+    # One generator per sample, so that changing one sample leaves the others as they were.
     rng = Random(20_251_201)
     language = []
     for lang in samples.LANGUAGES:
@@ -48,6 +49,7 @@ def build_sample(out: Path, *, per_language: int = 200, quality_docs: int = 540,
             text = samples.paragraph(lang, rng) if i % 2 else samples.clean_document(lang, rng, 100, 600)
             language.append({"text": normalise(text), "label": lang})
     quality = []
+    rng = Random(20_251_202)
     for i in range(quality_docs):
         lang = samples.LANGUAGES[i % len(samples.LANGUAGES)] if i % 3 == 0 else ("zh", "en")[i % 2]
         # Good text of every length: whole documents, and single paragraphs (as the bundled corpus holds).
@@ -56,6 +58,7 @@ def build_sample(out: Path, *, per_language: int = 200, quality_docs: int = 540,
         kind = samples.JUNK_KINDS[i % len(samples.JUNK_KINDS)]
         quality.append({"text": normalise(samples.junk_document(kind, lang, rng)), "label": "junk"})
     toxicity = []
+    rng = Random(20_251_203)
     for i in range(toxic_lines):
         lang = samples.LANGUAGES[i % len(samples.LANGUAGES)]
         line = samples.toxic_line(lang, rng, listed=i % 3 != 0)

@@ -178,29 +178,31 @@ class Classifiers:
             self._matrix = np.ascontiguousarray(np.hstack([language.weights, quality.weights, toxicity.weights]))
             self._bias = np.concatenate([language.bias, quality.bias, toxicity.bias])
 
-    def score(self, lower_cps: np.ndarray, segment_ends: np.ndarray) -> Scores:
-        """Scores of one document from its lower-cased code points; `segment_ends` (sorted positions of sentence
-        ends) cut it into the sentences toxicity is scored on."""
+    def score(self, lower_cps: np.ndarray, sentence_end: np.ndarray) -> Scores:
+        """Scores of one document from its lower-cased code points; `sentence_end` (a bool per code point) cuts it
+        into the sentences toxicity is scored on."""
+        # Sentence of each position: the number of sentence ends before it (an n-gram belongs to the sentence it
+        # starts in).
+        before = np.cumsum(sentence_end) - sentence_end
+        sentences = int(before[-1]) + 1 if before.shape[0] else 1
         if not self.shared:
-            return self._score_apart(lower_cps, segment_ends)
+            return self._score_apart(lower_cps, before, sentences)
         idx, pos = self.language.spec.indices_at(lower_cps)
         if idx.shape[0] == 0:
             z = self._bias
             return Scores(_softmax(z[self._lang]), _sigmoid(z[self._quality]), _sigmoid(z[self._toxic]))
         rows = np.take(self._matrix, idx, axis=0)
         z = np.ones(idx.shape[0], np.float32) @ rows / np.sqrt(idx.shape[0]) + self._bias
-        segment = np.searchsorted(segment_ends, pos)
-        toxic = _segment_max(rows[:, self._toxic], segment, segment_ends.shape[0] + 1, self._bias[self._toxic])
+        toxic = _segment_max(rows[:, self._toxic], before[pos], sentences, self._bias[self._toxic])
         return Scores(_softmax(z[self._lang]), _sigmoid(z[self._quality]), toxic)
 
-    def _score_apart(self, lower_cps: np.ndarray, segment_ends: np.ndarray) -> Scores:
+    def _score_apart(self, lower_cps: np.ndarray, before: np.ndarray, sentences: int) -> Scores:
         out = []
         for model in (self.language, self.quality):
             idx, _ = model.spec.indices_at(lower_cps)
             out.append(model.probabilities(idx))
         idx, pos = self.toxicity.spec.indices_at(lower_cps)
-        segment = np.searchsorted(segment_ends, pos)
-        toxic = _segment_max(self.toxicity.weights[idx, 0], segment, segment_ends.shape[0] + 1, self.toxicity.bias[0])
+        toxic = _segment_max(self.toxicity.weights[idx, 0], before[pos], sentences, self.toxicity.bias[0])
         return Scores(out[0], float(out[1][0]), toxic)
 
 

@@ -149,7 +149,7 @@ class Driver:
         shutil.rmtree(self.spec.work / "errors", ignore_errors=True)
         if self.spec.settings["dedup"]["near"] == "minhash":
             language = pipeline.minhash_language(self.spec)
-            for module in ("spacy", *(("jieba",) if language == "zh" else ())):
+            for module in ("spacy", *(("jieba",) if language == "cmn" else ())):
                 try:
                     __import__(module)
                 except ImportError as exc:

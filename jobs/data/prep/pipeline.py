@@ -62,9 +62,10 @@ def minhash_config(settings: dict):
 
 
 def minhash_language(spec: PrepSpec) -> str:
-    """datatrove's MinHash signature takes one word tokenizer; jieba's (datatrove's choice for Chinese) also
-    splits space-separated words, so a recipe with Chinese uses it for everything."""
-    return "zh" if any(s.language == "zh" for s in spec.sources) else "en"
+    """datatrove's MinHash signature takes one word tokenizer, named by an ISO 639-3 code (its "zh" gives a
+    multilingual tokenizer that does not split Chinese words). jieba's (datatrove's choice for Mandarin, "cmn")
+    also splits space-separated words, so a recipe with Chinese uses it for everything."""
+    return "cmn" if any(s.language == "zh" for s in spec.sources) else "eng"
 
 
 def tokenizer_path(spec: PrepSpec) -> Path:

@@ -79,7 +79,8 @@ class SourceReader(BaseDiskReader):
     def _document(self, text: str, filepath: str, line: int):
         """A document with its id (file:line) and `order` (source, file, line): the same key whatever the number of
         tasks, which deduplication sorts on to keep the first of each group."""
-        document = self.get_document_from_dict({"text": text, "id": f"{filepath}:{line}"}, filepath, line)
+        record = {self.text_key: text, self.id_key: f"{filepath}:{line}"}
+        document = self.get_document_from_dict(record, filepath, line)
         if document is not None:
             document.metadata["order"] = [self.index, self._file_index.get(filepath, 0), line]
         return document

@@ -98,25 +98,21 @@ def _duplicates(parts: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _windows(tokens: Tokens, n: int, spaced: bool) -> np.ndarray:
-    """Characters of the n-gram starting at each position (token lengths summed over the window)."""
-    cum = np.concatenate(([0], np.cumsum(tokens.lengths)))
-    return cum[n:] - cum[:-n] + ((n - 1) if spaced else 0)
-
-
 def _top_ngram_chars(tokens: Tokens, n: int, spaced: bool) -> int:
     """Characters of the most frequent n-gram times its count (0 when no n-gram repeats)."""
-    if len(tokens) - n + 1 <= 1:
+    count = len(tokens) - n + 1
+    if count <= 1:
         return 0
     sh = shingle_hashes(tokens.hashes, n, mix=False)
     ordered = np.sort(sh)
-    bounds = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1], [True])))
-    runs = np.diff(bounds)
-    top = int(np.argmax(runs))
-    if runs[top] < 2:
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    if starts.shape[0] == count:
         return 0
-    first = int(np.flatnonzero(sh == ordered[bounds[top]])[0])
-    return int(_windows(tokens, n, spaced)[first]) * int(runs[top])
+    runs = np.diff(np.append(starts, count))
+    top = int(np.argmax(runs))
+    first = int(np.argmax(sh == ordered[starts[top]]))
+    width = int(tokens.lengths[first : first + n].sum()) + ((n - 1) if spaced else 0)
+    return width * int(runs[top])
 
 
 def _repeated_ngram_chars(tokens: Tokens, n: int) -> int:
@@ -173,8 +169,11 @@ def _gopher_repetition(text: str, tokens: Tokens, r: LanguageRules, spaced: bool
         if chars / length > r.dup_line_char_frac:
             return "gopher:dup_line_chars"
     for n, frac in r.top_ngrams:
-        if _top_ngram_chars(tokens, n, spaced) / length > frac:
+        top = _top_ngram_chars(tokens, n, spaced)
+        if top / length > frac:
             return "gopher:top_ngram"
+        if top == 0:
+            break  # no n-gram repeats, so no longer one does
     # A repeated n-gram holds repeated shorter ones, so the shortest n bounds every longer one: when it stays
     # under the smallest threshold, the longer n need no look.
     floor = min(frac for _, frac in r.dup_ngrams)

@@ -103,7 +103,7 @@ class Analyser:
         if self._last is not None and self._last.doc is doc:
             return self._last
         cps = codepoints(doc.text.lower())
-        ends = np.flatnonzero(_SENTENCE_END[np.minimum(cps, 0xFFFF)])
+        ends = _SENTENCE_END[np.minimum(cps, 0xFFFF)]
         self._last = Analysis(doc, cps, tokenize(cps), self.models.score(cps, ends))
         return self._last
 

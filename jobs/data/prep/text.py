@@ -79,15 +79,22 @@ def cjk_fraction(cps: np.ndarray) -> float:
     return float(np.count_nonzero(is_cjk(cps))) / cps.shape[0]
 
 
-def _alnum_table() -> np.ndarray:
-    table = np.zeros(0x10000, dtype=bool)
+# Class of each BMP code point for tokenizing: 0 not part of a word, 1 letter, 2 digit, 3 Han character.
+_OTHER, _LETTER, _DIGIT, _HAN = 0, 1, 2, 3
+
+
+def _class_table() -> np.ndarray:
+    table = np.zeros(0x10000, dtype=np.uint8)
     for cp in range(0x10000):
-        if chr(cp).isalnum():
-            table[cp] = True
+        ch = chr(cp)
+        if ch.isalnum():
+            table[cp] = _DIGIT if ch.isdigit() else _LETTER
+    cps = np.arange(0x10000, dtype=np.uint32)
+    table[is_cjk(cps)] = _HAN
     return table
 
 
-_ALNUM = _alnum_table()
+_CLASS = _class_table()
 _K = np.uint64(0xD6E8FEB86659FD93)
 
 
@@ -117,11 +124,12 @@ def tokenize(cps: np.ndarray) -> Tokens:
     n = cps.shape[0]
     if n == 0:
         return _NO_TOKENS
-    han = is_cjk(cps)
-    bmp = cps < 0x10000
-    word = np.zeros(n, dtype=bool)
-    word[bmp] = _ALNUM[cps[bmp]]
-    word |= han
+    cls = _CLASS[np.minimum(cps, 0xFFFF)]
+    if (cps > 0xFFFF).any():  # Han extension B counts as Han; other planes hold no word characters here
+        astral = cps > 0xFFFF
+        cls[astral] = np.where((cps[astral] >= 0x20000) & (cps[astral] <= 0x2A6DF), _HAN, _OTHER)
+    word = cls != _OTHER
+    han = cls == _HAN
     # A token starts at a word character whose predecessor is not one, and at every Han character (and at the
     # character after one).
     prev_word = np.concatenate(([False], word[:-1]))
@@ -131,14 +139,13 @@ def tokenize(cps: np.ndarray) -> Tokens:
     if idx.shape[0] == 0:
         return _NO_TOKENS
     token_of = np.cumsum(start)[idx] - 1  # token number of each word character
-    starts = np.flatnonzero(start)
-    pos = idx - starts[token_of]  # position of the character inside its token
+    first = np.flatnonzero(np.concatenate(([True], token_of[1:] != token_of[:-1])))
+    pos = np.arange(idx.shape[0]) - np.repeat(first, np.diff(np.append(first, idx.shape[0])))
     with np.errstate(over="ignore"):
         contrib = mix64(cps[idx].astype(np.uint64) + pos.astype(np.uint64) * _K)
-        first = np.flatnonzero(np.concatenate(([True], token_of[1:] != token_of[:-1])))
         hashes = mix64(np.add.reduceat(contrib, first))
     lengths = np.diff(np.append(first, idx.shape[0]))
-    letters = np.add.reduceat((cps[idx] > 0x39) | (cps[idx] < 0x30), first)
+    letters = np.add.reduceat(cls[idx] != _DIGIT, first)
     return Tokens(hashes, lengths, letters == 0, int(np.count_nonzero(han)))
 
 

@@ -53,16 +53,20 @@ class WordLists:
 
     def find(self, text: str, tokens: Tokens) -> tuple[str, str] | None:
         """(term, dimension) of a listed term in the document whose lower-cased text has `tokens`, else None."""
-        if not self._firsts.shape[0] or not tokens.hashes.shape[0]:
+        hashes = tokens.hashes
+        if not self._firsts.shape[0] or not hashes.shape[0]:
             return None
-        at = np.minimum(np.searchsorted(self._firsts, tokens.hashes), self._firsts.shape[0] - 1)
-        if not (self._firsts[at] == tokens.hashes).any():
+        at = np.minimum(np.searchsorted(self._firsts, hashes), self._firsts.shape[0] - 1)
+        starts = np.flatnonzero(self._firsts[at] == hashes)
+        if not starts.shape[0]:
             return None
+        # Only runs that begin with a term's first token can be a term.
         for n, terms in self._terms.items():
-            runs = shingle_hashes(tokens.hashes, n, mix=False)
-            if not runs.shape[0]:
+            fit = starts[starts + n <= hashes.shape[0]]
+            if not fit.shape[0]:
                 continue
-            hit = terms.keys() & set(runs.tolist())
+            runs = {int(shingle_hashes(hashes[i : i + n], n, mix=False)[0]) for i in fit.tolist()}
+            hit = terms.keys() & runs
             if hit:
                 term = terms[min(hit)]
                 return term, self.dimension[term]

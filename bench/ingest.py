@@ -1,10 +1,12 @@
 """Ingest throughput: this control plane against MLflow 3's tracking server, both on the same PostgreSQL.
 
     .venv/bin/python bench/ingest.py [--seconds 6] [--workers 2] [--skip-mlflow] [--runs 1 8 32]
-                                     [--modes batched stepwise]
+                                     [--modes batched stepwise] [--body columns|records|both]
 
 Simulated runs post like a trainer's reporter: one keep-alive connection each, one request at a time, 4 metrics
-per step (loss, lr, grad_norm, tokens_per_s, so the detectors run), either 50 steps per request or one. Every
+per step (loss, lr, grad_norm, tokens_per_s, so the detectors run), either 50 steps per request or one, in the
+body form the reporter sends (columns: jobs.reporter.ingest_body), or as records (`--body records`), or each cell
+in both forms one after the other on the same server (`--body both`). Every
 phase is bounded in time (--seconds) and runs against 127.0.0.1 only. Needs PostgreSQL at 127.0.0.1:5432 (user
 postgres) and Redis at 127.0.0.1:6379; it creates and drops the databases cp_bench and mlflow_bench. MLflow goes
 into bench/.venv-mlflow (created on first use; keep it out of git).
@@ -28,6 +30,9 @@ import psycopg
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from jobs.reporter import ingest_body as reporter_body  # noqa: E402  (the repository on the path first)
+
 PG = "postgresql://postgres@127.0.0.1:5432"
 CP_DB, MLFLOW_DB = "cp_bench", "mlflow_bench"
 MLFLOW_VENV = ROOT / "bench" / ".venv-mlflow"
@@ -226,10 +231,10 @@ def values_at(step: int) -> dict:
     }
 
 
-def cp_body(start: int, steps: int) -> bytes:
+def cp_body(start: int, steps: int, form: str) -> bytes:
     now = time.time()
     records = [{"kind": "metrics", "step": s, "time": now, "values": values_at(s)} for s in range(start, start + steps)]
-    return orjson.dumps({"records": records})
+    return reporter_body(records) if form == "columns" else orjson.dumps({"records": records})
 
 
 def mlflow_body(run_id: str, start: int, steps: int) -> bytes:
@@ -246,7 +251,7 @@ def request_bytes(target: dict, run_index: int, step: int, steps_per_req: int) -
     """One request of a run's reporter, head and body."""
     if target["kind"] == "cp":
         run_id, token = target["runs"][run_index]
-        body = cp_body(step, steps_per_req)
+        body = cp_body(step, steps_per_req, target["body"])
         path = f"/api/v1/ingest/{run_id}/"
     else:
         run_id, token = target["runs"][run_index], ""
@@ -478,22 +483,26 @@ async def _json_call(conn: Conn, port: int, path: str, body: bytes) -> dict:
     return orjson.loads(payload)
 
 
-def run_matrix(target: dict, seconds: float, results: dict, name: str, counts, modes) -> None:
+def run_matrix(targets: dict[str, dict], seconds: float, results: dict, counts, modes) -> None:
+    """Each cell for each target (several targets: the same server in turn, cell by cell)."""
     step = 0
     # Warm-up (connection pools, imports, first compactions) on runs that are not measured.
-    load({**target, "runs": target["runs"][-WARM_RUNS:]}, WARM_RUNS, 50, 2.0, 0)
+    for target in targets.values():
+        load({**target, "runs": target["runs"][-WARM_RUNS:]}, WARM_RUNS, 50, 2.0, step)
+        step += 10**6
     for runs in counts:
         for mode, steps_per_req in modes:
-            vacuum(target["database"])  # both systems alike, outside the timed window
-            results[(name, runs, mode)] = r = load(target, runs, steps_per_req, seconds, step)
-            step += 10**6
-            print(
-                f"  {name:<24} {runs:>2} runs {mode:<8} {r['pps']:>11,.0f} points/s  p50 {r['p50']:7.1f} ms  "
-                f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}  "
-                + (f"requests built during the cell {r['built_live']}  " if r["built_live"] else "")
-                + "CPU ms/request: server {:.2f}, PostgreSQL {:.2f}, load {:.2f}".format(*r["cpu"]),
-                flush=True,
-            )
+            for name, target in targets.items():
+                vacuum(target["database"])  # both systems alike, outside the timed window
+                results[(name, runs, mode)] = r = load(target, runs, steps_per_req, seconds, step)
+                step += 10**6
+                print(
+                    f"  {name:<24} {runs:>2} runs {mode:<8} {r['pps']:>11,.0f} points/s  p50 {r['p50']:7.1f} ms  "
+                    f"p99 {r['p99']:7.1f} ms  errors {r['errors']}{' ' + str(r['statuses']) if r['statuses'] else ''}  "
+                    + (f"requests built during the cell {r['built_live']}  " if r["built_live"] else "")
+                    + "CPU ms/request: server {:.2f}, PostgreSQL {:.2f}, load {:.2f}".format(*r["cpu"]),
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -503,13 +512,17 @@ def main() -> None:
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--runs", type=int, nargs="+", choices=RUN_COUNTS, default=RUN_COUNTS, help="run counts")
     parser.add_argument("--modes", nargs="+", choices=[m for m, _ in MODES], default=[m for m, _ in MODES])
+    parser.add_argument(
+        "--body", choices=["columns", "records", "both"], default="columns", help="our body form (default columns)"
+    )
     args = parser.parse_args()
     counts, modes = args.runs, [m for m in MODES if m[0] in args.modes]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     results: dict = {}
-    systems = [f"controlplane x{args.workers}"]
+    forms = ["columns", "records"] if args.body == "both" else [args.body]
+    systems = [f"controlplane x{args.workers} {form}" for form in forms]
 
     print(f"PostgreSQL {PG}; {os.cpu_count()} CPUs; {args.seconds:g} s per configuration", flush=True)
     recreate_database(CP_DB)
@@ -517,11 +530,11 @@ def main() -> None:
         runs = setup_cp(max(RUN_COUNTS) + WARM_RUNS)
         proc, port = start_cp(args.workers, out / "cp-server.log")
         try:
+            target = {"kind": "cp", "port": port, "runs": runs, "pid": proc.pid, "database": CP_DB}
             run_matrix(
-                {"kind": "cp", "port": port, "runs": runs, "pid": proc.pid, "database": CP_DB},
+                {name: {**target, "body": form} for name, form in zip(systems, forms, strict=True)},
                 args.seconds,
                 results,
-                systems[0],
                 counts,
                 modes,
             )
@@ -541,10 +554,9 @@ def main() -> None:
                 try:
                     ids = mlflow_runs(port, max(RUN_COUNTS) + WARM_RUNS, str(len(systems)))
                     run_matrix(
-                        {"kind": "mlflow", "port": port, "runs": ids, "pid": proc.pid, "database": MLFLOW_DB},
+                        {label: {"kind": "mlflow", "port": port, "runs": ids, "pid": proc.pid, "database": MLFLOW_DB}},
                         args.seconds,
                         results,
-                        label,
                         counts,
                         modes,
                     )
@@ -555,21 +567,23 @@ def main() -> None:
                 drop_database(MLFLOW_DB)
 
     print()
+    ours, theirs = systems[: len(forms)], systems[len(forms) :]
     print(
         f"{'configuration':<22}"
-        + "".join(f"{s:>30}" for s in systems)
-        + ("   ours / best MLflow" if len(systems) > 1 else "")
+        + "".join(f"{s:>32}" for s in systems)
+        + ("".join(f"   {form} / best MLflow" for form in forms) if theirs else "")
     )
     for runs in counts:
         for mode, _ in modes:
             row = [results[(s, runs, mode)] for s in systems]
             cells = "".join(
-                f"{r['pps']:>12,.0f} pts/s {r['p50']:>5.1f}/{r['p99']:<5.0f}ms e{r['errors']:<3}" for r in row
+                f"{r['pps']:>14,.0f} pts/s {r['p50']:>5.1f}/{r['p99']:<5.0f}ms e{r['errors']:<3}" for r in row
             )
             ratio = ""
-            if len(row) > 1:
-                best = max(r["pps"] for r in row[1:])
-                ratio = f"   {row[0]['pps'] / best:6.1f}x" if best else "   (MLflow: 0)"
+            if theirs:
+                best = max(results[(s, runs, mode)]["pps"] for s in theirs)
+                for name in ours:
+                    ratio += f"   {results[(name, runs, mode)]['pps'] / best:>13.1f}x" if best else "   (MLflow: 0)"
             print(f"{f'{runs} runs, {mode}':<22}{cells}{ratio}")
     print("cells: points/s, p50/p99 request latency, errors (non-2xx answers or failed connections)")
 

@@ -5,6 +5,8 @@ record. A background thread sends the part of the file that the control plane ha
 from the file (never from memory) in batches, and stores how far it got in RUN_DIR/metrics.acked. So:
 - `log()` costs one JSON encode and one buffered write; it never waits on the network, and a sender that is far
   behind needs no memory, however long the outage.
+- A batch goes out in the ingest API's columns form (docs/run-config.md): each key's steps and values as two lists,
+  the other records (events, heartbeats) as they are in the file.
 - After an outage, or after the process restarts, the backlog is sent from metrics.acked on, and a record the
   control plane accepted is not sent again.
 - A 4xx answer other than 408/429 (bad token, unknown run, malformed batch) will not get better by retrying:
@@ -52,6 +54,33 @@ def _json_value(value):
     if hasattr(value, "item"):  # numpy scalars and one-element tensors
         return _json_value(value.item())
     return str(value)
+
+
+def ingest_body(records: list[dict]) -> bytes:
+    """The ingest API's body for records, in its columns form (docs/run-config.md): the points of metrics records as
+    a list of steps and one of values per key, every other record as it is. A metrics record the API would refuse
+    (no values, a step that is not an integer) goes as a record too, so that the answer names it."""
+    series: dict[str, tuple[list, list]] = {}
+    others = []
+    for record in records:
+        values, step = record.get("values"), record.get("step")
+        if record.get("kind") == "metrics" and type(values) is dict and values and type(step) is int:
+            for key, value in values.items():
+                column = series.get(key)
+                if column is None:
+                    column = series[key] = ([], [])
+                column[0].append(step)
+                column[1].append(value)
+        else:
+            others.append(record)
+    doc: dict = {"series": {key: {"steps": steps, "values": vals} for key, (steps, vals) in series.items()}}
+    if others or not series:
+        doc["records"] = others
+    try:
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN/infinite value that another writer put in the file: as the API's strings
+        text = json.dumps(_json_value(doc), separators=(",", ":"))
+    return text.encode()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -242,11 +271,12 @@ class Reporter:
 
     # Sending (background thread)
 
-    def _read_batch(self, reader) -> tuple[list[bytes], int]:
-        """Up to batch_size complete, valid lines after the acked offset, and the offset just past them."""
+    def _read_batch(self, reader) -> tuple[list[dict], int]:
+        """Up to batch_size complete, valid records after the acked offset, and the offset just past them."""
         reader.seek(self._acked)
-        lines, end = [], self._acked
-        while len(lines) < self.batch_size:
+        records: list[dict] = []
+        end = self._acked
+        while len(records) < self.batch_size:
             line = reader.readline()
             if not line.endswith(b"\n"):
                 break  # end of file, or a line still being written
@@ -255,18 +285,18 @@ class Reporter:
             if not body:
                 continue
             try:
-                ok = isinstance(json.loads(body), dict)
+                record = json.loads(body)
             except ValueError:
-                ok = False
-            if ok:
-                lines.append(body)
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
             else:
                 self._warn_once(f"line:{offset}", f"skipping an unreadable line at byte {offset} of {METRICS_FILE}")
-        return lines, end
+        return records, end
 
-    def _post(self, lines: list[bytes]) -> tuple[str, str, float | None]:
+    def _post(self, records: list[dict]) -> tuple[str, str, float | None]:
         """("ok" | "retry" | "fatal", description, server-requested delay in seconds)."""
-        body = b'{"records":[' + b",".join(lines) + b"]}"
+        body = ingest_body(records)
         headers = {"Content-Type": "application/json", "User-Agent": "cp-job-reporter/1"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -314,17 +344,17 @@ class Reporter:
                 while True:
                     if self._deadline is not None and time.monotonic() >= self._deadline:
                         return
-                    lines, end = self._read_batch(reader)
+                    records, end = self._read_batch(reader)
                     if end == self._acked:
                         break
-                    if not lines:  # only unreadable lines: nothing to send, just move past them
+                    if not records:  # only unreadable lines: nothing to send, just move past them
                         self._write_acked(end)
                         continue
-                    outcome, detail, retry_after = self._post(lines)
+                    outcome, detail, retry_after = self._post(records)
                     self.stats["posts"] += 1
                     if outcome == "ok":
                         self._write_acked(end)
-                        self.stats["records_sent"] += len(lines)
+                        self.stats["records_sent"] += len(records)
                         if failures:
                             _stderr(f"{self.ingest_url} reachable again; sending the backlog")
                         failures = 0

@@ -1,9 +1,9 @@
-"""The ingest body as an OpenAPI schema: docs/run-config.md's records, in pydantic models.
+"""The ingest body as an OpenAPI schema: docs/run-config.md's records and columns, in pydantic models.
 
 The ingest server validates bodies with its own code (runs.metrics.validation), written for speed; these models
 describe the same rules for the published schema, and tests/runs/api/test_ingest_schema.py holds the two to
-agreement on generated bodies. Limits that span records (MAX_POINTS, MAX_SERIES_PER_REQUEST) are in the
-descriptions only: JSON Schema cannot count across records.
+agreement on generated bodies. Limits that span records or columns (MAX_POINTS, MAX_SERIES_PER_REQUEST, a
+column's lists of one length) are in the descriptions only: JSON Schema cannot count across them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from runs.metrics.validation import MAX_POINTS, MAX_RECORDS, MAX_SERIES_PER_REQUEST, MAX_STEP, MAX_TIME
 
@@ -69,19 +70,42 @@ class EventRecord(_Record):
     )
 
 
-class IngestBody(BaseModel):
-    model_config = ConfigDict(extra="allow", title="IngestBody")
+class Column(BaseModel):
+    model_config = ConfigDict(extra="allow")
 
-    records: list[Annotated[MetricsRecord | EventRecord | HeartbeatRecord, Field(discriminator="kind")]] = Field(
+    steps: list[Step] = Field(min_length=1, description="The key's steps, in any order.")
+    values: list[float | NonFinite] = Field(min_length=1, description="One value per step, in the same order.")
+
+
+class IngestBody(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        title="IngestBody",
+        json_schema_extra={"anyOf": [{"required": ["records"]}, {"required": ["series"]}]},
+    )
+
+    records: (
+        list[Annotated[MetricsRecord | EventRecord | HeartbeatRecord, Field(discriminator="kind")]]
+        | SkipJsonSchema[None]
+    ) = Field(
+        None,
         max_length=MAX_RECORDS,
-        description=f"At most {MAX_RECORDS} records, {MAX_POINTS} metric points and {MAX_SERIES_PER_REQUEST} "
-        "distinct keys per request. The batch is stored whole or refused whole; points already stored (same key "
-        "and step) are counted as duplicates, never twice.",
+        description=f"At most {MAX_RECORDS} records, {MAX_POINTS} metric points (records and columns together) and "
+        f"{MAX_SERIES_PER_REQUEST} distinct keys per request. The batch is stored whole or refused whole; points "
+        "already stored (same key and step) are counted as duplicates, never twice.",
+    )
+    series: dict[MetricKey, Column] | SkipJsonSchema[None] = Field(
+        None,
+        description='Metric points as columns, key -> {"steps": [...], "values": [...]} (the form jobs.reporter '
+        "sends): the same rules as metrics records.",
+        json_schema_extra={"additionalProperties": False},  # pydantic leaves keys outside the pattern open
     )
 
 
 class IngestError(BaseModel):
-    index: int | None = Field(description="The record's index in `records`; null for the body as a whole.")
+    index: int | None = Field(
+        description="The record's index in `records`; null for a column or the body as a whole (`field` says which)."
+    )
     field: str
     message: str
 

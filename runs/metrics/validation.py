@@ -1,8 +1,9 @@
 """Ingest validation: a request body parsed, and its records checked and grouped by key into a `Batch`.
 
-The body's format is docs/run-config.md's: `{"records": [...]}`, each record a run-directory record (metrics,
-event, heartbeat). A batch is refused whole on any error, and `IngestInvalid` names each offending record and
-field, so the reporter or script that sent it can say what to fix.
+The body takes docs/run-config.md's two forms, or both at once: records (`{"records": [...]}`, each a run-directory
+record: metrics, event, heartbeat) and columns (`{"series": {key: {"steps": [...], "values": [...]}}}`, each key's
+points as two lists). Both follow the same rules. A batch is refused whole on any error, and `IngestInvalid` names
+each offending record or column and field, so the reporter or script that sent it can say what to fix.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def _error(index: int | None, field_name: str, message: str) -> dict:
     return {"index": index, "field": field_name, "message": message}
 
 
-def ingest_parse(body: bytes) -> Any:
-    """The `records` list of a request body. NaN/Infinity literals are tolerated (Python's json writes them)."""
+def ingest_parse(body: bytes) -> dict:
+    """A request body's JSON object, with `records`, `series` or both. NaN/Infinity literals are tolerated
+    (Python's json writes them)."""
     if len(body) > MAX_BODY_BYTES:
         raise IngestInvalid([_error(None, "", f"is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes")])
     try:
@@ -61,14 +63,18 @@ def ingest_parse(body: bytes) -> Any:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IngestInvalid([_error(None, "", f"is not JSON ({exc})")]) from None
-    if not isinstance(doc, dict) or "records" not in doc:
-        raise IngestInvalid([_error(None, "records", 'missing: send {"records": [...]}')])
-    return doc["records"]
+    if not isinstance(doc, dict) or ("records" not in doc and "series" not in doc):
+        raise IngestInvalid([_error(None, "records", 'missing: send {"records": [...]} or {"series": {...}}')])
+    return doc
 
 
 def ingest_body(body: bytes) -> Batch:
-    """A request body parsed and validated (IngestInvalid names what to fix)."""
-    return ingest_validate(ingest_parse(body))
+    """A request body parsed and validated, in either form (IngestInvalid names what to fix)."""
+    doc = ingest_parse(body)
+    batch = ingest_validate(doc["records"]) if "records" in doc else Batch()
+    if "series" in doc:
+        _add_series(batch, doc["series"])
+    return batch
 
 
 def _step_of(raw: Any) -> int | None:
@@ -81,11 +87,16 @@ def _step_of(raw: Any) -> int | None:
 
 def _number(raw: Any) -> float | None:
     kind = type(raw)
-    if kind is float or kind is int:
-        return float(raw)
+    if kind is float:
+        return raw
+    if kind is int:
+        return float(raw) if -_INT_FLOAT_MAX <= raw <= _INT_FLOAT_MAX else None
     if kind is str:
         return NONFINITE.get(raw.strip().lower())
     return None
+
+
+_INT_FLOAT_MAX = 2**1023  # beyond this an integer has no float64 (float() raises); refused as "not a number"
 
 
 class Column(NamedTuple):
@@ -205,8 +216,84 @@ def _event_problem(etype: str, rec: dict) -> tuple[str, str] | None:
     if not isinstance(rec.get("tag", ""), str) or not isinstance(rec.get("path", ""), str):
         return "path", "tag and path must be strings"
     size = rec.get("bytes", 0)
-    if type(size) is not int or size < 0:
-        return "bytes", f"{size!r} is not a non-negative integer"
+    if type(size) is not int or not 0 <= size < 2**63:
+        return "bytes", f"{size!r} is not a non-negative integer below 2**63"
     if not isinstance(rec.get("metrics", {}), dict):
         return "metrics", "must be an object of metric: value"
     return None
+
+
+def _add_series(batch: Batch, series: Any) -> None:
+    """Check the columns of a body (`series`) and add their points to the batch; the same rules as records'."""
+    if type(series) is not dict:
+        raise IngestInvalid([_error(None, "series", 'must be an object of key: {"steps": [...], "values": [...]}')])
+    errors: list[dict] = []
+    metrics = batch.metrics
+    max_step = -1 if batch.max_step is None else batch.max_step
+    for key, column in series.items():
+        if len(errors) >= MAX_ERRORS:
+            break
+        where = f"series.{key}"
+        if not KEY_RE.match(key):
+            errors.append(_error(None, where, "key must match [A-Za-z0-9_./-]{1,100}"))
+            continue
+        if key not in metrics and len(metrics) >= MAX_SERIES_PER_REQUEST:
+            errors.append(_error(None, "series", f"more than {MAX_SERIES_PER_REQUEST} keys in one request"))
+            break
+        if type(column) is not dict:
+            errors.append(_error(None, where, 'must be an object {"steps": [...], "values": [...]}'))
+            continue
+        raw_steps, raw_values = column.get("steps"), column.get("values")
+        if type(raw_steps) is not list or not raw_steps:
+            errors.append(_error(None, f"{where}.steps", "must be a non-empty list of steps"))
+            continue
+        if type(raw_values) is not list or len(raw_values) != len(raw_steps):
+            n = len(raw_steps)
+            errors.append(_error(None, f"{where}.values", f"must be a list of {n} numbers, one per step"))
+            continue
+        steps = _steps_column(raw_steps, where, errors)
+        values = _values_column(raw_values, where, errors)
+        if steps is None or values is None:
+            continue
+        batch.points += len(steps)
+        max_step = max(max_step, max(steps))
+        known = metrics.get(key)
+        if known is not None:  # the same key in records too: theirs first, as a repeated step keeps its first value
+            steps, values = known.steps + steps, known.values + values
+        metrics[key] = Column(steps, values)
+    if batch.points > MAX_POINTS and not errors:
+        errors.append(_error(None, "series", f"hold {batch.points} points; send at most {MAX_POINTS} per request"))
+    if errors:
+        raise IngestInvalid(errors)
+    batch.max_step = max_step if max_step >= 0 else None
+
+
+def _steps_column(raw: list, where: str, errors: list[dict]) -> list[int] | None:
+    """A column's steps; None (and an error naming the first bad one) unless each is a step as in records. Plain
+    Python: for the few dozen points of a request, each numpy call costs more than a pass over the list."""
+    if set(map(type, raw)) == _INT_ONLY and min(raw) >= 0 and max(raw) <= MAX_STEP:  # the usual case
+        return raw
+    converted = [_step_of(value) for value in raw]
+    if None in converted:
+        i = converted.index(None)
+        errors.append(_error(None, f"{where}.steps[{i}]", f"{raw[i]!r} is not an integer between 0 and 2**53"))
+        return None
+    return converted  # type: ignore[return-value]
+
+
+def _values_column(raw: list, where: str, errors: list[dict]) -> list[float] | None:
+    """A column's values; None (and an error naming the first bad one) unless each is a number, or a NaN/infinity
+    string, as in records."""
+    if set(map(type, raw)) == _FLOAT_ONLY:  # the usual case
+        return raw
+    converted = [_number(value) for value in raw]
+    if None in converted:
+        i = converted.index(None)
+        message = f"{raw[i]!r} is not a number (NaN/Infinity may be sent as strings)"
+        errors.append(_error(None, f"{where}.values[{i}]", message))
+        return None
+    return converted  # type: ignore[return-value]
+
+
+_INT_ONLY = {int}
+_FLOAT_ONLY = {float}

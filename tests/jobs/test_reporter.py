@@ -20,7 +20,9 @@ class IngestServer:
     """A stand-in ingest endpoint on 127.0.0.1 that can go down (port closed) and come back on the same port."""
 
     def __init__(self):
-        self.records = []
+        self.records = []  # as posted: events, heartbeats and metrics records
+        self.column_points = []  # (key, step) of the columns posted
+        self.bodies = []
         self.authorizations = []
         self.requests = 0
         self.status = 200
@@ -44,7 +46,11 @@ class IngestServer:
                     owner.authorizations.append(self.headers.get("Authorization"))
                     status = owner.scripted.pop(0) if owner.scripted else owner.status
                     if status == 200:
-                        owner.records.extend(json.loads(body)["records"])
+                        doc = json.loads(body)
+                        owner.bodies.append(doc)
+                        owner.records.extend(doc.get("records", []))
+                        for key, column in doc.get("series", {}).items():
+                            owner.column_points.extend((key, step) for step in column["steps"])
                 if status == "garbage":
                     self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
                     return
@@ -69,7 +75,8 @@ class IngestServer:
 
     def metric_points(self):
         with self._lock:
-            return [(k, r["step"]) for r in self.records if r["kind"] == "metrics" for k in r["values"]]
+            from_records = [(k, r["step"]) for r in self.records if r["kind"] == "metrics" for k in r["values"]]
+            return from_records + self.column_points
 
 
 @pytest.fixture
@@ -116,6 +123,24 @@ def test_outage_then_recovery_delivers_every_point_exactly_once(tmp_path, server
     assert set(server.authorizations) == {"Bearer secret"}
     assert [r["step"] for r in file_records(tmp_path)] == list(range(500))
     assert acked(tmp_path) == (tmp_path / "metrics.jsonl").stat().st_size
+
+
+def test_metrics_go_as_columns_and_other_records_as_they_are(tmp_path, server):
+    rep = Reporter(str(tmp_path), server.url, "secret", batch_size=10, **{**FAST, "flush_interval_s": 60})
+    rep.log(0, {"loss": 2.5, "lr": 0.001})
+    wait_until(lambda: server.metric_points())  # the first metrics go out at once, alone
+    rep.log(1, {"loss": 2.25})
+    rep.heartbeat(1)
+    rep.log(2, {"loss": 2.0, "lr": 0.001})
+    rep.event("checkpoint_saved", 2, tag="step_000002", path="/x", bytes=1, metrics={})
+    rep.close(timeout=5)  # sends the rest in one batch
+    first, rest = server.bodies
+    assert first == {"series": {"loss": {"steps": [0], "values": [2.5]}, "lr": {"steps": [0], "values": [0.001]}}}
+    assert rest["series"] == {
+        "loss": {"steps": [1, 2], "values": [2.25, 2.0]},
+        "lr": {"steps": [2], "values": [0.001]},
+    }
+    assert [(r["kind"], r["step"]) for r in rest["records"]] == [("heartbeat", 1), ("event", 2)]
 
 
 def test_log_stays_fast_while_the_control_plane_is_down(tmp_path, server):

@@ -21,6 +21,8 @@ from runs.planning.validation import validate_config
 DEFAULT_MFU = 0.40
 # The fields the plan reads; an issue on any of them means there is nothing sound to compute.
 _PLAN_FIELDS = ("model.", "parallel.", "batch.", "cluster.", "precision", "training.token_budget")
+# A whole section that is missing or not an object is reported under its own name.
+_PLAN_SECTIONS = ("model", "parallel", "batch", "cluster", "training", "config")
 
 
 class PlanError(ValueError):
@@ -122,7 +124,11 @@ def plan(
     `mfu` defaults to cfg["planning"]["mfu"] when the form carries one, else 0.40; `peak_tflops` overrides the
     PEAK_TFLOPS table; `preset` names the preset the config came from, whose reconciliation notes the plan shows.
     """
-    blocking = [i for i in validate_config(cfg, trainer="plan_only") if i.field.startswith(_PLAN_FIELDS)]
+    blocking = [
+        i
+        for i in validate_config(cfg, trainer="plan_only")
+        if i.field.startswith(_PLAN_FIELDS) or i.field in _PLAN_SECTIONS
+    ]
     if blocking:
         raise PlanError(blocking)
     if mfu is None:

@@ -28,6 +28,8 @@ def _clean_weights(weights: dict[str, Any]) -> dict[str, Decimal]:
             continue
         try:
             value = Decimal(str(raw)).quantize(Decimal("0.01"))
+            if not value.is_finite():  # NaN quantizes, then refuses every comparison
+                raise InvalidOperation
         except InvalidOperation:
             errors[name] = f"Weight of {name} is not a number; enter a percentage such as 35."
             continue

@@ -230,7 +230,8 @@ def run_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_compare(request: HttpRequest) -> HttpResponse:
-    ids = [i for i in request.GET.getlist("run") if i.isdigit()][:2]
+    # Ids past a 64-bit integer match no run, and the databases refuse them in an IN list.
+    ids = [i for i in request.GET.getlist("run") if i.isdigit() and int(i) < 2**63][:2]
     runs = list(Run.objects.filter(pk__in=ids).select_related("cluster", "recipe"))
     runs.sort(key=lambda r: ids.index(str(r.pk)))
     diff = None

@@ -118,9 +118,11 @@ def _candidate(param: str, fmt: str, ids: dict[str, Any], missing: bool, attempt
     if attempt == 2:
         return "x"
     if param == "pk":
-        for prefix, key in (("recipes/", "recipe"), ("deployments/", "deployment"), ("account/tokens/", "token")):
+        prefixes = (("recipes/", "recipe"), ("deployments/", "deployment"), ("account/tokens/", "token"),
+                    ("data/sources/", "source"), ("data/prep/", "prep"))  # fmt: skip
+        for prefix, key in prefixes:
             if fmt.startswith(prefix):
-                return str(ids[key])
+                return str(ids.get(key, ids["run"]))
         return str(ids["run"])
     key = param.removesuffix("_id")
     return str(ids.get(key, ids["run"]))

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runs.api import api
-from runs.metrics.validation import IngestInvalid, ingest_parse, ingest_validate
+from runs.metrics.validation import IngestInvalid, ingest_body
 from tests.fuzz import count, fuzz_settings
 
 KEYS = st.one_of(st.sampled_from(["loss", "lr", "grad_norm", "eval/loss", "moe.load-0"]), st.text(max_size=6))
@@ -79,8 +79,18 @@ others = st.one_of(
     st.lists(st.integers(), max_size=2),
 )
 records = st.one_of(metrics, heartbeats, events, others)
+columns = st.dictionaries(
+    KEYS,
+    st.one_of(
+        st.fixed_dictionaries({"steps": st.lists(STEPS, max_size=3), "values": st.lists(VALUES, max_size=3)}),
+        st.fixed_dictionaries({"steps": st.lists(st.integers(0, 100), min_size=2, max_size=2)}),
+        st.integers(),
+    ),
+    max_size=3,
+)
 bodies = st.one_of(
     st.fixed_dictionaries({"records": st.lists(records, max_size=6)}, optional={"source": st.text(max_size=3)}),
+    st.fixed_dictionaries({"series": columns}, optional={"records": st.lists(records, max_size=3)}),
     st.fixed_dictionaries(
         {
             "records": st.one_of(
@@ -103,7 +113,7 @@ def published():
 
 def _server_accepts(body: bytes) -> tuple[bool, list[dict]]:
     try:
-        ingest_validate(ingest_parse(body))
+        ingest_body(body)
     except IngestInvalid as exc:
         return False, exc.errors
     return True, []

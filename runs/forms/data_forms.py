@@ -73,8 +73,10 @@ SETTING_FIELDS = {
     "p_minhash_hashes": "dedup.minhash.hashes_per_bucket",
     "p_quality_rules": "quality.rules",
     "p_min_level": "quality.min_level",
+    "p_quality_model": "quality.model",
     "p_toxicity_words": "toxicity.word_lists",
     "p_max_toxicity": "toxicity.max_score",
+    "p_toxicity_model": "toxicity.model",
     "p_tokenizer_mode": "tokenizer.mode",
     "p_vocab_size": "tokenizer.vocab_size",
     "p_tokenizer_path": "tokenizer.path",
@@ -117,8 +119,14 @@ def add_setting_fields(form: forms.Form, current: dict) -> None:
         label="Quality rules",
     )
     f["p_min_level"] = forms.TypedChoiceField(choices=_LEVELS, coerce=int, label="Least quality level kept")
+    f["p_quality_model"] = forms.CharField(
+        required=False, max_length=500, label="Quality model (.npz)", help_text="Empty: the shipped classifier."
+    )
     f["p_toxicity_words"] = forms.BooleanField(required=False, label="Toxicity word lists")
     f["p_max_toxicity"] = forms.FloatField(min_value=0, max_value=1, label="Toxicity: highest score kept")
+    f["p_toxicity_model"] = forms.CharField(
+        required=False, max_length=500, label="Toxicity model (.npz)", help_text="Empty: the shipped classifier."
+    )
     f["p_tokenizer_mode"] = forms.ChoiceField(
         choices=[("train", "Train SentencePiece BPE"), ("reuse", "Reuse a tokenizer")], label="Tokenizer"
     )
@@ -145,7 +153,7 @@ def settings_from(form: forms.Form, base: dict) -> dict:
     out = copy.deepcopy(base)
     for name, path in SETTING_FIELDS.items():
         value = form.cleaned_data.get(name)
-        if name == "p_tokenizer_path":
+        if name in ("p_tokenizer_path", "p_quality_model", "p_toxicity_model"):
             value = value or None
         _set(out, path, value)
     return out

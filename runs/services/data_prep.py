@@ -230,9 +230,10 @@ def prep_start(*, actor: Any, recipe: DataMixRecipe, cluster: Cluster, tasks: in
             "again before preparing.",
         )
     try:
-        prep_settings.validate(recipe.prep_settings)
+        settings_ = prep_settings.validate(recipe.prep_settings)
     except prep_settings.SettingsInvalid as exc:
         raise DataRefused("recipe", f"{recipe} has invalid preparation settings: {exc}") from exc
+    _check_files(recipe, settings_)
     with transaction.atomic():
         if PrepRun.objects.select_for_update().filter(recipe=recipe, status__in=[JobPhase.QUEUED, JobPhase.RUNNING]):
             raise DataRefused("recipe", f"{recipe} is being prepared already; wait for it or cancel it.")
@@ -247,6 +248,25 @@ def prep_start(*, actor: Any, recipe: DataMixRecipe, cluster: Cluster, tasks: in
         broadcast_on_commit(prep_group(prep.pk), prep_event(prep))
         enqueue_on_commit("workers.prep_data", prep_id=prep.pk)
     return prep
+
+
+def _check_files(recipe: DataMixRecipe, settings_: dict) -> None:
+    """Files the recipe names for the job to read (a tokenizer to reuse, classifier models) must exist inside the
+    data folders or the prep folder, like a source's path."""
+    named = [("tokenizer.path", settings_["tokenizer"]["path"] if settings_["tokenizer"]["mode"] == "reuse" else None),
+             ("quality.model", settings_["quality"]["model"]), ("toxicity.model", settings_["toxicity"]["model"])]  # fmt: skip
+    roots = [*settings.DATA_ROOTS, settings.PREP_DIR]
+    for key, path in named:
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        inside = any(resolved == r or resolved.is_relative_to(r) for r in roots)
+        if not os.path.isabs(path) or not inside or not resolved.is_file():
+            raise DataRefused(
+                "recipe",
+                f"{recipe}'s prep.{key} {path!r} is not a file inside the data folders or the prep folder; give "
+                "the absolute path of one (a tokenizer a prep run made lies in its folder).",
+            )
 
 
 def prep_spec(prep: PrepRun, entries: list | None = None) -> dict:

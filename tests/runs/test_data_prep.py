@@ -188,3 +188,16 @@ def test_runs_train_on_the_newest_successful_prep_of_their_recipe(operator, loca
     with pytest.raises(RunInvalid) as err:
         tiny_run(owner=operator, name="too-small")
     assert any(i.field == "model.vocab_size" and "8,192" in i.message for i in err.value.issues)
+
+
+def test_files_a_recipe_names_must_lie_inside_the_data_or_prep_folders(operator, local, data_root, settings):
+    recipe = _recipe(operator, data_root, local)
+    for raw, ok in (({"tokenizer": {"mode": "reuse", "path": "/etc/passwd"}}, False),
+                    ({"quality": {"model": str(data_root / "missing.npz")}}, False),
+                    ({"tokenizer": {"mode": "reuse", "path": str(data_root / "zh.jsonl")}}, True)):  # fmt: skip
+        version = recipe_new_version(actor=operator, base=recipe, weights={"a-zh": 60, "a-en": 40}, settings=raw)
+        if ok:
+            assert prep_cancel(actor=operator, prep=prep_start(actor=operator, recipe=version, cluster=local))
+        else:
+            with pytest.raises(DataRefused, match="not a file inside the data folders"):
+                prep_start(actor=operator, recipe=version, cluster=local)

@@ -13,6 +13,9 @@ from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.retry import Retry
 
 from jobs.common.atomic import write_atomic
 
@@ -180,13 +183,24 @@ def _redis() -> tuple[bool, str, str, dict]:
 EMBEDDED_REDIS, CELERY_BROKER_URL, REDIS_CLIENT_URL, _CHANNELS_HOST = _redis()
 EMBEDDED_REDIS_SOCKET = str(VAR_DIR / "redis.sock")
 
+# After a Redis restart every pooled connection is dead, and redis-py's asyncio connections do not retry by
+# default: the first websocket handshake after the outage failed with a 500. A command that meets a dead
+# connection reconnects and is sent again, and a connection idle for 15 s is checked with a PING before use.
+CHANNELS_REDIS_CONNECTION = {
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+    "retry_on_error": [RedisConnectionError],
+    "health_check_interval": 15,
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's 5 s BZPOPMIN: every idle
         # websocket would die of a read timeout. Give blocking reads room.
         "CONFIG": {
-            "hosts": [{**_CHANNELS_HOST, "socket_timeout": 30, "socket_connect_timeout": 5}],
+            "hosts": [{**_CHANNELS_HOST, **CHANNELS_REDIS_CONNECTION}],
             "capacity": 2000,
             "expiry": 30,
         },
@@ -239,8 +253,16 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+# `collectstatic` (run by `manage.py up`) writes each file under a content-hashed name with .gz and .br beside it;
+# whitenoise serves those compressed with a one-year immutable cache. Until it has run (a test session, a fresh
+# clone) pages fall back to the plain names, served uncompressed from the source folders.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "controlplane.staticfiles.StaticStorage"},
+}
 
-CP_PLAN_MFU = float(os.environ.get("CP_PLAN_MFU", "0.40"))
+# The MFU the plan assumes for time-to-budget; unset, it is calibrated from finished runs (runs.services.calibration).
+CP_PLAN_MFU = float(os.environ["CP_PLAN_MFU"]) if os.environ.get("CP_PLAN_MFU") else None
 CP_BASE_URL = os.environ.get("CP_BASE_URL", "http://127.0.0.1:8000")
 CP_WORKER_CONCURRENCY = _env_int("CP_WORKER_CONCURRENCY", 2)
 CP_WEB_WORKERS = _env_count("CP_WEB_WORKERS", 1)  # web server processes (controlplane.processes)

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 
 from jobs.common.atomic import write_atomic
+from jobs.common.system_metrics import SystemSampler
 
 METRICS_FILE = "metrics.jsonl"
 ACKED_FILE = "metrics.acked"
@@ -103,7 +104,13 @@ class Reporter:
         request_timeout_s: float = 10.0,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        system_metrics_s: float | None = None,
+        wall_time: bool = False,
     ):
+        """`system_metrics_s`: how often log() adds the machine's figures (jobs.common.system_metrics: CPU, host
+        memory, network, and GPUs through NVML where installed) as sys/* keys; None leaves them out. `wall_time`:
+        each metrics record also carries `wall_time` (seconds since the epoch), the charts' wall-time axis. The
+        control plane's run.json asks for both (runs.services.rundir); a run directory's reporter follows it."""
         self.enabled = enabled
         self.run_dir = run_dir
         self.ingest_url = ingest_url
@@ -121,8 +128,12 @@ class Reporter:
         self._warned: set[str] = set()
         self._good_keys: set[str] = set()
         self._thread = None
+        self._system = None
+        self._wall_time = wall_time
         if not enabled:
             return
+        if system_metrics_s:
+            self._system = SystemSampler(interval_s=system_metrics_s)
 
         os.makedirs(run_dir, exist_ok=True)
         self.metrics_path = os.path.join(run_dir, METRICS_FILE)
@@ -159,6 +170,8 @@ class Reporter:
             "batch_size": section.get("batch_size", 50),
             "flush_interval_s": section.get("flush_interval_s", 1.0),
             "every_n_steps": section.get("every_n_steps", 1),
+            "system_metrics_s": section.get("system_metrics_s"),
+            "wall_time": section.get("wall_time", False),
             **kwargs,
         }
         return cls(run_dir, section.get("ingest_url"), token, enabled=True, **options)
@@ -186,7 +199,12 @@ class Reporter:
             else:
                 clean[key] = number
         if clean:
-            self._append({"kind": "metrics", "step": int(step), "time": time.time(), "values": clean})
+            now = time.time()
+            if self._system is not None:
+                clean.update(self._system.sample())
+            if self._wall_time:
+                clean.setdefault("wall_time", now)
+            self._append({"kind": "metrics", "step": int(step), "time": now, "values": clean})
 
     def _check_key(self, key) -> bool:
         if isinstance(key, str) and KEY_RE.match(key):

@@ -41,6 +41,29 @@ class Stack:
     runs_dir: Path
     procs: list[subprocess.Popen]
     logs: Path
+    env: dict | None = None
+    port: int = 0
+
+    def kill_web(self) -> None:
+        """SIGKILL the web server (procs[0]) and its children, as a crash would."""
+        os.killpg(self.procs[0].pid, signal.SIGKILL)
+        self.procs[0].wait()
+
+    def start_web(self) -> None:
+        """Start the web server again on the same port; returns once it answers."""
+        log = open(self.logs / "web.log", "ab")
+        self.procs[0] = subprocess.Popen(
+            web_server_argv(port=self.port), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pytest.fail("the web server did not come back within 60 s:\n" + self.log_tail())
 
     def log_tail(self, lines: int = 60) -> str:
         out = []
@@ -94,7 +117,7 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None, worker: b
                 start_new_session=True,
             )
         )
-    stack = Stack(url=f"http://127.0.0.1:{port}", runs_dir=runs_dir, procs=procs, logs=logs)
+    stack = Stack(url=f"http://127.0.0.1:{port}", runs_dir=runs_dir, procs=procs, logs=logs, env=env, port=port)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):

@@ -26,6 +26,7 @@ from runs.services.artifacts import (
 )
 from runs.services.deployments import (
     API_KEY_FILE,
+    KEY_SHOWN_FILE,
     deployment_failed,
     deployment_health,
     deployment_running,
@@ -216,6 +217,7 @@ def deploy_start(deployment_id: int) -> str:
     state.mkdir(parents=True, exist_ok=True)
     (state / "endpoint.json").unlink(missing_ok=True)
     _write_key(state / API_KEY_FILE)
+    (state / KEY_SHOWN_FILE).unlink(missing_ok=True)  # a new key, not shown to anyone yet
     if deployment.backend == "slurm":
         host, port = "0.0.0.0", 20000 + deployment.pk % 20000
     else:

@@ -204,6 +204,8 @@ class ReporterConfig:
     every_n_steps: int = 1
     batch_size: int = 50
     flush_interval_s: float = 1.0
+    system_metrics_s: float | None = None
+    wall_time: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,8 @@ encoded without BOS: the trainer's data has none (documents are separated by EOS
 Streaming text has two traps, both handled by ``Detokenizer``:
 - sentencepiece drops the leading space of the first piece it decodes, and a character split over byte-fallback
   pieces decodes to U+FFFD until its last byte arrives. So each new token is decoded inside a small window that
-  starts a few tokens back (vLLM's prefix/read offsets) and held back while it ends in U+FFFD.
+  starts a few tokens back (vLLM's prefix/read offsets) and held back while it ends in U+FFFD; bytes that never
+  complete a character (the next piece is not a continuation byte) are dropped rather than shown as U+FFFD.
 - a stop string may arrive over several tokens, so text that could be the start of a stop string is held back
   until it is known not to be one; when a stop string completes, the text before it is the output.
 """
@@ -93,7 +94,9 @@ class Detokenizer:
                 self.ids = self.ids[drop:]
                 self.prefix_offset -= drop
                 self.read_offset -= drop
-            return full[len(prefix) :]
+            # Byte-fallback pieces that never completed a character (the model moved on mid-sequence) decode to
+            # U+FFFD: they carry no text, so they are dropped instead of shown as replacement characters.
+            return full[len(prefix) :].replace("\ufffd", "")
         return ""
 
     def add(self, token_id: int) -> tuple[str, bool]:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,9 +44,15 @@ def _dumps(obj: dict) -> str:
 
 
 def create_app(
-    *, engine, served_name: str, engine_kind: str = "native", api_key: str | None = None, lifespan=None
+    *,
+    engine,
+    served_name: str,
+    engine_kind: str = "native",
+    api_key: str | Callable[[], str] | None = None,
+    lifespan=None,
 ) -> FastAPI:
-    """The API over `engine`; `lifespan` (FastAPI's) runs when the server starts and stops."""
+    """The API over `engine`; `lifespan` (FastAPI's) runs when the server starts and stops. `api_key` is the bearer
+    key, or a callable giving the key in force at each request (a rotated key file)."""
     app = FastAPI(title="cp-serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     metrics = ServeMetrics(engine=engine, model=served_name, engine_kind=engine_kind)
     app.state.metrics = metrics
@@ -73,7 +80,8 @@ def create_app(
             return None
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), api_key.encode()):
+        expected = api_key() if callable(api_key) else api_key
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
             return None
         return _error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                       code="invalid_api_key")  # fmt: skip

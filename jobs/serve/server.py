@@ -117,6 +117,34 @@ def _run_vllm(args: argparse.Namespace, name: str, api_key: str | None) -> int:
     )
 
 
+class KeyFile:
+    """The bearer key in --api-key-file, read again when the file changes: the control plane rotates a key by
+    replacing the file, and the old key stops working at the next request."""
+
+    def __init__(self, path: str, key: str):
+        self.path = Path(path)
+        self.key = key
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def __call__(self) -> str:
+        stamp = self._stamp()
+        if stamp is not None and stamp != self.stamp:
+            try:
+                key = self.path.read_text().strip()
+            except OSError:
+                key = ""
+            if key:  # an empty or unreadable file keeps the key in force
+                self.key, self.stamp = key, stamp
+        return self.key
+
+
 def _run_native(args: argparse.Namespace, name: str, api_key: str | None) -> int:
     import uvicorn
 
@@ -133,6 +161,7 @@ def _run_native(args: argparse.Namespace, name: str, api_key: str | None) -> int
     sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     port = sock.getsockname()[1]
     ready = []
+    current_key = KeyFile(args.api_key_file, api_key) if api_key is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -141,7 +170,7 @@ def _run_native(args: argparse.Namespace, name: str, api_key: str | None) -> int
         ready.append(path)
         yield
 
-    app = create_app(engine=engine, served_name=name, engine_kind="native", api_key=api_key, lifespan=lifespan)
+    app = create_app(engine=engine, served_name=name, engine_kind="native", api_key=current_key, lifespan=lifespan)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down; this handler takes it so that the

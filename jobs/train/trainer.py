@@ -152,6 +152,8 @@ class Trainer:
             enabled=True,
             batch_size=r.batch_size,
             flush_interval_s=r.flush_interval_s,
+            system_metrics_s=r.system_metrics_s,
+            wall_time=r.wall_time,
         )
 
     def event(self, kind: str, step: int, **fields) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from django.http import HttpRequest, HttpResponse
+import csv
+import io
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.middleware.gzip import GZipMiddleware
 from ninja import Query, Router, Schema
 from ninja.security import HttpBearer
 from pydantic import Field, field_validator, model_validator
@@ -15,7 +19,7 @@ from runs.api.errors import Refused
 from runs.api.ingest_schema import IngestBody, IngestRefused, IngestStored, TokenRefused
 from runs.api.schemas import ErrorOut, PathId, is_id
 from runs.metrics.ingest import answer_now
-from runs.metrics.reads import series_json, series_keys, series_read
+from runs.metrics.reads import series_all_points, series_json, series_keys, series_read
 from runs.metrics.validation import KEY_RE, MAX_STEP
 from runs.models import Run
 from runs.services.tokens import run_token_check_cached
@@ -146,8 +150,14 @@ class OverlayOut(Schema):
     runs: dict[str, SeriesOut]
 
 
-def _json(payload: dict) -> HttpResponse:
-    return HttpResponse(series_json(payload), content_type="application/json")
+_GZIP = GZipMiddleware(lambda request: HttpResponse())
+
+
+def _json(payload: dict, request: HttpRequest | None = None) -> HttpResponse:
+    """Chart reads compressed when the browser accepts it (a zoomed-out read of twelve series is ~400 KB of
+    digits, ~120 KB gzipped); only these JSON answers, which carry no secret a compression oracle could leak."""
+    response = HttpResponse(series_json(payload), content_type="application/json")
+    return _GZIP.process_response(request, response) if request is not None else response
 
 
 def _existing(run_id: int) -> None:
@@ -160,7 +170,7 @@ def run_series(request, run_id: PathId, query: Query[SeriesQuery]):
     """One run's series: every point of the window, or a min/max envelope that keeps every spike."""
     require(request, "runs.view_run", "reading runs")
     _existing(run_id)
-    return _json(series_read(run_id=run_id, **query.read_args()))
+    return _json(series_read(run_id=run_id, **query.read_args()), request)
 
 
 @router.get("/runs/{run_id}/keys/", response={200: KeysOut, 403: ErrorOut, 404: ErrorOut})
@@ -181,4 +191,50 @@ def overlay_series(request, query: Query[OverlayQuery]):
     missing = [r for r in run_ids if r not in existing]
     if missing:
         raise Refused([("runs", f"there is no run #{missing[0]}")], 404)
-    return _json({"runs": {str(r): series_read(run_id=r, **query.read_args()) for r in run_ids}})
+    return _json({"runs": {str(r): series_read(run_id=r, **query.read_args()) for r in run_ids}}, request)
+
+
+class ExportQuery(Schema):
+    keys: str = Field(description=f"Metric keys separated by commas, at most {MAX_KEYS}.")
+    format: str = Field("csv", pattern="^(csv|json)$", description="csv (key,step,value rows) or json.")
+
+    @field_validator("keys")
+    @classmethod
+    def _known_shape(cls, value: str) -> str:
+        _keys(value)
+        return value
+
+
+def _csv_rows(run_id: int, keys: list[str]):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["key", "step", "value"])
+    for key in keys:
+        steps, values = series_all_points(run_id=run_id, key=key)
+        for start in range(0, len(steps), 10_000):
+            chunk = zip(steps[start : start + 10_000].tolist(), values[start : start + 10_000].tolist(), strict=True)
+            writer.writerows([key, step, "" if value != value else repr(value)] for step, value in chunk)
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
+
+
+@router.get("/runs/{run_id}/export/", response={200: None, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut})
+def run_export(request, run_id: PathId, query: Query[ExportQuery]):
+    """Every stored point of the keys, at full resolution: CSV rows key,step,value (a NaN is an empty value) or
+    JSON {run_id, keys: {key: {steps, values}}} (NaN as null), as a download."""
+    require(request, "runs.view_run", "reading runs")
+    _existing(run_id)
+    keys = _keys(query.keys)
+    name = f"run-{run_id}-{'-'.join(keys)[:80].replace('/', '_')}.{query.format}"
+    if query.format == "json":
+        payload = {}
+        for key in keys:
+            steps, values = series_all_points(run_id=run_id, key=key)
+            payload[key] = {"steps": steps, "values": values}
+        response: HttpResponse | StreamingHttpResponse = _json({"run_id": run_id, "keys": payload})
+    else:
+        response = StreamingHttpResponse(_csv_rows(run_id, keys), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

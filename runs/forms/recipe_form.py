@@ -20,11 +20,14 @@ class RecipeForm(forms.Form):
         fixed_name: str | None = None,
         weights: dict[str, float] | None = None,
         settings: dict | None = None,
+        notes: str = "",
         **kw: Any,
     ):
-        """`settings` (a version's complete preparation settings) adds their fields, starting from them."""
+        """`settings` (a version's complete preparation settings) adds their fields, starting from them; `notes`
+        (the version edited) are kept unless changed."""
         super().__init__(*args, **kw)
         self.base_settings = settings
+        self.initial.setdefault("notes", notes)
         self.sources = list(DataSource.objects.order_by("name"))
         for source in self.sources:
             self.fields[f"w_{source.name}"] = forms.DecimalField(

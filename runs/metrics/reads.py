@@ -224,3 +224,34 @@ def series_latest(*, run_id: int) -> list[tuple[str, float | None, int | None]]:
     return list(
         MetricSeries.objects.filter(run_id=run_id).order_by("key").values_list("key", "last_value", "last_step")
     )
+
+
+CHECKPOINT_KEYS = ("loss", "lr", "grad_norm", "tokens_per_s")
+VALUE_AT_LOOKBACK = 1000
+
+
+def values_at(*, run_id: int, steps: list[int], keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[int, dict[str, float]]:
+    """For each step, each key's value at that step, or at the last logged step at most VALUE_AT_LOOKBACK before
+    it (a checkpoint written between logged steps); non-finite values and keys with no such point are left out."""
+    found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
+    out: dict[int, dict[str, float]] = {step: {} for step in steps}
+    for key in keys:
+        if key not in found:
+            continue
+        for step in steps:
+            lo = max(0, step - VALUE_AT_LOOKBACK)
+            point_steps, values = _raw_points(_overlapping_blocks(found[key], lo, step), lo, step)
+            if point_steps.size and np.isfinite(values[-1]):
+                out[step][key] = float(values[-1])
+    return out
+
+
+def series_all_points(*, run_id: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored point of one series in step order (an export); empty arrays when the run has no such key."""
+    series = MetricSeries.objects.filter(run_id=run_id, key=key).values_list("id", flat=True).first()
+    if series is None:
+        return np.empty(0, np.int64), np.empty(0)
+    blocks = _overlapping_blocks(series, None, None)
+    if not blocks:
+        return np.empty(0, np.int64), np.empty(0)
+    return _raw_points(blocks, min(b.lo for b in blocks), max(b.hi for b in blocks))

@@ -67,6 +67,11 @@ class Run(models.Model):
     mlflow_run = models.JSONField(default=dict, blank=True)
     # A checkpoint folder (possibly of the parent run) the trainer starts from: the resume button.
     resume_from = models.CharField(max_length=500, blank=True)
+    # What people add to find and explain runs in the runs table; archived runs leave the default view.
+    # Tags are kept as ",a,b," so that one tag is found with a plain substring match on every database.
+    tags = models.CharField(max_length=600, blank=True)
+    notes = models.TextField(blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -75,10 +80,18 @@ class Run(models.Model):
             ("cancel_run", "Can cancel a run"),
             ("view_audit", "Can browse the whole audit trail"),
         ]
-        indexes = [models.Index(fields=["owner", "status"])]
+        indexes = [
+            models.Index(fields=["owner", "status"]),
+            # The runs table's default view: unarchived runs, newest first.
+            models.Index(fields=["archived_at", "-created_at"], name="run_table_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t for t in self.tags.split(",") if t]
 
     @property
     def is_terminal(self) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from runs.models import Artifact, Checkpoint, JobPhase, Trainer, Variant
 from runs.realtime.broadcast import broadcast_on_commit, run_group
@@ -114,8 +115,19 @@ def latency_started(*, artifact: Artifact, job_id: str) -> Artifact:
     return move(obj=artifact, field="latency_status", to=JobPhase.RUNNING, actor="system", latency_job_id=job_id)
 
 
+LATENCY_HISTORY_KEPT = 50
+
+
 def latency_finish(*, artifact: Artifact, status: str, report: dict | None = None, reason: str = "") -> Artifact:
-    fields: dict[str, Any] = {"latency": report} if report is not None else {}
+    """Record a benchmark's outcome; a new report becomes the latest and the earlier ones are kept under
+    latency["history"] (newest first), so measurements taken at different times can be compared."""
+    fields: dict[str, Any] = {}
+    if report is not None:
+        previous = dict(artifact.latency or {})
+        history = list(previous.pop("history", []))
+        if previous.get("variants"):
+            history.insert(0, previous)
+        fields["latency"] = {**report, "measured_at": timezone.now().isoformat(), "history": history[:LATENCY_HISTORY_KEPT]}
     try:
         return move(obj=artifact, field="latency_status", to=status, actor="system", reason=reason, **fields)
     except IllegalMove:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.common.atomic import write_atomic
 from runs.models import AlertKind, Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Severity
 from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.alerts import alert_raise
@@ -23,6 +26,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 API_KEY_FILE = "api_key"
+# Present once the key in API_KEY_FILE has been shown to someone: a key is shown once, then only a new one is.
+KEY_SHOWN_FILE = "api_key.shown"
 
 
 def deployment_api_key(deployment: Deployment) -> str:
@@ -32,6 +37,49 @@ def deployment_api_key(deployment: Deployment) -> str:
         return (Path(deployment.state_dir) / API_KEY_FILE).read_text().strip()
     except OSError:
         return ""
+
+
+def _key_path(deployment: Deployment) -> Path:
+    return Path(deployment.state_dir) / API_KEY_FILE
+
+
+def deployment_key_reveal(*, deployment: Deployment, actor: Any) -> str:
+    """The endpoint's key, shown once: later requests are refused and must rotate it to see a new one."""
+    key = deployment_api_key(deployment)
+    if not key:
+        raise ServingRefused("key", "The endpoint has no key yet; it is written when the server starts.")
+    shown = Path(deployment.state_dir) / KEY_SHOWN_FILE
+    try:
+        # O_EXCL: of two requests racing to see the key, exactly one does.
+        os.close(os.open(shown, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise ServingRefused(
+            "key", "This key was shown once already; rotate it to get a new one (the old one stops working)."
+        ) from None
+    audit_record(
+        actor=actor, action="deployment.key_shown", obj=deployment, run_id=deployment.artifact.run_id, message=""
+    )
+    return key
+
+
+def deployment_key_rotate(*, deployment: Deployment, actor: Any) -> str:
+    """A new key replaces the old at once (the server reads the key file again when it changes); shown once."""
+    if not Path(deployment.state_dir).is_dir():
+        raise ServingRefused("key", "The endpoint's state folder is gone; deploy the artifact again.")
+    if deployment.engine == Engine.VLLM and deployment.is_live:
+        raise ServingRefused("key", "vLLM reads its key only at start; stop the deployment and deploy it again.")
+    key = secrets.token_urlsafe(32)
+    write_atomic(_key_path(deployment), key, mode=0o600)
+    shown = Path(deployment.state_dir) / KEY_SHOWN_FILE
+    write_atomic(shown, "", mode=0o600)
+    audit_record(
+        actor=actor,
+        action="deployment.key_rotated",
+        obj=deployment,
+        run_id=deployment.artifact.run_id,
+        message="the previous key no longer works",
+    )
+    return key
 
 
 def serving_backend(cluster_backend: str) -> str:

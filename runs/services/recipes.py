@@ -81,11 +81,16 @@ def _write_version(*, actor: Any, name: str, version: int, notes: str, weights: 
 
 
 def recipe_create(
-    *, actor: Any, name: str, weights: dict[str, Any], notes: str = "", settings: dict | None = None
+    *,
+    actor: Any,
+    name: str,
+    weights: dict[str, Any],
+    notes: str = "",
+    settings: dict | None = None,
 ) -> DataMixRecipe:
-    clean = _clean_weights(weights)
     clean_settings = _clean_settings(settings)
     with transaction.atomic():
+        clean = _clean_weights(weights)
         if DataMixRecipe.objects.filter(name=name).exists():
             raise RecipeInvalid(
                 {"name": f"A recipe named {name!r} exists; edit it to make a new version, or pick another name."}
@@ -101,18 +106,28 @@ def recipe_create(
 
 
 def recipe_new_version(
-    *, actor: Any, base: DataMixRecipe, weights: dict[str, Any], notes: str = "", settings: dict | None = None
+    *,
+    actor: Any,
+    base: DataMixRecipe,
+    weights: dict[str, Any],
+    notes: str | None = None,
+    settings: dict | None = None,
 ) -> DataMixRecipe:
-    """The next version; `settings` None keeps the base version's preparation settings."""
-    clean = _clean_weights(weights)
+    """The next version; `notes` None keeps the base version's notes, `settings` None its preparation settings."""
+    notes = base.notes if notes is None else notes
     clean_settings = _clean_settings(recipe_settings(base) if settings is None else settings)
     with transaction.atomic():
+        clean = _clean_weights(weights)
         latest = DataMixRecipe.objects.select_for_update().filter(name=base.name).aggregate(v=Max("version"))["v"]
         before = base.weights()
-        if {k: float(v) for k, v in clean.items()} == before and clean_settings == recipe_settings(base):
+        if (
+            {k: float(v) for k, v in clean.items()} == before
+            and clean_settings == recipe_settings(base)
+            and notes == base.notes
+        ):
             raise RecipeInvalid(
                 {
-                    "__all__": "Nothing changed: the weights and preparation settings equal this version's; "
+                    "__all__": "Nothing changed: the weights, preparation settings and notes equal this version's; "
                     "change one to make a new version."
                 }
             )

@@ -24,6 +24,9 @@ def run_json(run: Run) -> dict:
         "every_n_steps": 1,
         "batch_size": 50,
         "flush_interval_s": 1.0,
+        # The machine's figures (CPU, memory, network, GPUs) every 10 s, and each step's wall time for the charts.
+        "system_metrics_s": 10.0,
+        "wall_time": True,
     }
     return cfg
 

@@ -20,6 +20,7 @@ from runs.planning.plan import plan as compute_plan
 from runs.planning.validation import validate_config
 from runs.realtime.broadcast import RUN_LIST_GROUP, broadcast_on_commit
 from runs.services.audit import audit_record
+from runs.services.calibration import assumed_mfu
 from runs.services.data_prep import latest_prep
 from runs.services.diff import config_diff
 from runs.services.enqueue import enqueue_on_commit
@@ -175,7 +176,9 @@ def run_check(
             )
     plan_dict: dict | None = None
     try:
-        plan_dict = compute_plan(cfg, mfu=settings.CP_PLAN_MFU, preset=preset).to_dict()
+        assumed = assumed_mfu(str(cfg.get("cluster", {}).get("gpu_type", "")))
+        plan_dict = compute_plan(cfg, mfu=assumed.mfu, preset=preset).to_dict()
+        plan_dict["compute"]["mfu_source"] = assumed.source
     except PlanError:
         plan_dict = None  # the validator's issues above already name the fields the plan needs
     too_big = fit_issue(plan_dict, fit_override_reason)
@@ -222,7 +225,7 @@ def run_create(
             parent=parent,
             attempt=(parent.attempt + 1) if parent else 1,
         )
-        run.config["run"].update({"id": run.pk, "name": name, "attempt": run.attempt})
+        run.config["run"].update({"id": run.pk, "name": name, "attempt": run.attempt, "preset": preset})
         Run.objects.filter(pk=run.pk).update(config=run.config)
         audit_record(actor=owner, action="run.create", obj=run, diff=config_diff({}, run.config))
         if not plan_fits(run.plan):

@@ -87,7 +87,11 @@ def recipe_new(request: HttpRequest) -> HttpResponse:
 def recipe_edit(request: HttpRequest, pk: int) -> HttpResponse:
     base = get_object_or_404(DataMixRecipe, pk=pk)
     form = RecipeForm(
-        request.POST or None, fixed_name=base.name, weights=base.weights(), settings=recipe_settings(base)
+        request.POST or None,
+        fixed_name=base.name,
+        weights=base.weights(),
+        settings=recipe_settings(base),
+        notes=base.notes,
     )
     if request.method == "POST" and form.is_valid():
         try:

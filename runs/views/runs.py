@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import permission_required
@@ -7,20 +9,25 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
-from runs.models import AuditEvent, Checkpoint, Run, RunStatus
+from runs.models import AuditEvent, Checkpoint, Cluster, Run, RunStatus, Trainer
 from runs.planning.presets import PRESETS
 from runs.services.artifacts import ServingRefused
 from runs.services.checkpoints import run_start_from
+from runs.services.annotations import AnnotationRefused, drafts_delete, run_annotate, runs_archive
 from runs.services.data_reports import consumed_mix, prep_of_run
-from runs.services.diff import config_diff
+from runs.services.diff import configs_diff
+from runs.services.run_table import METRIC, PAGE_SIZE, TableQuery, page_metrics, table_queryset
+from runs.services.versus import planned_vs_actual
 from runs.services.runs import (
     RunActionRefused,
     RunInvalid,
     launch_blocker,
+    plan_fits,
     run_cancel,
     run_create,
     run_launch,
@@ -43,31 +50,129 @@ def _checkpoint_or_none(run: Run | None, raw: str | None) -> Checkpoint | None:
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = Run.objects.select_related("owner", "cluster", "recipe")
-    status = request.GET.get("status", "")
-    owner = request.GET.get("owner", "")
-    if status in RunStatus.values:
-        runs = runs.filter(status=status)
-    if owner:
-        runs = runs.filter(owner__username=owner)
-    page = Paginator(runs, 50).get_page(request.GET.get("page"))
+    query = TableQuery.from_params(request.GET)
+    page = Paginator(table_queryset(query), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    metrics = page_metrics(rows)
+    now = timezone.now()
+    for run in rows:
+        run.metric = metrics.get(run.pk)
+        total = (run.config.get("training") or {}).get("total_steps") if isinstance(run.config, dict) else None
+        run.total_steps = total
+        run.progress_pct = min(100.0, 100.0 * (run.last_step + 1) / total) if total and run.last_step is not None else None
+        run.duration = ((run.finished_at or now) - run.started_at) if run.started_at else None
     owners = get_user_model().objects.filter(runs__isnull=False).distinct().order_by("username")
+    params = request.GET.copy()
+    params.pop("page", None)
+    params.pop("sort", None)
     return render(
         request,
         "runs/list.html",
         {
             "page": page,
+            "rows": rows,
+            "query": query,
             "statuses": RunStatus.choices,
-            "status": status,
-            "owner": owner,
+            "status": query.status[0] if len(query.status) == 1 else "",
+            "owner": query.owner,
             "owners": owners,
+            "clusters": Cluster.objects.order_by("name").values_list("name", flat=True),
+            "presets": PRESETS,
+            "keep": params.urlencode(),
+            "metric": METRIC,
+            "columns": [
+                ("id", "#", "num"),
+                ("name", "Name", ""),
+                ("status", "Status", ""),
+                ("step", "Progress", "num"),
+                ("duration", "Duration", "num"),
+                ("final", f"Final {METRIC}", "num"),
+                ("best", f"Best {METRIC}", "num"),
+                ("", "Preset · cluster", "hide-narrow"),
+                ("owner", "Owner", "hide-narrow"),
+                ("created", "Created", "hide-narrow"),
+            ],
+            "can_operate": request.user.has_perm("runs.add_run"),
         },
     )
+
+
+@require_POST
+@permission_required("runs.change_run", raise_exception=True)
+def run_bulk(request: HttpRequest) -> HttpResponse:
+    """Archive, bring back or delete the runs ticked in the table."""
+    ids = [int(i) for i in request.POST.getlist("run") if i.isdigit()]
+    runs = list(Run.objects.filter(pk__in=ids))
+    action = request.POST.get("action", "")
+    try:
+        if not runs:
+            raise AnnotationRefused("run", "Tick at least one run first.")
+        if action == "archive":
+            done = runs_archive(actor=request.user, runs=runs, archived=True)
+            messages.success(request, f"{done} run(s) archived; show them with the archived filter.")
+        elif action == "unarchive":
+            done = runs_archive(actor=request.user, runs=runs, archived=False)
+            messages.success(request, f"{done} run(s) back in the table.")
+        elif action == "delete":
+            done = drafts_delete(actor=request.user, runs=runs)
+            messages.success(request, f"{done} draft(s) deleted.")
+        else:
+            raise AnnotationRefused("action", f"action must be archive, unarchive or delete, not {action!r}.")
+    except AnnotationRefused as exc:
+        messages.error(request, str(exc))
+    back = request.POST.get("next", "")
+    return redirect(back if back.startswith("/runs/") else "run-list")
+
+
+@require_POST
+@permission_required("runs.change_run", raise_exception=True)
+def run_annotate_view(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(Run, pk=pk)
+    try:
+        run_annotate(actor=request.user, run=run, tags=request.POST.get("tags", ""), notes=request.POST.get("notes", ""))
+    except AnnotationRefused as exc:
+        messages.error(request, f"{exc.field}: {exc}")
+    else:
+        messages.success(request, "Tags and notes saved.")
+    return redirect("run-detail", pk=pk)
+
+
+def _form_from_config(text: str) -> tuple[RunForm, str]:
+    """The run form filled from a pasted config (a run page's JSON), or the preset's with the reason it was not."""
+    from runs.models import Cluster, DataMixRecipe
+
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        return RunForm(preset="tiny"), f"config: not JSON ({exc}); paste the config exactly as a run page shows it."
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        return RunForm(preset="tiny"), "config: a run config is a JSON object with model, parallel, batch, ... sections."
+    run_part = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
+    cluster_part = cfg.get("cluster") if isinstance(cfg.get("cluster"), dict) else {}
+    recipe_part = (cfg.get("data") or {}).get("recipe") if isinstance(cfg.get("data"), dict) else None
+    initial: dict = {"name": f"{run_part.get('name') or 'imported'}-copy"[:100]}
+    if run_part.get("trainer") in Trainer.values:
+        initial["trainer"] = run_part["trainer"]
+    cluster = Cluster.objects.filter(name=cluster_part.get("name")).first()
+    if cluster:
+        initial["cluster"] = cluster.pk
+    if isinstance(recipe_part, dict):
+        recipe = DataMixRecipe.objects.filter(name=recipe_part.get("name"), version=recipe_part.get("version")).first()
+        if recipe:
+            initial["recipe"] = recipe.pk
+    preset = run_part.get("preset") if run_part.get("preset") in PRESETS else "tiny"
+    return RunForm(preset=preset, base_config=cfg, initial=initial), ""
 
 
 @permission_required("runs.add_run", raise_exception=True)
 def run_new(request: HttpRequest) -> HttpResponse:
     fork_of = start_from = None
+    if request.method == "POST" and "config_json" in request.POST:
+        form, problem = _form_from_config(request.POST["config_json"])
+        if problem:
+            messages.error(request, problem)
+        context = {"form": form, "presets": PRESETS, "fork_of": None, "editing": None, "start_from": None}
+        return render(request, "runs/form.html", context)
     if request.method == "POST":
         form = RunForm(request.POST)
         # A form sent back with errors keeps what it was forked from.
@@ -176,6 +281,35 @@ def run_plan(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"valid": valid, "errors": errors, "plan": plan, "suggestions": form.issue_suggestions()})
 
 
+def _progress(run: Run) -> dict:
+    """Step N of total, and the time left at the pace the run has kept since it started."""
+    total = run.plan.get("total_steps") or (run.config.get("training") or {}).get("total_steps")
+    step = run.last_step
+    out: dict = {"total": total, "step": step, "pct": 0.0, "eta_text": ""}
+    if not total:
+        return out
+    done = (step + 1) if step is not None else 0
+    out["pct"] = min(100.0, 100.0 * done / total)
+    if run.is_terminal:
+        out["eta_text"] = f"· {run.get_status_display().lower()}"
+    elif run.started_at and done:
+        elapsed = (timezone.now() - run.started_at).total_seconds()
+        left = max(0.0, elapsed * (total - done) / done)
+        out["eta_text"] = f"· about {_duration(left)} left"
+        out["eta_s"] = left
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
+
+
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -186,12 +320,17 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "runs/detail.html",
         {
             "run": run,
+            "config_json": json.dumps(run.config, indent=2),
             "events": events,
             "alerts": run.alerts.all()[:50],
             "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
             "checkpoints": run.checkpoints.all()[:50],
             "launch_blocker": launch_blocker(run),
-            "has_metrics": run.status != RunStatus.DRAFT or run.series.exists(),
+            "needs_fit_override": not plan_fits(run.plan) and not run.plan.get("fit_override"),
+            "progress": _progress(run),
+            "versus": planned_vs_actual(run),
+            "can_operate": request.user.has_perm("runs.add_run"),
+            "can_annotate": request.user.has_perm("runs.change_run"),
             "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
             "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
             "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
@@ -227,20 +366,49 @@ def run_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("run-detail", pk=pk)
 
 
+MAX_COMPARED = 20
+
+
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_compare(request: HttpRequest) -> HttpResponse:
+    """Any number of runs side by side: what differs in their configs, a parallel-coordinates view of the numeric
+    settings that differ against final metrics, and their curves overlaid."""
     # Ids past a 64-bit integer match no run, and the databases refuse them in an IN list.
-    ids = [i for i in request.GET.getlist("run") if i.isdigit() and int(i) < 2**63][:2]
-    runs = list(Run.objects.filter(pk__in=ids).select_related("cluster", "recipe"))
+    ids = list(dict.fromkeys(i for i in request.GET.getlist("run") if i.isdigit() and int(i) < 2**63))[:MAX_COMPARED]
+    runs = list(Run.objects.filter(pk__in=ids).select_related("cluster", "recipe", "owner"))
     runs.sort(key=lambda r: ids.index(str(r.pk)))
-    diff = None
-    if len(runs) == 2:
-        a, b = runs
-        diff = config_diff(a.config, b.config)
-        diff.pop("run.id", None)
-    choices = Run.objects.order_by("-id").values_list("pk", "name")[:200]
-    return render(request, "runs/compare.html", {"runs": runs, "diff": diff, "choices": choices, "ids": ids})
+    diff = configs_diff([r.config for r in runs]) if len(runs) >= 2 else None
+    metrics = page_metrics(runs)
+    coordinates = []
+    if diff:
+        for path, values in diff.items():
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                coordinates.append({"label": path, "values": values})
+        for label, attr in ((f"final {METRIC}", "final"), (f"best {METRIC}", "best")):
+            values = [getattr(metrics[r.pk], attr) for r in runs]
+            if all(v is not None for v in values):
+                coordinates.append({"label": label, "values": values})
+    choices = Run.objects.order_by("-id").values_list("pk", "name")[:500]
+    return render(
+        request,
+        "runs/compare.html",
+        {
+            "runs": runs,
+            "rows": [(path, values) for path, values in (diff or {}).items()],
+            "metrics": [metrics[r.pk] for r in runs],
+            "diff": diff,
+            "choices": choices,
+            "ids": ids,
+            "metric": METRIC,
+            "compare_data": {
+                "runs": [r.pk for r in runs],
+                "names": [f"#{r.pk} {r.name}" for r in runs],
+                "coordinates": coordinates,
+                "tokens_per_step": {r.pk: r.plan.get("tokens_per_step") for r in runs},
+            },
+        },
+    )
 
 
 @require_GET

@@ -8,10 +8,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from runs.metrics.reads import values_at
 from runs.models import Artifact, Checkpoint, Deployment, Engine, Run, Variant
 from runs.services.artifacts import ServingRefused, artifact_create, latency_request
 from runs.services.checkpoints import checkpoint_resume, checkpoint_retention_apply, retention_policy
-from runs.services.deployments import deployment_create, deployment_stop
+from runs.services.deployments import (
+    deployment_create,
+    deployment_key_reveal,
+    deployment_key_rotate,
+    deployment_stop,
+)
 
 
 def _int_field(request: HttpRequest, name: str) -> int:
@@ -34,12 +40,17 @@ def checkpoint_list(request: HttpRequest, pk: int) -> HttpResponse:
         Artifact.objects.filter(run=run).select_related("checkpoint").prefetch_related("deployments").order_by("-id")
     )
     can_operate = request.user.has_perm("runs.add_artifact")
+    checkpoints = list(run.checkpoints.all())
+    # The job records none at save time; the metrics store has the run's values at (or just before) each step.
+    measured = values_at(run_id=run.pk, steps=[c.step for c in checkpoints if not c.metrics])
+    for c in checkpoints:
+        c.shown_metrics = c.metrics or measured.get(c.step, {})
     return render(
         request,
         "runs/checkpoints.html",
         {
             "run": run,
-            "checkpoints": run.checkpoints.all(),
+            "checkpoints": checkpoints,
             "artifacts": artifacts,
             "keep_last": keep_last,
             "keep_every": keep_every,
@@ -134,20 +145,48 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     return render(request, "runs/deployments.html", {"deployments": deployments})
 
 
-@require_GET
-@permission_required("runs.view_deployment", raise_exception=True)
-def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    deployment = get_object_or_404(Deployment.objects.select_related("artifact__run__cluster", "created_by"), pk=pk)
-    return render(
+def _deployment_page(request: HttpRequest, deployment: Deployment, *, key: str = "") -> HttpResponse:
+    response = render(
         request,
         "runs/deployment.html",
         {
             "deployment": deployment,
             "artifact": deployment.artifact,
             "can_stop": request.user.has_perm("runs.change_deployment") and deployment.is_live,
+            "can_manage_key": request.user.has_perm("runs.change_deployment"),
             "can_prompt": request.user.has_perm("runs.use_playground"),
+            "revealed_key": key,
         },
     )
+    if key:  # a page that shows the key once is never kept by a cache or the browser's history
+        response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+@permission_required("runs.view_deployment", raise_exception=True)
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = get_object_or_404(Deployment.objects.select_related("artifact__run__cluster", "created_by"), pk=pk)
+    return _deployment_page(request, deployment)
+
+
+@require_POST
+@permission_required("runs.change_deployment", raise_exception=True)
+def deployment_key_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Shows the endpoint's key once (action=show), or a new one that replaces it (action=rotate)."""
+    deployment = get_object_or_404(Deployment.objects.select_related("artifact__run__cluster", "created_by"), pk=pk)
+    action = request.POST.get("action", "show")
+    try:
+        if action == "rotate":
+            key = deployment_key_rotate(deployment=deployment, actor=request.user)
+        elif action == "show":
+            key = deployment_key_reveal(deployment=deployment, actor=request.user)
+        else:
+            raise ServingRefused("action", f"action must be show or rotate, not {action!r}.")
+    except ServingRefused as exc:
+        _refused(request, exc)
+        return redirect("deployment-detail", pk=pk)
+    return _deployment_page(request, deployment, key=key)
 
 
 @require_POST

@@ -1,19 +1,43 @@
-// Live metric charts for one run (or several overlaid): history from the series API, new points over the
-// websocket with Plotly.extendTraces, min/max envelopes when zoomed out, full resolution when zoomed in.
+// Metric charts for one run (or several overlaid): history from the series API (one request per chart group's
+// keys, min/max envelopes when zoomed out, full resolution when zoomed in), new points over the websocket.
+// Charts are grouped in collapsible sections; a closed section reads nothing until it is opened.
 const CHART_GROUPS = [
-  {id: "loss", title: "Loss", match: (k) => k === "loss" || k.startsWith("loss/")},
-  {id: "lr", title: "Learning rate", match: (k) => k === "lr"},
-  {id: "grad_norm", title: "Grad norm", match: (k) => k === "grad_norm"},
-  {id: "tokens_per_s", title: "Tokens/s", match: (k) => k === "tokens_per_s" || k === "samples_per_s"},
-  {id: "mfu", title: "MFU", match: (k) => k === "mfu"},
-  {id: "mem_gb", title: "Memory (GB)", match: (k) => k === "mem_gb"},
-  {id: "expert_load", title: "MoE expert load", match: (k) => k.startsWith("expert_load/")},
-  {id: "tokens", title: "Tokens consumed per source", match: (k) => k.startsWith("tokens/")},
+  {id: "loss", title: "Loss", section: "training", match: (k) => k === "loss" || k.startsWith("loss/")},
+  {id: "lr", title: "Learning rate", section: "training", match: (k) => k === "lr"},
+  {id: "grad_norm", title: "Grad norm", section: "training", match: (k) => k === "grad_norm"},
+  {id: "aux_loss", title: "MoE auxiliary loss", section: "training", match: (k) => k === "aux_loss"},
+  {id: "tokens_per_s", title: "Throughput", section: "speed", match: (k) => k === "tokens_per_s" || k === "samples_per_s"},
+  {id: "mfu", title: "MFU", section: "speed", match: (k) => k === "mfu"},
+  {id: "step_time_s", title: "Step time (s)", section: "speed", match: (k) => k === "step_time_s"},
+  {id: "mem_gb", title: "Memory per device (GB)", section: "speed", match: (k) => k === "mem_gb"},
+  {id: "expert_load", title: "MoE expert load", section: "data", match: (k) => k.startsWith("expert_load/")},
+  {id: "tokens", title: "Tokens consumed per source", section: "data", match: (k) => k === "tokens" || k.startsWith("tokens/")},
+  {id: "sys_cpu", title: "CPU (%)", section: "system", match: (k) => k === "sys/cpu_pct"},
+  {id: "sys_mem", title: "Host memory (GB)", section: "system", match: (k) => k === "sys/mem_gb"},
+  {id: "sys_net", title: "Network (MB/s)", section: "system", match: (k) => k.startsWith("sys/net_")},
+  {id: "sys_gpu_util", title: "GPU utilisation (%)", section: "system", match: (k) => /^sys\/gpu\d+\/util_pct$/.test(k)},
+  {id: "sys_gpu_mem", title: "GPU memory (GB)", section: "system", match: (k) => /^sys\/gpu\d+\/mem_gb$/.test(k)},
+  {id: "sys_gpu_temp", title: "GPU temperature (°C)", section: "system", match: (k) => /^sys\/gpu\d+\/temp_c$/.test(k)},
+  {id: "sys_gpu_power", title: "GPU power (W)", section: "system", match: (k) => /^sys\/gpu\d+\/power_w$/.test(k)},
 ];
-const MAX_POINTS = 1500;
+const SECTIONS = [
+  {id: "training", title: "Training", open: true},
+  {id: "speed", title: "Throughput and memory", open: true},
+  {id: "data", title: "Data and experts", open: true},
+  {id: "system", title: "System", open: true},
+  {id: "other", title: "Other metrics", open: true},
+];
+// Keys that only serve the x-axis, never a chart of their own.
+const AXIS_KEYS = new Set(["wall_time"]);
+const UNITS = {tokens_per_s: "tokens/s", samples_per_s: "samples/s", "sys/net_rx_mb_s": "MB/s", "sys/net_tx_mb_s": "MB/s"};
+const MAX_KEYS_PER_READ = 20;
+const OVERLAY_RUNS_PER_READ = 10;
+// A section of more charts than this starts closed: a run with hundreds of keys opens quickly.
+const OPEN_SECTION_MAX = 16;
 
 function groupOf(key) {
-  return CHART_GROUPS.find((g) => g.match(key)) || {id: "other:" + key, title: key, match: (k) => k === key};
+  return CHART_GROUPS.find((g) => g.match(key)) ||
+    {id: "other:" + key, title: key, section: key.startsWith("sys/") ? "system" : "other", match: (k) => k === key};
 }
 
 async function fetchJSON(url) {
@@ -22,27 +46,46 @@ async function fetchJSON(url) {
   return resp.json();
 }
 
-function seriesURL(runId, keys, lo, hi) {
-  const q = new URLSearchParams({keys: keys.join(","), max_points: MAX_POINTS});
-  if (lo != null) q.set("lo", Math.floor(lo));
-  if (hi != null) q.set("hi", Math.ceil(hi));
+function seriesURL(runId, keys, lo, hi, maxPoints) {
+  const q = new URLSearchParams({keys: keys.join(","), max_points: maxPoints});
+  if (lo != null) q.set("lo", Math.max(0, Math.floor(lo)));
+  if (hi != null) q.set("hi", Math.max(0, Math.ceil(hi)));
   return `/api/v1/runs/${runId}/series/?${q}`;
 }
 
-// Traces for one series: an envelope (max, then min filled up to it) plus the line of last values.
-function tracesFor(name, s, color) {
-  const nul = (v) => (v == null ? null : v);
-  if (s.mode === "envelope") {
-    return [
-      {x: s.steps, y: s.max.map(nul), mode: "lines", line: {width: 0, color}, hoverinfo: "skip", showlegend: false, name: name + " max"},
-      {x: s.steps, y: s.min.map(nul), mode: "lines", line: {width: 0, color}, fill: "tonexty", fillcolor: color + "33", hoverinfo: "skip", showlegend: false, name: name + " min"},
-      {x: s.steps, y: s.last.map(nul), mode: "lines", line: {width: 1.5, color}, name},
-    ];
-  }
-  return [{x: s.steps, y: s.values.map(nul), mode: "lines", line: {width: 1.5, color}, name}];
+function chunks(list, size) {
+  const out = [];
+  for (let i = 0; i < list.length; i += size) out.push(list.slice(i, i + size));
+  return out;
 }
 
 const PALETTE = ["#2f5bd3", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#0b7285", "#e67700", "#5c940d", "#495057", "#1971c2"];
+
+// Exponential moving average as TensorBoard and W&B draw it (debiased), skipping gaps.
+function smooth(values, weight) {
+  if (!weight) return values;
+  const out = new Array(values.length);
+  let last = 0, n = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v == null || !Number.isFinite(v)) { out[i] = null; continue; }
+    last = last * weight + (1 - weight) * v;
+    n++;
+    // Twelve significant digits: a constant series stays exactly constant (autorange would magnify the last bits).
+    out[i] = Number((last / (1 - Math.pow(weight, n))).toPrecision(12));
+  }
+  return out;
+}
+
+function themeColors() {
+  const css = getComputedStyle(document.documentElement);
+  const v = (name, fallback) => (css.getPropertyValue(name) || "").trim() || fallback;
+  return {ink: v("--ink", "#1d2330"), line: v("--line", "#e3e6ec"), muted: v("--muted", "#667085")};
+}
+
+// Plotly's mode bar without its "send to cloud" and Chart Studio buttons or its logo.
+const PLOT_CONFIG = {displaylogo: false, responsive: true, showSendToCloud: false, showEditInChartStudio: false,
+  modeBarButtonsToRemove: ["sendDataToCloud", "lasso2d", "select2d"]};
 
 class RunCharts {
   constructor(container, runIds, opts = {}) {
@@ -50,15 +93,100 @@ class RunCharts {
     this.runIds = runIds;
     this.overlay = runIds.length > 1;
     this.onlyKeys = opts.keys || null;
-    this.charts = new Map(); // group id -> {div, keys: [{run, key, lineIndex}], zoomed}
+    this.tokensPerStep = opts.tokensPerStep || null; // run -> tokens per step, or one number for all
+    this.charts = new Map(); // group id -> {div, group, items: [{run, key, lineIndex, ...}], zoomed}
     this.lastStep = new Map(); // run -> last step seen
     this.alertSteps = [];
     this.held = []; // [run, points] that arrived while the charts were being built
     this.loader = null;
+    this.xMode = "step"; // step | tokens | time
+    this.smoothing = 0;
+    this.logY = false;
+    this.clock = new Map(); // run -> {steps: [], times: []}: wall time of steps, for the time axis
   }
 
   label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
 
+  // --- x-axis: step, tokens or wall time -------------------------------------------------------------------------
+  tokensOf(run) {
+    const t = this.tokensPerStep;
+    return t == null ? null : (typeof t === "object" ? t[run] : t);
+  }
+
+  xOf(run, step) {
+    if (this.xMode === "tokens") { const t = this.tokensOf(run); return t ? (step + 1) * t : step; }
+    if (this.xMode === "time") {
+      const c = this.clock.get(run);
+      if (!c || !c.steps.length) return null;
+      let lo = 0, hi = c.steps.length - 1;
+      if (step <= c.steps[0]) return new Date(c.times[0] * 1000);
+      if (step >= c.steps[hi]) return new Date(c.times[hi] * 1000);
+      while (hi - lo > 1) { const mid = (lo + hi) >> 1; if (c.steps[mid] <= step) lo = mid; else hi = mid; }
+      const f = (step - c.steps[lo]) / (c.steps[hi] - c.steps[lo]);
+      return new Date((c.times[lo] + f * (c.times[hi] - c.times[lo])) * 1000);
+    }
+    return step;
+  }
+
+  // The step an x value stands for (zooming reads that range of steps at full resolution).
+  stepOf(run, x) {
+    if (this.xMode === "tokens") { const t = this.tokensOf(run); return t ? x / t - 1 : x; }
+    if (this.xMode === "time") {
+      const c = this.clock.get(run), t = (typeof x === "string" ? Date.parse(x) : x) / 1000;
+      if (!c || !c.steps.length) return null;
+      let i = 0;
+      while (i < c.times.length - 1 && c.times[i + 1] <= t) i++;
+      return c.steps[i];
+    }
+    return x;
+  }
+
+  axisTitle() {
+    return {step: "step", tokens: "tokens", time: "wall time"}[this.xMode];
+  }
+
+  async loadClock(run) {
+    const data = await fetchJSON(seriesURL(run, ["wall_time"], null, null, 4000));
+    const s = data.keys.wall_time;
+    const times = s.mode === "envelope" ? s.last : s.values;
+    const steps = [], out = [];
+    for (let i = 0; i < s.steps.length; i++) if (times[i] != null) { steps.push(s.steps[i]); out.push(times[i]); }
+    this.clock.set(run, {steps, times: out});
+  }
+
+  async setX(mode) {
+    this.xMode = mode;
+    if (mode === "time") await Promise.all(this.runIds.map((r) => this.loadClock(r)));
+    await this.redrawAll();
+  }
+
+  async setSmoothing(weight) { this.smoothing = weight; await this.redrawAll(false); }
+
+  async setLog(on) {
+    this.logY = on;
+    const type = on ? "log" : "linear";
+    for (const chart of this.charts.values()) {
+      if (!chart.drawn) continue;
+      const update = {"yaxis.type": type, "yaxis.autorange": true};
+      if (chart.div.layout.yaxis2) Object.assign(update, {"yaxis2.type": type, "yaxis2.autorange": true});
+      await Plotly.relayout(chart.div, update);
+    }
+  }
+
+  async redrawAll(read = true) {
+    this.redrawing = (this.redrawing || 0) + 1;
+    try {
+      for (const chart of this.charts.values()) {
+        if (!chart.drawn) continue;
+        if (read || !chart.cache) await this.draw(chart.group.id);
+        else await this.render(chart);
+      }
+    } finally {
+      this.redrawing -= 1;
+    }
+  }
+
+  // --- building the charts ---------------------------------------------------------------------------------------
   // Builds the charts from the stored series, one build at a time: points that arrive meanwhile are held and drawn
   // after it (those its read had already are skipped), and a key that still has no chart starts another build.
   // Without this, a build started while another ran (the first points of a new run, keys that appear one by one)
@@ -86,63 +214,177 @@ class RunCharts {
   }
 
   async loadCharts() {
-    this.charts.clear();
     const byGroup = new Map();
-    for (const run of this.runIds) {
-      const info = await fetchJSON(`/api/v1/runs/${run}/keys/`);
-      const keys = (info.keys || []).map((k) => (typeof k === "string" ? k : k.key))
-        .filter((k) => !this.onlyKeys || this.onlyKeys.includes(k));
+    const infos = await Promise.all(this.runIds.map((run) => fetchJSON(`/api/v1/runs/${run}/keys/`)));
+    this.runIds.forEach((run, i) => {
+      const keys = (infos[i].keys || []).map((k) => (typeof k === "string" ? k : k.key))
+        .filter((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)));
       for (const key of keys) {
         const g = groupOf(key);
         if (!byGroup.has(g.id)) byGroup.set(g.id, {group: g, items: []});
         byGroup.get(g.id).items.push({run, key});
       }
-    }
-    const order = (id) => { const i = CHART_GROUPS.findIndex((g) => g.id === id); return i < 0 ? 99 : i; };
-    const groups = [...byGroup.values()].sort((a, b) => order(a.group.id) - order(b.group.id));
+    });
+    this.charts.clear();
+    const order = (id) => { const i = CHART_GROUPS.findIndex((g) => g.id === id); return i < 0 ? 999 : i; };
+    const groups = [...byGroup.values()].sort((a, b) => order(a.group.id) - order(b.group.id) || a.group.id.localeCompare(b.group.id));
     if (!groups.length) {
       this.container.innerHTML = '<p class="muted" id="no-metrics">No metrics yet. They appear here as the job reports them.</p>';
       return false;
     }
+    if (this.xMode === "time") await Promise.all(this.runIds.map((r) => this.loadClock(r)));
+    const previous = new Map([...this.container.querySelectorAll("details.chart-group")].map((d) => [d.dataset.section, d.open]));
     this.container.innerHTML = "";
+    const sections = new Map();
+    for (const s of SECTIONS) {
+      const members = groups.filter((g) => g.group.section === s.id);
+      if (!members.length) continue;
+      const details = document.createElement("details");
+      details.className = "chart-group";
+      details.dataset.section = s.id;
+      details.id = "section-" + s.id;
+      details.open = previous.has(s.id) ? previous.get(s.id) : s.open && members.length <= OPEN_SECTION_MAX;
+      details.innerHTML = `<summary>${s.title} <span class="muted">(${members.length})</span></summary><div class="charts"></div>`;
+      this.container.appendChild(details);
+      sections.set(s.id, details);
+      details.addEventListener("toggle", () => { if (details.open) this.drawSection(s.id); });
+    }
     for (const {group, items} of groups) {
+      const details = sections.get(group.section);
+      const box = document.createElement("div");
+      box.className = "chart-box";
       const div = document.createElement("div");
       div.className = "chart";
       div.id = "chart-" + group.id.replace(/[^a-z0-9_-]/gi, "_");
-      this.container.appendChild(div);
-      this.charts.set(group.id, {div, group, items, zoomed: false});
-      await this.draw(group.id);
-      div.on("plotly_relayout", (ev) => this.relayout(group.id, ev));
-      div.addEventListener("pointerenter", () => this.hover(this.charts.get(group.id), true));
-      div.addEventListener("pointerleave", () => this.hover(this.charts.get(group.id), false));
+      box.appendChild(div);
+      box.appendChild(this.exportLinks(group, items));
+      details.querySelector(".charts").appendChild(box);
+      this.charts.set(group.id, {div, group, items, zoomed: false, drawn: false});
     }
+    const open = [...this.charts.values()].filter((c) => sections.get(c.group.section).open);
+    await this.readAndDraw(open);
     return true;
+  }
+
+  exportLinks(group, items) {
+    const p = document.createElement("div");
+    p.className = "chart-export muted";
+    const runs = [...new Set(items.map((i) => i.run))];
+    p.append("Export ");
+    for (const run of runs) {
+      const keys = items.filter((i) => i.run === run).map((i) => i.key).slice(0, MAX_KEYS_PER_READ).join(",");
+      for (const format of ["csv", "json"]) {
+        const a = document.createElement("a");
+        a.href = `/api/v1/runs/${run}/export/?keys=${encodeURIComponent(keys)}&format=${format}`;
+        a.textContent = (runs.length > 1 ? `#${run} ` : "") + format.toUpperCase();
+        a.setAttribute("download", "");
+        a.className = "export-" + format;
+        p.append(a, " ");
+      }
+    }
+    return p;
+  }
+
+  async drawSection(sectionId) {
+    await this.readAndDraw([...this.charts.values()].filter((c) => c.group.section === sectionId && !c.drawn));
+  }
+
+  pointsFor(chart) {
+    // About one bucket per horizontal pixel: more is not drawn, and each costs transfer and Plotly's time.
+    return Math.max(200, Math.min(1500, Math.round(chart.div.clientWidth || 600)));
+  }
+
+  // Reads every chart's series with as few requests as the API allows, then draws each chart.
+  async readAndDraw(list, lo = null, hi = null) {
+    if (!list.length) return;
+    const maxPoints = this.pointsFor(list[0]);
+    const wanted = new Map(); // run -> keys
+    for (const chart of list) for (const item of chart.items) {
+      if (!wanted.has(item.run)) wanted.set(item.run, []);
+      wanted.get(item.run).push(item.key);
+    }
+    const results = new Map(); // `${run} ${key}` -> series
+    const reads = [];
+    for (const [run, keys] of wanted) {
+      for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
+        reads.push(fetchJSON(seriesURL(run, part, lo, hi, maxPoints)).then((data) => {
+          this.lastStep.set(run, Math.max(this.lastStep.get(run) ?? -1, data.last_step ?? -1));
+          for (const [key, s] of Object.entries(data.keys)) results.set(`${run} ${key}`, s);
+        }));
+      }
+    }
+    await Promise.all(reads);
+    for (const chart of list) {
+      if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
+      chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
+      chart.range = lo != null ? [lo, hi] : null;
+      await this.render(chart);
+    }
   }
 
   async draw(groupId, lo = null, hi = null) {
     const chart = this.charts.get(groupId);
     if (!chart) return; // the charts are being built again
-    chart.pending = null; // queued live points are stored already: the read below has them
+    await this.readAndDraw([chart], lo, hi);
+  }
+
+  // Traces for one series: an envelope (max, then min filled up to it) plus the line of last values.
+  tracesFor(item, s, color, yaxis) {
+    const name = this.label(item.run, item.key);
+    const nul = (v) => (v == null ? null : v);
+    const x = s.steps.map((step) => this.xOf(item.run, step));
+    const common = {x, mode: "lines", yaxis};
+    if (s.mode === "envelope") {
+      return [
+        {...common, y: s.max.map(nul), line: {width: 0, color}, hoverinfo: "skip", showlegend: false, name: name + " max"},
+        {...common, y: s.min.map(nul), line: {width: 0, color}, fill: "tonexty", fillcolor: color + "33", hoverinfo: "skip", showlegend: false, name: name + " min"},
+        {...common, y: smooth(s.last.map(nul), this.smoothing), line: {width: 1.5, color}, name},
+      ];
+    }
+    return [{...common, y: smooth(s.values.map(nul), this.smoothing), line: {width: 1.5, color}, name}];
+  }
+
+  async render(chart) {
+    chart.pending = null; // queued live points are stored already: the read has them
     chart.stale = false;
     const traces = [];
+    const units = [...new Set(chart.items.map((i) => UNITS[i.key] || ""))];
     let color = 0;
-    for (const item of chart.items) {
-      const data = await fetchJSON(seriesURL(item.run, [item.key], lo, hi));
-      const s = data.keys[item.key];
-      this.lastStep.set(item.run, Math.max(this.lastStep.get(item.run) ?? -1, data.last_step ?? -1));
-      const tr = tracesFor(this.label(item.run, item.key), s, PALETTE[color++ % PALETTE.length]);
+    chart.items.forEach((item, n) => {
+      const s = chart.cache[n] || {mode: "full", steps: [], values: []};
+      const axis = units.length > 1 && units.indexOf(UNITS[item.key] || "") > 0 ? "y2" : "y";
+      const tr = this.tracesFor(item, s, PALETTE[color++ % PALETTE.length], axis);
       item.lineIndex = traces.length + tr.length - 1;
       item.lastX = s.steps.length ? s.steps[s.steps.length - 1] : -Infinity;
+      const ys = s.mode === "envelope" ? s.last : s.values;
+      item.smoothState = this.smoothing ? {y: tr[tr.length - 1].y[tr[tr.length - 1].y.length - 1], n: ys.length} : null;
       item.mode = s.mode;
       traces.push(...tr);
-    }
+    });
+    const theme = themeColors();
+    const axis = {gridcolor: theme.line, zerolinecolor: theme.line, linecolor: theme.line};
+    const [lo, hi] = chart.range || [null, null];
+    const first = chart.items[0];
+    const xRange = lo != null ? [this.xOf(first.run, lo), this.xOf(first.run, hi)] : null;
     const layout = {
-      title: {text: chart.group.title, font: {size: 13}}, height: 260, margin: {l: 50, r: 10, t: 30, b: 30},
-      xaxis: {title: {text: "step"}, ...(lo != null ? {range: [lo, hi]} : {})},
-      showlegend: chart.items.length > 1, legend: {orientation: "h", y: -0.25}, shapes: this.alertShapes(),
+      title: {text: chart.group.title, font: {size: 13}}, height: chart.items.length > 1 ? 290 : 260,
+      margin: {l: 55, r: units.length > 1 ? 55 : 10, t: 30, b: chart.items.length > 1 ? 70 : 40},
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: {color: theme.ink},
+      xaxis: {...axis, title: {text: this.axisTitle()}, type: this.xMode === "time" ? "date" : "linear", ...(xRange ? {range: xRange} : {})},
+      yaxis: {...axis, type: this.logY ? "log" : "linear", title: {text: units.length > 1 ? units[0] : ""}},
+      showlegend: chart.items.length > 1, legend: {orientation: "h", y: -0.3, yanchor: "top"}, shapes: this.alertShapes(first && first.run),
     };
-    await Plotly.react(chart.div, traces, layout, {displaylogo: false, responsive: true});
+    if (units.length > 1) {
+      layout.yaxis2 = {...axis, overlaying: "y", side: "right", type: this.logY ? "log" : "linear", title: {text: units.slice(1).join(", ")}, showgrid: false};
+    }
+    await Plotly.react(chart.div, traces, layout, PLOT_CONFIG);
     chart.div.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
+    if (!chart.drawn) {
+      chart.drawn = true;
+      chart.div.on("plotly_relayout", (ev) => this.relayout(chart.group.id, ev));
+      chart.div.addEventListener("pointerenter", () => this.hover(this.charts.get(chart.group.id), true));
+      chart.div.addEventListener("pointerleave", () => this.hover(this.charts.get(chart.group.id), false));
+    }
   }
 
   async relayout(groupId, ev) {
@@ -155,25 +397,34 @@ class RunCharts {
         await this.draw(groupId);
       } else if (ev["xaxis.range[0]"] != null) {
         chart.zoomed = true;
-        await this.draw(groupId, ev["xaxis.range[0]"], ev["xaxis.range[1]"]);
+        const run = chart.items[0].run;
+        const lo = this.stepOf(run, ev["xaxis.range[0]"]), hi = this.stepOf(run, ev["xaxis.range[1]"]);
+        if (lo != null && hi != null) await this.draw(groupId, lo, hi);
       }
     } finally {
       chart.busy = false;
     }
   }
 
-  alertShapes() {
-    return this.alertSteps.map((step) => ({type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1,
+  alertShapes(run) {
+    return this.alertSteps.map((step) => ({type: "line", x0: this.xOf(run, step), x1: this.xOf(run, step), yref: "paper", y0: 0, y1: 1,
       line: {color: "#b42318", width: 1, dash: "dot"}}));
   }
 
   markAlert(step) {
     if (step == null) return;
     this.alertSteps.push(step);
-    for (const chart of this.charts.values()) Plotly.relayout(chart.div, {shapes: this.alertShapes()});
+    for (const chart of this.charts.values()) {
+      if (chart.drawn) Plotly.relayout(chart.div, {shapes: this.alertShapes(chart.items[0].run)});
+    }
   }
 
+  // --- live points -----------------------------------------------------------------------------------------------
   async extend(runId, points) {
+    if (points.wall_time) {
+      const c = this.clock.get(runId);
+      if (c) for (const [s, t] of points.wall_time) if (!c.steps.length || s > c.steps[c.steps.length - 1]) { c.steps.push(s); c.times.push(t); }
+    }
     if (this.loader) {
       this.held.push([runId, points]);
       return;
@@ -185,7 +436,7 @@ class RunCharts {
   queue(runId, points) {
     let unknown = false;
     for (const [key, pairs] of Object.entries(points)) {
-      if (this.onlyKeys && !this.onlyKeys.includes(key)) continue;
+      if (AXIS_KEYS.has(key) || (this.onlyKeys && !this.onlyKeys.includes(key))) continue;
       const g = groupOf(key);
       const chart = this.charts.get(g.id);
       const item = chart && chart.items.find((i) => i.run === runId && i.key === key);
@@ -193,9 +444,20 @@ class RunCharts {
       // A point at or before the line's last one was drawn already (pushed and read back after a reconnect), or
       // came late: the line stays in step order, and the next full read of the chart has every point.
       const fresh = pairs.filter(([x]) => x > (item.lastX ?? -Infinity));
-      if (chart.zoomed || !fresh.length) continue;
-      const queued = (chart.pending ||= new Map()).get(item) || {x: [], y: []};
-      for (const [x, y] of fresh) { queued.x.push(x); queued.y.push(y); }
+      if (chart.zoomed || !chart.drawn || !fresh.length) continue;
+      const queued = (chart.pending ||= new Map()).get(item) || {x: [], y: [], steps: []};
+      for (const [x, y] of fresh) {
+        let shown = y;
+        if (this.smoothing && y != null && Number.isFinite(y)) { // the EMA continues from the drawn line's end
+          const st = item.smoothState || {y: null, n: 0};
+          const w = this.smoothing, raw = st.raw ?? (st.y ?? y);
+          const next = raw * w + (1 - w) * y;
+          st.raw = next; st.n += 1; st.y = next;
+          item.smoothState = st;
+          shown = next;
+        }
+        queued.x.push(this.xOf(runId, x)); queued.y.push(shown); queued.steps.push(x);
+      }
       item.lastX = fresh[fresh.length - 1][0];
       chart.pending.set(item, queued);
       chart.frame ||= requestAnimationFrame(() => this.flush(chart));
@@ -228,7 +490,7 @@ class RunCharts {
     }
     chart.div.dataset.points = String(Number(chart.div.dataset.points || 0) + items.reduce((n, i) => n + pending.get(i).x.length, 0));
     Promise.resolve(drawn).then(() => { // bench/freshness.py measures with this hook
-      if (typeof window.cpOnDrawn === "function") for (const i of items) window.cpOnDrawn(i.run, i.key, pending.get(i).x);
+      if (typeof window.cpOnDrawn === "function") for (const i of items) window.cpOnDrawn(i.run, i.key, pending.get(i).steps);
     });
   }
 
@@ -240,7 +502,7 @@ class RunCharts {
   // and while the pointer is over the chart, so hover labels always see every point.
   appendablePath(chart, item, queued) {
     const gd = chart.div, full = gd._fullLayout, trace = gd.data && gd.data[item.lineIndex];
-    const xa = full && full.xaxis, ya = full && full.yaxis;
+    const xa = full && full.xaxis, ya = full && (trace && trace.yaxis === "y2" ? full.yaxis2 : full.yaxis);
     if (!trace || !xa || !ya || xa.type !== "linear" || ya.type !== "linear" || !Array.isArray(trace.x)) return null;
     let prev = trace.x[trace.x.length - 1];
     if (prev == null || !Number.isFinite(trace.y[trace.y.length - 1])) return null;
@@ -267,12 +529,13 @@ class RunCharts {
 
   append(chart, item, queued, path) {
     const full = chart.div._fullLayout, trace = chart.div.data[item.lineIndex];
+    const ya = trace.yaxis === "y2" ? full.yaxis2 : full.yaxis;
     const px = (v) => Math.round(v * 100) / 100;
     let d = "";
     for (let k = 0; k < queued.x.length; k++) {
       trace.x.push(queued.x[k]);
       trace.y.push(queued.y[k]);
-      d += `L${px(full.xaxis.l2p(queued.x[k]))},${px(full.yaxis.l2p(queued.y[k]))}`;
+      d += `L${px(full.xaxis.l2p(queued.x[k]))},${px(ya.l2p(queued.y[k]))}`;
     }
     path.setAttribute("d", path.getAttribute("d") + d);
   }
@@ -281,7 +544,7 @@ class RunCharts {
   // by a tenth), so the points after them can be appended without a redraw. A reset zoom returns to autorange.
   makeRoom(chart, queued) {
     const gd = chart.div, full = gd._fullLayout;
-    if (!full || !full.xaxis || !full.yaxis || full.xaxis.type !== "linear" || full.yaxis.type !== "linear") return;
+    if (!full || !full.xaxis || !full.yaxis || full.xaxis.type !== "linear" || full.yaxis.type !== "linear" || full.yaxis2) return;
     const xs = queued.flatMap((q) => q.x), ys = queued.flatMap((q) => q.y).filter(Number.isFinite);
     const grow = (range, values, lead, minPad) => {
       if (!values.length) return null;
@@ -313,76 +576,38 @@ class RunCharts {
   async catchUp(runId) {
     await this.loader; // a build under way
     if (this.charts.size) await this.backfill(runId);
+    else await this.load();
   }
 
-  // Fetch what was missed since the last step drawn.
+  // Fetch what was missed since the last step drawn: one request per MAX_KEYS_PER_READ keys.
   async backfill(runId) {
     if (!this.charts.size) { await this.load(); return; }
     const since = (this.lastStep.get(runId) ?? -1) + 1;
-    for (const chart of this.charts.values()) {
-      for (const item of chart.items.filter((i) => i.run === runId)) {
-        const data = await fetchJSON(seriesURL(runId, [item.key], since, null));
-        const s = data.keys[item.key];
+    const keys = [];
+    for (const chart of this.charts.values()) for (const item of chart.items) if (item.run === runId) keys.push(item.key);
+    if (this.xMode === "time") keys.push("wall_time");
+    for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
+      const data = await fetchJSON(seriesURL(runId, part, since, null, 20000));
+      const points = {};
+      for (const [key, s] of Object.entries(data.keys)) {
         if (!s || !s.steps.length) continue;
         const ys = s.mode === "envelope" ? s.last : s.values;
-        await this.extend(runId, {[item.key]: s.steps.map((x, i) => [x, ys[i]])});
+        points[key] = s.steps.map((x, i) => [x, ys[i]]);
       }
+      if (Object.keys(points).length) await this.extend(runId, points);
+    }
+  }
+
+  // Dark mode follows the system setting: charts take the page's colours again when it changes.
+  retheme() {
+    const theme = themeColors();
+    for (const chart of this.charts.values()) {
+      if (!chart.drawn) continue;
+      Plotly.relayout(chart.div, {"font.color": theme.ink, "xaxis.gridcolor": theme.line, "yaxis.gridcolor": theme.line});
     }
   }
 }
 
-function liveRun(runId, charts) {
-  let delay = 500;
-  const banner = document.getElementById("alert-banner");
-  const labels = {draft: "Draft", queued: "Queued", launching: "Launching", running: "Running", remediating: "Remediating",
-    succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled"};
-  function setStatus(status) {
-    const badge = document.getElementById("run-status");
-    if (badge && status) { badge.className = "badge " + status; badge.textContent = labels[status] || status; }
-  }
-  // The line the page's template writes for an alert: the evidence as its JSON text, at most 200 characters.
-  function alertText(a) {
-    let evidence = a.evidence && Object.keys(a.evidence).length ? JSON.stringify(a.evidence) : "";
-    if (evidence.length > 200) evidence = evidence.slice(0, 199) + "\u2026";
-    const step = a.step != null ? " at step " + a.step : "";
-    return `${a.kind_label || a.kind}${step}: ${a.message}${evidence ? " — " + evidence : ""}${a.resolved_at ? " (resolved)" : ""}`;
-  }
-  function connect() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${proto}//${location.host}/ws/runs/${runId}/`);
-    ws.onopen = async () => {
-      delay = 500;
-      // Re-read the status: it may have changed before this socket was open.
-      fetchJSON(`/runs/${runId}/state/`).then((st) => setStatus(st.status)).catch(() => {});
-      await charts.catchUp(runId);
-    };
-    ws.onmessage = async (ev) => {
-      const msg = JSON.parse(ev.data);
-      if (msg.type === "run.points") {
-        await charts.extend(runId, msg.points);
-      } else if (msg.type === "run.alert") {
-        const a = msg.alert;
-        banner.hidden = false;
-        // A resolution comes as the same alert with resolved_at set: it updates the alert's line.
-        let li = banner.querySelector(`[data-alert-id="${a.id}"]`);
-        if (!li) {
-          li = document.createElement("div");
-          li.dataset.alertId = a.id;
-          banner.appendChild(li);
-          charts.markAlert(a.step);
-        }
-        li.className = "alert " + (a.severity || "warning") + (a.resolved_at ? " resolved" : "");
-        li.textContent = alertText(a);
-      } else if (msg.type === "run.status") {
-        setStatus(msg.status);
-        if (["running", "succeeded", "failed", "cancelled"].includes(msg.status) && !charts.charts.size) charts.load();
-      }
-    };
-    ws.onclose = (ev) => {
-      if (ev.code >= 4400 && ev.code < 4500) return;
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
-    };
-  }
-  connect();
-}
+window.matchMedia?.("(prefers-color-scheme: dark)").addEventListener?.("change", () => {
+  if (window.charts instanceof RunCharts) window.charts.retheme();
+});

@@ -33,3 +33,8 @@ function liveStatus(path, runId) {
   }
   connect();
 }
+
+(function start() {
+  const tag = document.getElementById("live-status-script");
+  if (tag) liveStatus(tag.dataset.path, tag.dataset.run ? Number(tag.dataset.run) : undefined);
+})();

@@ -75,11 +75,12 @@ function renderPlan(plan) {
   html += "<h2 style='margin-top:12px'>Time</h2><dl>";
   html += row("FLOPs per token", fmt.big(c.flops_per_token));
   html += row("Peak per GPU", c.peak_tflops_per_gpu ? `${c.peak_tflops_per_gpu} TFLOP/s` : "unknown GPU type");
-  html += row("Assumed MFU", c.mfu != null ? (100 * c.mfu).toFixed(0) + " %" : "—");
+  html += row("Assumed MFU", c.mfu != null ? (100 * c.mfu).toFixed(c.mfu < 0.1 ? 1 : 0) + " %" : "—", "plan-mfu");
   html += row("Step time", fmt.dur(c.step_time_s));
   html += row("Time to budget", fmt.dur(c.time_to_budget_s), "plan-time");
   html += row("GPU-hours", fmt.int(c.gpu_hours));
   html += "</dl>";
+  if (c.mfu_source) html += `<p class="muted" style="font-size:11.5px" id="plan-mfu-source">Assumed MFU: ${esc(c.mfu_source)}</p>`;
   if ((plan.reconciliation_notes || []).length) {
     html += "<h2 style='margin-top:12px'>What gave way</h2><ul class='notes' id='plan-notes'>";
     for (const n of plan.reconciliation_notes) html += `<li><strong>${esc(n.figure)}</strong>: guide ${esc(n.guide)} → ${esc(n.preset)}. ${esc(n.why)}</li>`;

@@ -98,3 +98,11 @@ function deploymentPage(deploymentId, runId) {
     }));
   });
 }
+
+// Started from the script tag's data attributes (no inline script: the pages run under a strict CSP).
+(function start() {
+  const tag = document.getElementById("serving-script");
+  if (!tag) return;
+  if (tag.dataset.deployment) deploymentPage(Number(tag.dataset.deployment), Number(tag.dataset.run));
+  if (tag.dataset.artifactsOf) artifactProgress(`/ws/runs/${tag.dataset.artifactsOf}/`);
+})();

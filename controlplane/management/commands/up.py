@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand
 
 from controlplane import embedded_redis
 from controlplane.processes import web_server_argv, worker_argv
+from controlplane.staticfiles import collect_static
 from runs.services.roles import ADMIN, OPERATOR, VIEWER
 from runs.services.seed import seed_defaults
 
@@ -96,6 +97,7 @@ class Command(BaseCommand):
                 redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET, workdir=str(settings.VAR_DIR))
                 self.stdout.write(f"embedded Redis on {settings.EMBEDDED_REDIS_SOCKET}")
             call_command("migrate", interactive=False, verbosity=0)
+            collect_static(self.stdout)
             seed_defaults()
             ensure_default_users(self.stdout)
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from jobs.common.atomic import write_atomic
 from runs.models import Cluster, DataSource, JobPhase, PrepRun
 from runs.services.data_prep import (
     IllegalMove,
@@ -60,9 +61,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _log_tail(job_dir: Path) -> str:

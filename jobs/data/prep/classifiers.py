@@ -23,6 +23,7 @@ from random import Random
 
 import numpy as np
 
+from jobs.common.atomic import write_atomic
 from jobs.data.prep import samples
 from jobs.data.prep.classify import MODELS_DIR, FeatureSpec, LinearModel, train
 from jobs.data.prep.text import normalise
@@ -76,7 +77,7 @@ def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
     with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
         for row in rows:
             gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-    path.write_bytes(raw.getvalue())
+    write_atomic(path, raw.getvalue())
 
 
 def read_sample(path: Path) -> list[dict]:

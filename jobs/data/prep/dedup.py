@@ -9,6 +9,7 @@ positions to drop as exact and as near duplicates, and for near ones the distanc
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from jobs.common.atomic import write_atomic
 from jobs.data.prep.ledger import Ledger, write_json
 from jobs.data.prep.simhash import SimHashConfig, clusters, distances, near_pairs
 
@@ -71,16 +73,14 @@ class FindDuplicates(PipelineStep):
         out.mkdir(parents=True, exist_ok=True)
         for task in range(self.tasks):
             mine = tasks == task
-            path = out / f"{task:05d}.npz"
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    exact=idx[mine & drop_exact],
-                    near=idx[mine & drop_near],
-                    near_distance=near_distance[mine & drop_near],
-                )
-            tmp.replace(path)
+            buffer = io.BytesIO()
+            np.savez(
+                buffer,
+                exact=idx[mine & drop_exact],
+                near=idx[mine & drop_near],
+                near_distance=near_distance[mine & drop_near],
+            )
+            write_atomic(out / f"{task:05d}.npz", buffer.getvalue())
         write_json(out / "summary.json", {"documents": n, "exact": int(drop_exact.sum()),
                                           "near": int(drop_near.sum()), "near_pairs": pairs})  # fmt: skip
         self.ledger.seconds["dedup_find"] += time.perf_counter() - t0

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
+from jobs.common.atomic import write_atomic
 from jobs.data.prep import pipeline, report
 from jobs.data.prep.ledger import write_json
 from jobs.data.prep.spec import PrepSpec
@@ -162,10 +163,7 @@ class Driver:
         source = Path(self.spec.settings["tokenizer"]["path"])
         if not source.is_file():
             raise StageFailed(f"tokenizer.path {source} is not a file; give a SentencePiece .model file")
-        target = pipeline.tokenizer_path(self.spec)
-        tmp = target.with_name(".tokenizer.model.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        write_atomic(pipeline.tokenizer_path(self.spec), source.read_bytes())
 
     def _run_local(self, stage: pipeline.Stage) -> None:
         workers = max(1, min(self.spec.executor.workers, stage.tasks))

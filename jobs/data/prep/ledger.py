@@ -9,11 +9,12 @@ documents and characters in and out, and per removal rule the documents it remov
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from jobs.common.atomic import write_atomic
 
 EXAMPLES_PER_RULE = 3
 EXAMPLE_CHARS = 400
@@ -74,11 +75,8 @@ class Ledger:
     def write(self, path: Path, removals: Path | None = None) -> None:
         if removals is not None:
             removals.parent.mkdir(parents=True, exist_ok=True)
-            tmp = removals.with_name(f".{removals.name}.tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                for doc_id, rule, detail in self.removals:
-                    fh.write(json.dumps({"id": doc_id, "rule": rule, "detail": detail}, ensure_ascii=False) + "\n")
-            os.replace(tmp, removals)
+            lines = [json.dumps({"id": i, "rule": r, "detail": d}, ensure_ascii=False) for i, r, d in self.removals]
+            write_atomic(removals, "".join(line + "\n" for line in lines))
         write_json(path, self.to_json())
 
 
@@ -124,11 +122,9 @@ def read_parts(folder: Path) -> list[dict]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write through a temporary file and rename, so readers see the old content or the new, never half."""
+    """Readers (the driver, the control plane's watcher) see the old content or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 class Progress:

@@ -9,6 +9,7 @@ in the task's output, which the dedup stages key on).
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from jobs.common.atomic import write_atomic
 from jobs.data.prep import rules
 from jobs.data.prep.classify import MODELS_DIR, Classifiers, LinearModel, Scores
 from jobs.data.prep.ledger import Ledger, Progress, write_json
@@ -273,10 +275,9 @@ class Signatures(_Step):
         }
         path = Path(self.out_dir) / f"{rank:05d}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(path, buffer.getvalue())
 
 
 class StageEnd(PipelineStep):

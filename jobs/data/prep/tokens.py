@@ -21,6 +21,7 @@ import sentencepiece as spm
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from jobs.common.atomic import write_atomic
 from jobs.data.prep.ledger import Ledger, write_json
 from jobs.data.shards import ShardWriter, dtype_for_vocab
 from jobs.data.tokenizer import TRAINER_OPTIONS, file_sha256
@@ -106,9 +107,7 @@ class TrainTokenizer(PipelineStep):
                     raise
         else:
             raise RuntimeError(f"SentencePiece found no vocabulary size that fits the data (last tried {vocab})")
-        tmp = Path(self.out_path).with_name(".tokenizer.model.tmp")
-        shutil.copyfile(f"{prefix}.model", tmp)
-        tmp.replace(self.out_path)
+        write_atomic(self.out_path, Path(f"{prefix}.model").read_bytes())
         write_json(
             folder / "info.json",
             {

@@ -1,4 +1,5 @@
 from runs.models.api_token import ApiToken
+from runs.models.attempt import Attempt, AttemptCause, AttemptState
 from runs.models.audit import AuditChainHead, AuditEvent
 from runs.models.cluster import BackendKind, Cluster
 from runs.models.data import DataMixRecipe, DataSource, RecipeEntry, SourceFormat
@@ -12,6 +13,9 @@ __all__ = [
     "Alert",
     "AlertKind",
     "ApiToken",
+    "Attempt",
+    "AttemptCause",
+    "AttemptState",
     "Artifact",
     "AuditChainHead",
     "AuditEvent",

@@ -23,9 +23,10 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     RunStatus.LAUNCHING: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
     RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.REMEDIATING}),
     RunStatus.REMEDIATING: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
-    RunStatus.SUCCEEDED: frozenset(),
-    RunStatus.FAILED: frozenset({RunStatus.REMEDIATING}),
-    RunStatus.CANCELLED: frozenset(),
+    # An ended run is queued again only as its next attempt (runs.services.attempts.run_relaunch: resume).
+    RunStatus.SUCCEEDED: frozenset({RunStatus.QUEUED}),
+    RunStatus.FAILED: frozenset({RunStatus.REMEDIATING, RunStatus.QUEUED}),
+    RunStatus.CANCELLED: frozenset({RunStatus.QUEUED}),
 }
 TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.LAUNCHING, RunStatus.RUNNING, RunStatus.REMEDIATING})

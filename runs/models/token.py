@@ -21,6 +21,10 @@ class RunToken(models.Model):
     kind = models.CharField(max_length=16, choices=TokenKind.choices)
     # The run's attempt number a job token belongs to; empty for operator tokens.
     attempt = models.PositiveIntegerField(null=True, blank=True)
+    # The attempt itself (a job token is that attempt's job's credential); empty for operator tokens.
+    job_attempt = models.ForeignKey(
+        "runs.Attempt", null=True, blank=True, on_delete=models.SET_NULL, related_name="tokens"
+    )
     digest = models.CharField(max_length=64, unique=True)
     # The secret's last characters, so that people can tell their tokens apart on the run page.
     hint = models.CharField(max_length=8, blank=True)

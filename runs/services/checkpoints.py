@@ -11,10 +11,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from runs.models import Artifact, Checkpoint, JobPhase, Run, Trainer
+from runs.models import Artifact, AttemptCause, Checkpoint, JobPhase, Run, Trainer
 from runs.services.artifacts import ServingRefused
+from runs.services.attempts import AttemptRefused, run_relaunch
 from runs.services.audit import audit_record
-from runs.services.runs import RunActionRefused, run_create, run_launch
+from runs.services.transitions import IllegalTransition
 
 
 def retention_policy(run: Run) -> tuple[int, int]:
@@ -122,24 +123,24 @@ def run_start_from(*, run: Run, checkpoint: Checkpoint, actor: Any) -> Run:
 
 
 def checkpoint_resume(*, checkpoint: Checkpoint, actor: Any) -> Run:
-    """Resume: a new attempt of the run, same config, starting from this checkpoint, queued at once."""
-    parent = checkpoint.run
-    _check_resumable(parent, checkpoint)
-    with transaction.atomic():
-        child = run_create(
-            owner=actor,
-            name=f"{parent.name}-resume-{checkpoint.step}"[:100],
-            preset=parent.preset,
-            trainer=parent.trainer,
-            cluster=parent.cluster,
-            recipe=parent.recipe,
-            config=parent.config,
-            script_path=parent.script_path,
-            parent=parent,
+    """Resume: the run's next attempt, same config, starting from this checkpoint, queued at once (the same run,
+    not a fork: its curve and timeline go on)."""
+    run = checkpoint.run
+    _check_resumable(run, checkpoint)
+    if not run.is_terminal:
+        raise ServingRefused(
+            "checkpoint", f"Run #{run.pk} is {run.status}; cancel it before resuming it from a checkpoint."
         )
-        child = run_start_from(run=child, checkpoint=checkpoint, actor=actor)
-        try:
-            child = run_launch(actor=actor, run=child)
-        except RunActionRefused as exc:
-            raise ServingRefused("checkpoint", str(exc)) from None
-    return child
+    try:
+        run_relaunch(
+            run=run,
+            cause=AttemptCause.RESUME,
+            actor=actor,
+            checkpoint_path=checkpoint.path,
+            checkpoint_step=checkpoint.step,
+            reason=f"resumed from {checkpoint.tag}",
+        )
+    except (AttemptRefused, IllegalTransition) as exc:
+        raise ServingRefused("checkpoint", str(exc)) from None
+    run.refresh_from_db()
+    return run

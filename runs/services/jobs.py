@@ -7,6 +7,7 @@ from typing import Any
 from django.db import transaction
 
 from runs.models import Run, RunStatus
+from runs.services.attempts import attempt_end
 from runs.services.audit import audit_record
 from runs.services.transitions import IllegalTransition, transition
 
@@ -25,14 +26,20 @@ def run_record_job(*, run: Run, job_id: str, run_dir: str, backend: str) -> Run:
     return run
 
 
-def run_finish(*, run: Run, status: str, reason: str = "", actor: Any = "system") -> Run | None:
-    """Move a launching/running run to its end state; None when someone else already ended it."""
+def run_finish(
+    *, run: Run, status: str, reason: str = "", actor: Any = "system", summary: dict | None = None
+) -> Run | None:
+    """Move a launching/running run to its end state and end its live attempt with `summary` (how the job ended);
+    None when someone else already ended the run."""
     run.refresh_from_db()
     if run.is_terminal:
         return None
     try:
-        if status == RunStatus.SUCCEEDED and run.status == RunStatus.LAUNCHING:
-            run = transition(run=run, to=RunStatus.RUNNING, actor=actor)
-        return transition(run=run, to=status, actor=actor, action=f"run.{status}", reason=reason)
+        with transaction.atomic():
+            if status == RunStatus.SUCCEEDED and run.status == RunStatus.LAUNCHING:
+                run = transition(run=run, to=RunStatus.RUNNING, actor=actor)
+            run = transition(run=run, to=status, actor=actor, action=f"run.{status}", reason=reason)
+            attempt_end(run=run, state=status, summary={"reason": reason, **(summary or {})})
+            return run
     except IllegalTransition:
         return None

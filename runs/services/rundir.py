@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from jobs.common.atomic import write_atomic
-from runs.models import Run, TokenKind
+from runs.models import Attempt, Run, TokenKind
 from runs.services.tokens import run_token_issue
 
 
@@ -31,11 +31,15 @@ def run_json(run: Run) -> dict:
     return cfg
 
 
-def run_dir_prepare(*, run: Run) -> Path:
+def run_dir_prepare(*, run: Run, attempt: Attempt | None = None) -> Path:
     """Write run.json and a fresh job token for the run's current attempt (mode 0600), which retires the previous
     attempt's. Safe to repeat: a relaunch gets a new token."""
     path = run_dir_path(run)
     path.mkdir(parents=True, exist_ok=True)
     write_atomic(path / "run.json", json.dumps(run_json(run), indent=2))
-    write_atomic(path / "token", run_token_issue(run=run, kind=TokenKind.JOB, actor="system").secret, mode=0o600)
+    write_atomic(
+        path / "token",
+        run_token_issue(run=run, kind=TokenKind.JOB, actor="system", job_attempt=attempt).secret,
+        mode=0o600,
+    )
     return path

@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from runs.models import Cluster, DataMixRecipe, Run, RunStatus, Trainer
+from runs.models import Attempt, AttemptState, Cluster, DataMixRecipe, Run, RunStatus, Trainer
 from runs.models.run import ACTIVE_STATUSES
 from runs.planning.capabilities import CapabilitiesUnavailable, trainer_capabilities
 from runs.planning.fields import FieldIssue
@@ -19,6 +19,7 @@ from runs.planning.plan import PlanError
 from runs.planning.plan import plan as compute_plan
 from runs.planning.validation import validate_config
 from runs.realtime.broadcast import RUN_LIST_GROUP, broadcast_on_commit
+from runs.services.attempts import attempt_first
 from runs.services.audit import audit_record
 from runs.services.calibration import assumed_mfu
 from runs.services.data_prep import latest_prep
@@ -223,7 +224,7 @@ def run_create(
             recipe=recipe,
             cluster=cluster,
             parent=parent,
-            attempt=(parent.attempt + 1) if parent else 1,
+            attempt=1,  # a fork is a new run: its own first attempt (a resume is the same run's next one)
         )
         run.config["run"].update({"id": run.pk, "name": name, "attempt": run.attempt, "preset": preset})
         Run.objects.filter(pk=run.pk).update(config=run.config)
@@ -313,11 +314,17 @@ def run_launch(*, actor: Any, run: Run, fit_override_reason: str = "") -> Run:
     if not plan_fits(run.plan) and fit_override_reason.strip():
         with transaction.atomic():
             _record_fit_override(run=run, actor=actor, reason=fit_override_reason, at="launch")
-    try:
-        run = transition(run=run, to=RunStatus.QUEUED, actor=actor, action="run.launch")
-    except IllegalTransition as exc:
-        raise RunActionRefused(str(exc)) from None
-    enqueue_on_commit("workers.launch_run", run_id=run.pk)
+    if run.status != RunStatus.DRAFT:
+        raise RunActionRefused(
+            f"Run #{run.pk} is {run.status}; only a draft is launched. Resume it from a checkpoint or fork it."
+        )
+    with transaction.atomic():
+        try:
+            run = transition(run=run, to=RunStatus.QUEUED, actor=actor, action="run.launch")
+        except IllegalTransition as exc:
+            raise RunActionRefused(str(exc)) from None
+        attempt_first(run=run, actor=actor)
+        enqueue_on_commit("workers.launch_run", run_id=run.pk)
     return run
 
 
@@ -330,5 +337,9 @@ def run_cancel(*, actor: Any, run: Run, reason: str = "cancelled by user") -> Ru
     except IllegalTransition as exc:
         raise RunActionRefused(str(exc)) from None
     if was_active:
+        # An attempt with no job yet ends here; one with a job ends when stop_run has stopped it.
+        Attempt.objects.filter(run=run, state=AttemptState.PENDING).update(
+            state=AttemptState.CANCELLED, ended_at=run.finished_at, exit_summary={"reason": reason}
+        )
         enqueue_on_commit("workers.stop_run", run_id=run.pk)
     return run

@@ -91,9 +91,11 @@ def run_token_issue(
     attempt: int | None = None,
     label: str = "",
     ttl_s: float | None = None,
+    job_attempt: Any = None,
 ) -> IssuedToken:
     """A new token for `run`. A job token (for `attempt`, the run's current one by default) revokes the run's
-    earlier job tokens; an operator token expires after `ttl_s` (OPERATOR_TOKEN_TTL_S by default)."""
+    earlier job tokens; an operator token expires after `ttl_s` (OPERATOR_TOKEN_TTL_S by default). A job token is tied
+    to `job_attempt` (runs.models.Attempt; the run's live attempt by default)."""
     if kind not in TokenKind.values:
         raise TokenRefused(f"kind must be one of {', '.join(TokenKind.values)}, not {kind!r}")
     run.refresh_from_db(fields=["status", "attempt", "finished_at", "updated_at"])
@@ -106,8 +108,13 @@ def run_token_issue(
         ttl = settings.OPERATOR_TOKEN_TTL_S if ttl_s is None else ttl_s
         expires_at = now + datetime.timedelta(seconds=ttl)
         attempt = None
-    elif attempt is None:
-        attempt = run.attempt
+    else:
+        if job_attempt is None:
+            from runs.services.attempts import attempt_live
+
+            job_attempt = attempt_live(run=run)
+        if attempt is None:
+            attempt = job_attempt.number if job_attempt is not None else run.attempt
     user = None if actor is None or isinstance(actor, str) else actor
     with transaction.atomic():
         rotated = []
@@ -119,6 +126,7 @@ def run_token_issue(
             run=run,
             kind=kind,
             attempt=attempt,
+            job_attempt=job_attempt if kind == TokenKind.JOB else None,
             digest=token_digest(secret),
             hint=secret[-4:],
             label=label[:100],

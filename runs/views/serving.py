@@ -89,7 +89,7 @@ def checkpoint_resume_view(request: HttpRequest, pk: int, checkpoint_id: int) ->
     except ServingRefused as exc:
         _refused(request, exc)
         return redirect("run-checkpoints", pk=pk)
-    messages.success(request, f"Run #{child.pk} resumes from {checkpoint.tag} and is queued.")
+    messages.success(request, f"Run #{child.pk} attempt {child.attempt} resumes from {checkpoint.tag} and is queued.")
     return redirect("run-detail", pk=child.pk)
 
 

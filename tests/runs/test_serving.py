@@ -98,12 +98,14 @@ def test_a_bad_policy_names_the_field(run_with_checkpoints, operator, field, val
     assert not Checkpoint.objects.filter(pruned_at__isnull=False).exists()
 
 
-def test_resume_queues_a_new_attempt_that_starts_from_the_checkpoint(run_with_checkpoints, operator):
+def test_resume_queues_the_next_attempt_of_the_same_run_from_the_checkpoint(run_with_checkpoints, operator):
     checkpoint = run_with_checkpoints.checkpoints.get(step=30)
-    child = checkpoint_resume(checkpoint=checkpoint, actor=operator)
-    assert child.parent_id == run_with_checkpoints.pk and child.attempt == 2
-    assert child.status == RunStatus.QUEUED and child.resume_from == checkpoint.path
-    assert AuditEvent.objects.filter(run_id=child.pk, action="run.start_from").exists()
+    resumed = checkpoint_resume(checkpoint=checkpoint, actor=operator)
+    assert resumed.pk == run_with_checkpoints.pk and resumed.attempt == 2
+    assert resumed.status == RunStatus.QUEUED and resumed.resume_from == checkpoint.path
+    attempt = resumed.attempts.get(number=2)
+    assert attempt.cause == "resume" and attempt.checkpoint_step == 30 and attempt.state == "pending"
+    assert AuditEvent.objects.filter(run_id=resumed.pk, action="run.attempt").exists()
 
 
 def test_quantize_is_queued_and_audited(run_with_checkpoints, operator, django_capture_on_commit_callbacks):

@@ -149,7 +149,9 @@ def check_trainer_can_run(r: ConfigReader, *, capabilities: dict[str, Any] | Non
     for key, path, reason_keys in _CAPABILITY_LISTS:
         allowed, value = caps.get(key), _peek(r.cfg, path)
         if isinstance(allowed, list) and value is not None and not isinstance(value, bool) and value not in allowed:
-            closest = nearest(allowed, value) if isinstance(value, int) and allowed else None
+            # A number suggests the nearest allowed number; a list of names (precisions) has none to offer it.
+            numbers = [a for a in allowed if isinstance(a, int) and not isinstance(a, bool)]
+            closest = nearest(numbers, value) if isinstance(value, int) else None
             shown = ", ".join(str(v) for v in sorted(allowed, key=str)) or "nothing"
             refuse(path, value, f"set {path} to {shown}", reason_keys, closest)
     for key, path in _CAPABILITY_FLAGS:

@@ -158,14 +158,36 @@ def test_run_list_filters_by_status_and_owner(client, seeded, operator, viewer):
     assert "first-run" not in page
 
 
+def _recipe_data(recipe: DataMixRecipe | None = None, **fields) -> dict:
+    """What the recipe page posts: its preparation settings as shown (a new recipe's defaults, or the version's)."""
+    from jobs.data.prep import settings as prep_settings
+    from runs.forms import RecipeForm
+    from runs.services.recipes import recipe_settings
+
+    settings = recipe_settings(recipe) if recipe else prep_settings.validate({})
+    form = RecipeForm(settings=settings)
+    data = {}
+    for name in form.fields:
+        if not name.startswith("p_"):
+            continue
+        value = form.initial.get(name)
+        if value is True:
+            data[name] = "on"
+        elif value is not None and value is not False:
+            data[name] = value
+    return {**data, **fields}
+
+
 def test_recipe_form_creates_and_versions(client, seeded, operator):
     client.force_login(operator)
-    response = client.post(reverse("recipe-new"), {"name": "code-heavy", "w_zh": "20", "w_en": "70", "w_other": "10"})
+    response = client.post(reverse("recipe-new"), _recipe_data(name="code-heavy", w_zh="20", w_en="70", w_other="10"))
     recipe = DataMixRecipe.objects.get(name="code-heavy")
     assert response.status_code == 302
-    bad = client.post(reverse("recipe-edit", args=[recipe.pk]), {"w_zh": "20", "w_en": "70", "w_other": "20"})
+    bad = client.post(
+        reverse("recipe-edit", args=[recipe.pk]), _recipe_data(recipe, w_zh="20", w_en="70", w_other="20")
+    )
     assert "sum to 110.00 %" in bad.content.decode()
-    client.post(reverse("recipe-edit", args=[recipe.pk]), {"w_zh": "30", "w_en": "60", "w_other": "10"})
+    client.post(reverse("recipe-edit", args=[recipe.pk]), _recipe_data(recipe, w_zh="30", w_en="60", w_other="10"))
     v2 = DataMixRecipe.objects.get(name="code-heavy", version=2)
     page = client.get(reverse("recipe-detail", args=[v2.pk])).content.decode()
     assert "Changes from v1 to v2" in page

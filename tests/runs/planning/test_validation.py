@@ -472,6 +472,13 @@ def test_each_capability_is_checked(caps_change, cfg_change, field):
     assert not issues_on(cfg, field, trainer="reference", caps=CAPS | {"pp": [1, 2]})
 
 
+@pytest.mark.parametrize(("path", "value"), [("precision", 0), ("model.arch", 3), ("parallel.tp", "two")])
+def test_a_value_of_the_wrong_kind_for_a_capability_is_an_issue_not_an_error(path, value):
+    cfg = gpu_cfg()
+    _set(cfg, path, value)
+    assert issues_on(cfg, path, trainer="reference", caps=CAPS)
+
+
 def test_capabilities_file_absent_or_malformed(tmp_path, monkeypatch):
     monkeypatch.setattr(capabilities, "CAPABILITIES_PATH", tmp_path / "capabilities.json")
     issue = one(preset_config("tiny"), "run.trainer", trainer="reference")

@@ -7,6 +7,8 @@ code, for the jobs (the trainer, ds_config, export) and for the control plane's 
 - ``FIELDS`` lists every field as a ``FieldSpec`` (dotted name, accepted JSON types, default or required);
 - ``parse_run_config(raw)`` / ``load_run_config(run_dir)`` return a ``RunConfig`` or raise ``ConfigError`` whose
   ``field`` is the dotted name of the field to fix (its message starts with it too: ``"model.top_k: ..."``);
+- ``RelaunchConfig`` (run.json's optional ``relaunch`` section) is what an automatic relaunch changes beyond the
+  batch and parallel sections: data windows to skip and a learning-rate cut (jobs.common.relaunch writes it);
 - ``load_capabilities()`` is the reference trainer's declaration of the layouts it runs, which the parallel.*
   rules read.
 Sections the trainer does not act on (data, alerts, remediation, cluster) are kept as plain dicts in
@@ -209,6 +211,34 @@ class ReporterConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RelaunchConfig:
+    """Changes an automatic relaunch carries beyond the batch and parallel sections (docs/run-config.md).
+
+    ``skip_data``: windows ``[a, b)`` of data steps never trained on. Data step d is the data a run without windows
+    trains on at step d; with windows, step s trains on the s-th data step outside every window. ``lr_cut_factor``
+    multiplies the schedule's lr for steps ``lr_cut_from_step`` .. ``lr_cut_from_step + lr_cut_steps - 1``.
+    """
+
+    skip_data: tuple[tuple[int, int], ...] = ()
+    lr_cut_factor: float = 1.0
+    lr_cut_from_step: int = 0
+    lr_cut_steps: int = 0
+    reason: str = ""
+
+    def data_step(self, step: int) -> int:
+        """The data step that optimizer step ``step`` (1-based) trains on."""
+        d = step
+        for a, b in self.skip_data:  # sorted, disjoint
+            if d >= a:
+                d += b - a
+        return d
+
+    def lr_scale(self, step: int) -> float:
+        start = self.lr_cut_from_step
+        return self.lr_cut_factor if start <= step < start + self.lr_cut_steps else 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     raw: dict
     run_id: int | None
@@ -222,6 +252,7 @@ class RunConfig:
     curriculum: tuple[CurriculumStage, ...]
     training: TrainingConfig
     reporter: ReporterConfig
+    relaunch: RelaunchConfig = RelaunchConfig()
     extra: dict = field(default_factory=dict)
 
     def dp_size(self, world_size: int) -> int:
@@ -262,6 +293,7 @@ _SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
     "reporter": ReporterConfig,
+    "relaunch": RelaunchConfig,
 }
 
 
@@ -454,6 +486,29 @@ def _parse_reporter(raw: dict) -> ReporterConfig:
     return r
 
 
+def _parse_relaunch(raw: dict) -> RelaunchConfig:
+    section = raw.get("relaunch") or {}
+    if not isinstance(section, dict):
+        raise ConfigError("relaunch", "expected an object")
+    windows = _field(section, "relaunch", "skip_data", list, [])
+    pairs: list[tuple[int, int]] = []
+    for i, w in enumerate(windows):
+        ok = isinstance(w, list) and len(w) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in w)
+        if not ok or not 1 <= w[0] < w[1]:
+            raise ConfigError(
+                f"relaunch.skip_data[{i}]", f"expected [first, end) data steps with 1 <= first < end, got {w!r}"
+            )
+        if pairs and w[0] < pairs[-1][1]:
+            raise ConfigError(f"relaunch.skip_data[{i}]", "windows must be sorted and must not overlap")
+        pairs.append((w[0], w[1]))
+    r = _read(RelaunchConfig, section, "relaunch", skip_data=tuple(pairs))
+    if not 0.0 < r.lr_cut_factor <= 1.0:
+        raise ConfigError("relaunch.lr_cut_factor", f"must be in (0, 1], got {r.lr_cut_factor}")
+    _non_negative("relaunch.lr_cut_from_step", r.lr_cut_from_step)
+    _non_negative("relaunch.lr_cut_steps", r.lr_cut_steps)
+    return r
+
+
 def parse_run_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError("run.json", "expected a JSON object")
@@ -486,6 +541,7 @@ def parse_run_config(raw: dict) -> RunConfig:
         curriculum=_parse_curriculum(raw, batch),
         training=training,
         reporter=_parse_reporter(raw),
+        relaunch=_parse_relaunch(raw),
         extra=extra,
     )
 

@@ -183,6 +183,19 @@ class MixedBatcher:
                 tokens[slot % n_seqs] = self._streams[src].read(int(epoch), int(pos), seq_len + 1)
         return torch.from_numpy(tokens), torch.from_numpy(choices[self.rank].astype(np.int64))
 
+    def skip_batch(self, step: int, n_seqs: int, seq_len: int) -> None:
+        """Pass over what `next_batch` with these arguments would draw, without reading or counting it: the
+        windows are allocated (the cursors move on) but never trained on, so `consumed_tokens` is unchanged."""
+        if step != self._step:
+            self._step, self._draw = step, 0
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(step), self._draw])))
+        choices = rng.choice(len(self._names), size=(self.world, n_seqs), p=self._probs).reshape(-1)
+        self._draw += 1
+        for src in range(len(self._names)):
+            count = int(np.count_nonzero(choices == src))
+            if count:
+                self._allocate(src, count, seq_len)
+
     def consumed_tokens(self) -> dict[str, int]:
         """Target tokens (seq_len per sequence) this rank has drawn from each source."""
         return {n: int(self._consumed[i, self.rank]) for i, n in enumerate(self._names)}

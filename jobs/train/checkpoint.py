@@ -118,11 +118,18 @@ def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state
     return entry
 
 
-def load(engine, ckpt_dir: str | Path, tag: str) -> tuple[dict, dict]:
-    """Collective. Returns (shared trainer state, this rank's state)."""
+def has_zero_optimizer_state(ckpt_dir: str | Path, tag: str) -> bool:
+    """Whether the checkpoint's optimizer state is in ZeRO's per-rank files (stages 1-3) rather than inside the
+    model-states file (stage 0): DeepSpeed cannot load one layout into an engine of the other."""
+    return any((Path(ckpt_dir) / tag).glob("*optim_states.pt"))
+
+
+def load(engine, ckpt_dir: str | Path, tag: str, *, module_only: bool = False) -> tuple[dict, dict]:
+    """Collective. Returns (shared trainer state, this rank's state). ``module_only`` restores the weights and
+    the trainer's state but leaves the optimizer fresh (its saved layout does not fit this engine)."""
     import torch.distributed as dist
 
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_only=module_only)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag!r} from {ckpt_dir}")
     world = dist.get_world_size()

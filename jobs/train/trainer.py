@@ -107,12 +107,16 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
         self.accelerator = self.device.type
-        self.faults = FaultInjector(self.rank)
+        self.faults = FaultInjector(self.rank, run_dir)
         self.reporter = None
         self.step = 0
+        # The last data step drawn (docs/run-config.md, relaunch.skip_data): equal to the step unless a relaunch
+        # skipped a window of data.
+        self.data_step = 0
         self.last_loss: float | None = None
         self.last_values: dict[str, float] = {}
         self.where: dict = {}
+        self.optimizer_reset = False
 
         seed = cfg.training.seed
         torch.manual_seed(seed)
@@ -179,8 +183,13 @@ class Trainer:
             ckpt_dir, tag = Path(self.resume).parent, Path(self.resume).name
         else:
             tag = checkpoint.resolve_tag(ckpt_dir, self.resume)
-        shared, mine = checkpoint.load(self.engine, ckpt_dir, tag)
+        # A relaunch that turned on optimizer offload may have moved a stage-0 run to ZeRO-1: the weights carry
+        # over, the optimizer's moments cannot (DeepSpeed keeps the two layouts apart).
+        saved_zero = checkpoint.has_zero_optimizer_state(ckpt_dir, tag)
+        self.optimizer_reset = saved_zero != (self.cfg.parallel.zero_stage >= 1)
+        shared, mine = checkpoint.load(self.engine, ckpt_dir, tag, module_only=self.optimizer_reset)
         self.step = int(shared["step"])
+        self.data_step = int(shared.get("data_step", self.step))
         self.batcher.load_state_dict(mine["data"])
         checkpoint.set_rng_state(mine["rng"])
         return tag
@@ -196,7 +205,7 @@ class Trainer:
             self.run_dir / "checkpoints",
             step,
             rank_state,
-            {"tokens": self.batcher.consumed_tokens()},
+            {"tokens": self.batcher.consumed_tokens(), "data_step": self.data_step},
             metrics,
             self.cfg.training.keep_checkpoints,
             self.cfg.training.keep_every,
@@ -231,6 +240,18 @@ class Trainer:
             tokens_per_step=tokens_per_step,
             total_steps=total,
             resumed_from=resumed_from,
+            optimizer_reset=bool(resumed_from) and self.optimizer_reset,
+            data_step=self.data_step,
+            skip_data=[list(w) for w in cfg.relaunch.skip_data],
+            lr_cut=(
+                {
+                    "factor": cfg.relaunch.lr_cut_factor,
+                    "from_step": cfg.relaunch.lr_cut_from_step,
+                    "steps": cfg.relaunch.lr_cut_steps,
+                }
+                if cfg.relaunch.lr_cut_steps
+                else None
+            ),  # fmt: skip
             peak_tflops=self.peak_tflops,
             peak_source=self.peak_source,
         )
@@ -238,6 +259,8 @@ class Trainer:
         while self.step < total:
             step = self.step + 1
             seq_len = curriculum_seq_len(cfg.raw, step - 1)
+            self._skip_data(step)
+            self.faults.maybe_hang(step)
             values, skipped = self._train_step(step, seq_len)
             self.last_values = values
             self.step = step
@@ -253,6 +276,25 @@ class Trainer:
         self.event("finished", self.step, seconds=round(elapsed, 3), loss=self.last_loss)
         return {"status": "succeeded", "step": self.step, "loss": self.last_loss}
 
+    def _skip_data(self, step: int) -> None:
+        """Pass over the data steps a relaunch skips before `step`, drawing them as the run would have (so what
+        follows is the same data as without the window) but never training on them."""
+        from jobs.data import curriculum_seq_len
+
+        want = self.cfg.relaunch.data_step(step)
+        first = self.data_step + 1
+        if want == first:
+            return
+        gas, micro = self.cfg.batch.grad_accum, self.cfg.batch.micro_batch
+        for d in range(first, want):
+            seq_len = curriculum_seq_len(self.cfg.raw, d - 1)
+            for _ in range(gas):
+                self.batcher.skip_batch(d - 1, micro * self.cfg.batch.seq_len // seq_len, seq_len)
+        self.data_step = want - 1
+        self.event("data_skipped", step, first=first, end=want, batches=want - first)
+        if self.rank == 0:
+            print(f"step {step}: skipped data steps {first}-{want - 1} ({want - first} batches)", flush=True)
+
     def _print_progress(self, step: int, values: dict, skipped: bool) -> None:
         shown = " ".join(f"{k}={values[k]:.4g}" for k in ("loss", "lr", "grad_norm", "tokens_per_s") if k in values)
         print(f"step {step}/{self.cfg.training.total_steps} {shown}{' (skipped: non-finite loss)' if skipped else ''}",
@@ -266,8 +308,9 @@ class Trainer:
         n_src = len(self.sources)
         n_exp = cfg.model.num_routed_experts if cfg.model.is_moe else 0
         aux_coef = cfg.model.aux_loss_coef if cfg.model.is_moe else 0.0
-        lr = lr_at(cfg, step)
+        lr = lr_at(cfg, step) * cfg.relaunch.lr_scale(step)
         self._set_lr(lr)
+        self.data_step = data_step = cfg.relaunch.data_step(step)
         dev = self.device
         ce_sum = torch.zeros((), device=dev)
         aux_sum = torch.zeros((), device=dev)
@@ -278,14 +321,15 @@ class Trainer:
         t0 = time.perf_counter()
         for micro in range(gas):
             self.where = {"step": step, "micro_step": micro, "seq_len": seq_len, "n_seqs": n_seqs}
-            tokens, source_ids = self.batcher.next_batch(step - 1, n_seqs, seq_len)
+            tokens, source_ids = self.batcher.next_batch(data_step - 1, n_seqs, seq_len)
             tokens = tokens.to(dev, non_blocking=True)
             source_ids = source_ids.to(dev, non_blocking=True)
-            self.faults.maybe_oom(step, micro, dev)
+            self.faults.maybe_oom(step, micro, dev, micro_batch=cfg.batch.micro_batch,
+                                  checkpointing=cfg.parallel.activation_checkpointing)  # fmt: skip
             logits, aux, counts = engine(tokens[:, :-1], with_aux=True)
             seq_loss = token_losses(logits, tokens[:, 1:]).mean(dim=1)
             ce = seq_loss.mean()
-            loss = self.faults.poison(ce + aux_coef * aux, step, micro)
+            loss = self.faults.poison(ce + aux_coef * aux, data_step, micro)
             finite = torch.isfinite(loss)
             # A non-finite loss on any rank must leave every gradient NaN so that the optimizer step is skipped
             # everywhere; multiplying a finite loss by exactly 1.0 changes nothing.

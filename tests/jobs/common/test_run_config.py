@@ -141,11 +141,16 @@ def test_every_field_is_in_the_documented_example_or_listed_as_optional():
     example = _doc_example()
     text = (REPO / "docs" / "run-config.md").read_text()
     optional = text.split("Optional `model` keys", 1)[1].split("\n\n", 1)[0]
+    relaunch = json.loads(
+        "{" + text.split("## What a relaunch changes", 1)[1].split("```json\n", 1)[1].split("```", 1)[0] + "}"
+    )
     for name in FIELDS:
         section, _, key = name.partition(".")
         if section == "curriculum[]":
             assert all(key in stage for stage in example["curriculum"])
         elif section == "precision":
             assert "precision" in example
+        elif section == "relaunch":
+            assert key in relaunch["relaunch"], name
         else:
             assert key in example[section] or f"`{key}`" in optional, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -10,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runs.models import Cluster, Run, RunStatus, Trainer
+from runs.models import Attempt, AttemptState, Cluster, Run, RunStatus, Trainer
+from runs.services.attempts import attempt_claim, attempt_current, attempt_end, attempt_live, attempt_record_job
 from runs.services.jobs import run_finish, run_record_job
-from runs.services.rundir import run_dir_prepare
+from runs.services.rundir import run_dir_path, run_dir_prepare
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import LaunchSpec, get_backend
 from workers.backends.base import LaunchError
@@ -21,12 +23,37 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _master_port(backend: str) -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _master_port(backend: str, key: str = "") -> int:
     """A rendezvous port free right now on this machine (local/hostfile jobs rendezvous here); Slurm jobs derive
-    theirs from the job id on their own first node (0)."""
+    theirs from the job id on their own first node (0).
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out (bind to 0) is handed out again to the
+    next outgoing connection — gloo opens many — so between this check and the rendezvous's own bind it was often
+    taken (EADDRINUSE under load). Ports outside that range are only taken by explicit binds. The attempt key
+    spreads concurrent launches over the range."""
     if backend == "slurm":
         return 0
-    with socket.socket() as sock:
+    low, _ = _ephemeral_range()
+    first, last = (20000, low - 1) if low > 21000 else (10000, 19999)
+    span = last - first + 1
+    start = int(hashlib.sha256((key or str(os.getpid())).encode()).hexdigest(), 16) % span
+    for i in range(span):
+        port = first + (start + i) % span
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as sock:  # every one taken: the kernel's choice, as before
         sock.bind(("", 0))
         return sock.getsockname()[1]
 
@@ -35,8 +62,10 @@ def has_local_cpu_cluster() -> bool:
     return Cluster.objects.filter(backend="local", accelerator="cpu").exists()
 
 
-def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:
+def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> LaunchSpec:
     cluster = run.cluster
+    key = attempt.idempotency_key if attempt is not None else ""
+    number = attempt.number if attempt is not None else run.attempt
     if run.trainer == Trainer.OWN_SCRIPT:
         program = [run.script_path, "--deepspeed_config", str(run_dir / "ds_config.json")]
     else:
@@ -56,8 +85,9 @@ def launch_spec(run: Run, run_dir: Path) -> LaunchSpec:
         partition=cluster.partition,
         time_limit_min=int(run.config.get("training", {}).get("time_limit_min", 24 * 60)),
         hostfile=cluster.hostfile,
-        master_port=_master_port(cluster.backend),
-        job_name=f"cp-run-{run.pk}",
+        master_port=_master_port(cluster.backend, key),
+        job_name=f"cp-run-{run.pk}-a{number}",
+        attempt_key=key,
     )
 
 
@@ -86,53 +116,78 @@ def _write_ds_config(run: Run, run_dir: Path) -> None:
 
 
 def launch_run(run_id: int) -> str:
-    """Returns what happened, for the task's log line."""
+    """Start the job of the run's live attempt, exactly once however many deliveries of this task race: the attempt
+    is claimed in the database first (one winner), and the backend is asked for a job carrying the attempt's key
+    before it starts one (a launcher that died after submitting). Returns what happened, for the task's log line."""
     run = Run.objects.select_related("cluster").filter(pk=run_id).first()
     if run is None:
         return "gone"
+    if run.status not in (RunStatus.QUEUED, RunStatus.LAUNCHING):
+        return f"nothing to do for a {run.status} run"
+    claim = attempt_claim(run=run)
+    if claim is None:
+        live = attempt_live(run=run)
+        if live is not None and live.backend_job_id:
+            return "already submitted"
+        return "taken by another worker"
+    attempt = claim.attempt
     if run.status == RunStatus.QUEUED:
         try:
             run = transition(run=run, to=RunStatus.LAUNCHING, actor="system")
         except IllegalTransition:
-            return "taken by another worker"
-    elif run.status == RunStatus.LAUNCHING and run.backend_job_id:
-        return "already submitted"
-    elif run.status == RunStatus.LAUNCHING:
-        job_file = Path(run.run_dir or "") / "job.json"
-        # A worker died between starting the job and recording it: the job's own record names it.
-        if run.cluster.backend in ("local", "hostfile") and run.run_dir and job_file.exists():
-            record = json.loads(job_file.read_text())
-            run_record_job(
-                run=run,
-                job_id=f"local:{record['pid']}:{record['start_ticks']}",
-                run_dir=run.run_dir,
-                backend=run.cluster.backend,
-            )
-            return "re-attached"
-    else:
-        return f"nothing to do for a {run.status} run"
+            run.refresh_from_db()
+            if run.status != RunStatus.LAUNCHING:
+                attempt_end(run=run, state=AttemptState.CANCELLED, summary={"reason": f"run became {run.status}"})
+                return f"nothing to do for a {run.status} run"
 
     backend = get_backend(run.cluster.backend)
     try:
-        run_dir = run_dir_prepare(run=run)
-        Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
-        if run.trainer == Trainer.OWN_SCRIPT:
-            _write_ds_config(run, run_dir)
-        handle = backend.submit(launch_spec(run, run_dir))
+        run_dir = run_dir_path(run)
+        # The attempt's job may exist already (its launcher died before recording it): follow it, start nothing.
+        handle = backend.find(attempt.idempotency_key, run_dir)
+        if handle is None:
+            run_dir = run_dir_prepare(run=run, attempt=attempt)
+            Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
+            if run.trainer == Trainer.OWN_SCRIPT:
+                _write_ds_config(run, run_dir)
+            handle = backend.submit(launch_spec(run, run_dir, attempt))
     except (LaunchError, OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
         run_finish(run=run, status=RunStatus.FAILED, reason=f"launch failed: {exc} {detail}".strip()[:2000])
         return "launch failed"
-    run_record_job(run=run, job_id=handle.job_id, run_dir=str(run_dir), backend=backend.name)
-    return f"submitted {handle.job_id}"
+    found = bool(handle.detail.get("existing"))
+    if not attempt_record_job(claim=claim, job_id=handle.job_id, handle=_jsonable(handle.detail)):
+        return f"claim lost after {'finding' if found else 'submitting'} {handle.job_id}"
+    run = run_record_job(run=run, job_id=handle.job_id, run_dir=str(run_dir), backend=backend.name)
+    if run.is_terminal:
+        # Cancelled while the job was being submitted: the cancel found no job to stop, so stop it here.
+        backend.cancel(handle.job_id, run_dir)
+        attempt_end(run=run, state=AttemptState.CANCELLED, summary={"reason": "cancelled during launch"})
+        return f"cancelled {handle.job_id}"
+    return f"{'re-attached' if found else 'submitted'} {handle.job_id}"
+
+
+def _jsonable(detail: dict) -> dict:
+    return json.loads(json.dumps(detail, default=str))
 
 
 def stop_run(run_id: int) -> str:
+    """Stop every process of the run's current attempt (and only those), then end the attempt as cancelled."""
     run = Run.objects.select_related("cluster").filter(pk=run_id).first()
-    if run is None or not run.backend_job_id:
+    if run is None:
         return "no job to stop"
-    get_backend(run.cluster.backend).cancel(run.backend_job_id, Path(run.run_dir))
-    return f"stopped {run.backend_job_id}"
+    attempt = attempt_current(run=run)
+    backend = get_backend(run.cluster.backend)
+    job_id = (attempt.backend_job_id if attempt else "") or run.backend_job_id
+    run_dir = Path(run.run_dir) if run.run_dir else run_dir_path(run)
+    if not job_id and attempt is not None:
+        found = backend.find(attempt.idempotency_key, run_dir)  # submitted, not yet recorded
+        job_id = found.job_id if found else ""
+    if not job_id:
+        return "no job to stop"
+    backend.cancel(job_id, run_dir)
+    attempt_end(run=run, state=AttemptState.CANCELLED, summary={"reason": run.failure_reason or "cancelled"})
+    return f"stopped {job_id}"
 
 
 def runs_to_reattach() -> tuple[list[int], list[int]]:

@@ -20,6 +20,7 @@ from jobs.common.failures import EXIT_NAN, EXIT_OOM
 from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
+from runs.services.attempts import attempt_mark_running
 from runs.services.jobs import run_finish
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import JobState, get_backend
@@ -176,6 +177,7 @@ def watch_once(run_id: int) -> bool:
         if status.state == JobState.RUNNING and run.status == RunStatus.LAUNCHING:
             try:
                 run = transition(run=run, to=RunStatus.RUNNING, actor="system")
+                attempt_mark_running(run=run)
             except IllegalTransition:
                 pass
         _ingest_metrics_file(run, run_dir, state)

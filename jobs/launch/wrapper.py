@@ -20,10 +20,22 @@ from pathlib import Path
 from jobs.common.atomic import write_atomic
 
 
+def write_leader_record(run_dir: Path) -> None:
+    """RUN_DIR/leader.json: this session leader's pid, start time and attempt key, written by the job itself, so a
+    launcher that died between starting the job and recording it is followed by one that finds the job."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        ticks = None
+    record = {"pid": os.getpid(), "start_ticks": ticks, "attempt_key": os.environ.get("CP_ATTEMPT_KEY", "")}
+    write_atomic(run_dir / "leader.json", json.dumps(record))
+
+
 def supervise(run_dir: Path, child_pid: int) -> int:
     """Wait for this process's child `child_pid` (the leader of its own process group) and write exit.json;
     returns the exit status to leave with."""
     write_atomic(run_dir / "child.json", json.dumps({"pid": child_pid, "pgid": child_pid}))
+    write_leader_record(run_dir)
     stopping = {"signal": None}
 
     def forward(signum, frame):

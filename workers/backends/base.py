@@ -29,6 +29,10 @@ class LaunchSpec:
     # CPUs per rank on Slurm; 0: the backend's choice (a node's CPUs shared among its ranks). A data-prep driver
     # asks for 1, leaving the node's other CPUs to the job arrays it submits.
     cpus_per_task: int = 0
+    # The attempt's idempotency key (runs.Attempt): every process of the job carries it as CP_ATTEMPT_KEY and the
+    # backend records it with the job, so submit finds the attempt's job instead of starting a second one, and
+    # cancel stops that job's processes and no one else's.
+    attempt_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,13 @@ class Backend(Protocol):
     name: str
 
     def submit(self, spec: LaunchSpec) -> JobHandle:
-        """Start the job; stdout/stderr go to run_dir/stdout.log and run_dir/stderr.log. Raises LaunchError."""
+        """Start the job; stdout/stderr go to run_dir/stdout.log and run_dir/stderr.log. Raises LaunchError.
+
+        Idempotent per spec.attempt_key: when the backend already has a job of that attempt (running or ended),
+        its handle comes back with detail["existing"] = True and nothing is started."""
+
+    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+        """The job this backend started for the attempt, running or ended; None when it started none."""
 
     def poll(self, job_id: str, run_dir: Path) -> JobStatus:
         """Current state; safe to call from a restarted worker (no in-memory state)."""

@@ -21,6 +21,10 @@ from pathlib import Path
 
 from workers.backends.base import LaunchError, LaunchSpec
 
+# Every process of a job carries its attempt's key in this variable: what finds and stops exactly that job's
+# processes on a host (workers.backends.procs.tagged_pids, jobs.launch.reap).
+ATTEMPT_KEY_ENV = "CP_ATTEMPT_KEY"
+ATTEMPT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
@@ -117,6 +121,8 @@ def job_env(spec: LaunchSpec) -> dict[str, str]:
     if spec.accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
     env.update(validate_env(spec.env))
+    if spec.attempt_key:
+        env[ATTEMPT_KEY_ENV] = spec.attempt_key
     return env
 
 

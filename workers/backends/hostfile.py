@@ -19,7 +19,9 @@ How DeepSpeed's runner (0.19) treats the hostfile, and what this backend does ab
   ``~/.deepspeed_env`` is not read), and every argument and value that crosses the remote shell is checked to need
   no quoting there.
 - Cancelling a pdsh launch: the runner traps SIGTERM and runs ``pkill -f`` for its launch command on every host
-  (DeepSpeed's own clean-up); the grace period before SIGKILL leaves it time to do so.
+  (DeepSpeed's own clean-up), which stops every DeepSpeed launch of the user there. So the runner never gets a
+  SIGTERM from us: each host's processes of this attempt are stopped by the attempt key in their environment
+  (``python -m jobs.launch.reap KEY`` over pdsh), then the local runner and pdsh get SIGKILL.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from jobs.common.atomic import write_atomic
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import deepspeed_argv, job_env
+from workers.backends.procs import find_attempt_leader
 
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
 # What a remote shell passes through unquoted; DeepSpeed's pdsh runner does no quoting of its own that holds.
@@ -56,6 +59,11 @@ import json, os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, lambda *_: None)
 signal.signal(signal.SIGINT, lambda *_: None)
 exit_file = sys.argv[1]
+ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+leader = os.path.join(os.path.dirname(exit_file), "leader.json")
+with open(leader + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid(), "start_ticks": ticks, "attempt_key": os.environ.get("CP_ATTEMPT_KEY", "")}, f)
+os.replace(leader + ".tmp", leader)
 child = subprocess.Popen(sys.argv[2:])
 rc = child.wait()
 with open(exit_file + ".tmp", "w") as f:
@@ -136,7 +144,19 @@ class HostfileBackend:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
+    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+        record = find_attempt_leader(Path(run_dir).resolve(), attempt_key)
+        if record is None:
+            return None
+        job_id = f"hostfile:{record['pid']}:{record['start_ticks']}"
+        return JobHandle(
+            job_id=job_id, detail={"pid": record["pid"], "hosts": record.get("hosts", []), "existing": True}
+        )
+
     def submit(self, spec: LaunchSpec) -> JobHandle:
+        existing = self.find(spec.attempt_key, spec.run_dir)
+        if existing is not None:
+            return existing
         if spec.single_process:
             raise LaunchError(
                 "the hostfile backend starts multi-node DeepSpeed jobs only; run one-process jobs locally"
@@ -169,7 +189,7 @@ class HostfileBackend:
 
         run_dir = Path(spec.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("exit.json", "cancel_requested"):
+        for stale in ("exit.json", "cancel_requested", "leader.json"):
             (run_dir / stale).unlink(missing_ok=True)
         hostfile = run_dir / "hostfile"
         hostfile.write_text("".join(f"{host} slots={slots}\n" for host, slots in hosts))
@@ -233,6 +253,10 @@ class HostfileBackend:
             "started_at": time.time(),
             "hosts": [host for host, _ in hosts],
             "argv": argv,
+            "attempt_key": spec.attempt_key,
+            "remote": not local,
+            "python": spec.python,
+            "workdir": str(spec.workdir),
         }
         _write_json(run_dir / "job.json", record)
         return JobHandle(job_id=job_id, detail={"pid": proc.pid, "hosts": record["hosts"]})
@@ -248,7 +272,11 @@ class HostfileBackend:
 
     @staticmethod
     def _check_remote_safe(spec: LaunchSpec, env: dict[str, str]) -> None:
-        for label, value in (("interpreter", spec.python), ("working directory", str(spec.workdir))):
+        for label, value in (
+            ("interpreter", spec.python),
+            ("working directory", str(spec.workdir)),
+            ("attempt key", spec.attempt_key or "-"),
+        ):
             if not REMOTE_SAFE.match(value):
                 raise LaunchError(f"the {label} {value!r} cannot be passed through pdsh's remote shell unquoted")
         for arg in spec.module_argv:
@@ -313,6 +341,20 @@ class HostfileBackend:
 
     # -- cancel ---------------------------------------------------------------------------------------------
 
+    def _reap_remote(self, record: dict) -> None:
+        if not record.get("attempt_key") or not record.get("hosts"):
+            return
+        try:
+            subprocess.run(
+                _reap_command(record),
+                capture_output=True,
+                timeout=self.term_grace_s + 30,
+                check=False,
+                env={**{key: os.environ[key] for key in INHERITED_ENV if key in os.environ}, "PDSH_RCMD_TYPE": "ssh"},
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # the local kill below still ends the launch; pdsh's ssh sessions closing end the remote ranks
+
     def cancel(self, job_id: str, run_dir: Path) -> None:
         """SIGTERM the launcher's process group, SIGKILL what is left after ``term_grace_s``. Processes left in the
         group by a launcher that died on its own are stopped too."""
@@ -324,14 +366,33 @@ class HostfileBackend:
         if leader is not None and leader[2] != ticks:
             return  # the pid and its group id now belong to another process
         status = self.poll(job_id, run_dir)
-        if status.finished and not group_members(pid, ticks):
+        record = _read_json(run_dir / "job.json")
+        remote = bool(record.get("remote")) and record.get("job_id") == job_id
+        if status.finished and not group_members(pid, ticks) and not remote:
             return
         (run_dir / "cancel_requested").write_text(job_id)
-        for sig, wait_s in ((signal.SIGTERM, self.term_grace_s), (signal.SIGKILL, self.kill_wait_s)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                pass
+        if remote:
+            # DeepSpeed's runner answers SIGTERM with `pkill -f deepspeed.launcher.launch` on every host, which
+            # stops every DeepSpeed launch of the user there. Instead this attempt's processes on each host are
+            # stopped by their attempt key, then the local runner and pdsh are killed outright (SIGKILL runs no
+            # handler); the supervisor, spared, records how the launcher ended.
+            self._reap_remote(record)
+            steps = ((signal.SIGKILL, self.kill_wait_s),)
+        else:
+            steps = ((signal.SIGTERM, self.term_grace_s), (signal.SIGKILL, self.kill_wait_s))
+        for sig, wait_s in steps:
+            if remote:
+                for member in group_members(pid, ticks):
+                    if member != pid:
+                        try:
+                            os.kill(member, sig)
+                        except ProcessLookupError:
+                            pass
+            else:
+                try:
+                    os.killpg(pid, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + wait_s
             while True:
                 self._alive(pid, ticks, boot)  # reaps our own supervisor once it exits
@@ -341,6 +402,22 @@ class HostfileBackend:
                     break
                 time.sleep(self.poll_interval_s)
         raise RuntimeError(f"processes of job {job_id} survived SIGKILL: {group_members(pid, ticks)}")
+
+
+def _reap_command(record: dict) -> list[str]:
+    """pdsh running jobs.launch.reap for the job's attempt key on each of its hosts (argument values were checked
+    at submit to need no quoting in the remote shell)."""
+    return [
+        "pdsh",
+        "-S",
+        "-w",
+        ",".join(record["hosts"]),
+        f"cd {record['workdir']};",
+        record["python"],
+        "-m",
+        "jobs.launch.reap",
+        record["attempt_key"],
+    ]
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -8,9 +8,10 @@ import signal
 import time
 from pathlib import Path
 
+from jobs.launch.reap import reap
 from workers.backends import commands, warm
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
-from workers.backends.procs import alive, spawn_group, start_ticks, stop_group
+from workers.backends.procs import alive, find_attempt_leader, read_record, spawn_group, start_ticks, stop_group
 
 
 def launcher_argv(spec: LaunchSpec) -> list[str]:
@@ -34,11 +35,20 @@ def process_env(spec: LaunchSpec) -> dict[str, str]:
 class LocalBackend:
     name = "local"
 
+    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+        record = find_attempt_leader(Path(run_dir), attempt_key)
+        if record is None:
+            return None
+        return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail={**record, "existing": True})
+
     def submit(self, spec: LaunchSpec) -> JobHandle:
         if spec.nodes != 1:
             raise LaunchError(f"The local backend runs on this machine only; the cluster has {spec.nodes} nodes.")
+        existing = self.find(spec.attempt_key, spec.run_dir)
+        if existing is not None:
+            return existing
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("exit.json", "child.json", "cancel_requested"):
+        for stale in ("exit.json", "child.json", "leader.json", "cancel_requested"):
             (spec.run_dir / stale).unlink(missing_ok=True)
         env = process_env(spec)
         record = None
@@ -51,11 +61,14 @@ class LocalBackend:
                 launcher_args=commands.deepspeed_node_args(
                     spec.module_argv, ranks=spec.gpus_per_node, master_port=spec.master_port
                 ),
+                attempt_key=spec.attempt_key,
             )
         if record is None:
             argv = [spec.python, "-m", "jobs.launch.wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
             try:
-                record = spawn_group(argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir)
+                record = spawn_group(
+                    argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir, attempt_key=spec.attempt_key
+                )
             except OSError as exc:
                 raise LaunchError(f"Could not start the local job: {exc}") from exc
         return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail=record)
@@ -89,6 +102,8 @@ class LocalBackend:
         )
 
     def cancel(self, job_id: str, run_dir: Path) -> None:
+        """Stop the job's session leader's group, its launcher's group, and any process of its attempt that left
+        both (found by its CP_ATTEMPT_KEY); nothing of any other job."""
         pid, ticks = self._parse(job_id)
         (run_dir / "cancel_requested").write_text(str(time.time()))
         stop_group(pid, pid=pid, ticks=ticks)
@@ -100,3 +115,6 @@ class LocalBackend:
                     os.killpg(pgid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        record = read_record(run_dir / "job.json")
+        if record.get("pid") == pid and record.get("attempt_key"):
+            reap(record["attempt_key"], grace_s=5.0)

@@ -30,7 +30,7 @@ def alive(pid: int, ticks: int) -> bool:
     return start_ticks(pid) == ticks
 
 
-def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path) -> dict:
+def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path, **extra) -> dict:
     """Start argv as a new session (its own process group) with logs in run_dir; return the job record."""
     stdout = open(run_dir / "stdout.log", "ab")
     stderr = open(run_dir / "stderr.log", "ab")
@@ -41,7 +41,7 @@ def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Pat
     finally:
         stdout.close()
         stderr.close()
-    record = job_record(run_dir=run_dir, pid=proc.pid, argv=argv)
+    record = job_record(run_dir=run_dir, pid=proc.pid, argv=argv, **extra)
     # Reap the child in the background so it never lingers as a zombie while this worker lives.
     threading.Thread(target=proc.wait, daemon=True).start()
     return record
@@ -72,3 +72,23 @@ def stop_group(pgid: int, *, pid: int, ticks: int, grace_s: float = 10.0) -> Non
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def read_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def find_attempt_leader(run_dir: Path, attempt_key: str) -> dict | None:
+    """The job record (job.json, written by the launcher, or leader.json, written by the job's own session leader)
+    of the attempt with this key in run_dir; None when this run directory holds no job of that attempt."""
+    if not attempt_key:
+        return None
+    for name in ("job.json", "leader.json"):
+        record = read_record(run_dir / name)
+        if record.get("attempt_key") == attempt_key and record.get("pid") and record.get("start_ticks") is not None:
+            return record
+    return None

@@ -145,8 +145,35 @@ class SlurmBackend:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
+    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+        """The attempt's job: from job.json in the run directory, else from the controller, which keeps the key as
+        the job's comment (a worker that died between sbatch and writing job.json)."""
+        if not attempt_key:
+            return None
+        record = _read_json(Path(run_dir).resolve() / "job.json")
+        if record.get("attempt_key") == attempt_key and JOB_ID.match(str(record.get("job_id", ""))):
+            return JobHandle(job_id=record["job_id"], detail={**record, "existing": True})
+        result = self._run(["squeue", "--json", "-t", "all"])
+        if result.returncode != 0:
+            raise SlurmUnavailable(f"squeue failed: {_errors(result.stderr) or f'exit code {result.returncode}'}")
+        try:
+            jobs = json.loads(result.stdout).get("jobs", [])
+        except json.JSONDecodeError as exc:
+            raise SlurmUnavailable(f"squeue --json answered something that is not JSON: {exc}") from exc
+        for job in jobs:
+            if job.get("comment") == attempt_key:
+                job_id = str(job.get("job_id"))
+                found = {"backend": self.name, "job_id": job_id, "job_name": job.get("name", ""),
+                         "submitted_at": job.get("submit_time"), "attempt_key": attempt_key}  # fmt: skip
+                _write_json(Path(run_dir).resolve() / "job.json", found)
+                return JobHandle(job_id=job_id, detail={**found, "existing": True})
+        return None
+
     def submit(self, spec: LaunchSpec) -> JobHandle:
         run_dir = Path(spec.run_dir).resolve()
+        existing = self.find(spec.attempt_key, run_dir)
+        if existing is not None:
+            return existing
         run_dir.mkdir(parents=True, exist_ok=True)
         job_name = spec.job_name or f"run-{spec.run_id}"
         cpus = spec.cpus_per_task or self.cpus_per_task or self._cpus_per_task(spec.partition, spec.gpus_per_node)
@@ -161,7 +188,13 @@ class SlurmBackend:
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
         if not JOB_ID.match(job_id):
             raise LaunchError(f"sbatch answered without a job id: {result.stdout.strip()!r}")
-        record = {"backend": self.name, "job_id": job_id, "job_name": job_name, "submitted_at": submitted_at}
+        record = {
+            "backend": self.name,
+            "job_id": job_id,
+            "job_name": job_name,
+            "submitted_at": submitted_at,
+            "attempt_key": spec.attempt_key,
+        }
         _write_json(run_dir / "job.json", record)
         return JobHandle(job_id=job_id, detail={"script": str(script_path), "job_name": job_name})
 
@@ -194,8 +227,11 @@ class SlurmBackend:
         argv = rank_argv(spec.python, spec.module_argv)
         env = job_env(spec)
 
+        if spec.attempt_key and not NAME.match(spec.attempt_key):
+            raise LaunchError(f"attempt key {spec.attempt_key!r} may only use letters, digits, '_', '.' and '-'")
         directives = [
             f"--job-name={job_name}",
+            *([f"--comment={spec.attempt_key}"] if spec.attempt_key else []),
             f"--nodes={spec.nodes}",
             f"--ntasks-per-node={spec.gpus_per_node}",
         ]

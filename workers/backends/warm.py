@@ -86,7 +86,9 @@ def _starting_pid(pid_file: Path) -> int | None:
     return pid if alive(pid, ticks) else None
 
 
-def spawn(*, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launcher_args: list[str]) -> dict | None:
+def spawn(
+    *, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launcher_args: list[str], attempt_key: str = ""
+) -> dict | None:
     """Have the warm launcher start a job; its job.json record, or None when the caller must start it itself."""
     where = _in_use(python)
     if where is None:
@@ -121,7 +123,12 @@ def spawn(*, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launche
     argv = [python, "-m", "jobs.launch.warm", "(fork)", "-m", "deepspeed.launcher.launch", *launcher_args]
     ticks = answer.get("start_ticks")
     return job_record(
-        run_dir=run_dir, pid=int(answer["pid"]), argv=argv, ticks=int(ticks) if ticks is not None else None, warm=True
+        run_dir=run_dir,
+        pid=int(answer["pid"]),
+        argv=argv,
+        ticks=int(ticks) if ticks is not None else None,
+        warm=True,
+        attempt_key=attempt_key,
     )
 
 

@@ -11,6 +11,7 @@ from celery.signals import worker_ready
 from workers import (
     data_prep,
     launching,
+    remediating,
     serving,
     watching,
     webhook_tasks,  # noqa: F401  (registers workers.deliver_webhook with this app)
@@ -34,6 +35,22 @@ def launch_run(run_id: int) -> str:
 def watch_run(run_id: int) -> None:
     if watching.watch_once(run_id):
         watch_run.apply_async(args=[run_id], countdown=WATCH_INTERVAL_S)
+
+
+@shared_task(name="workers.remediate_running", acks_late=True)
+def remediate_running(run_id: int, attempt: int, kind: str, step: int | None = None, reason: str = "") -> str:
+    outcome = remediating.remediate_running(run_id, attempt, kind, step, reason)
+    log.info("remediate running run %s attempt %s (%s): %s", run_id, attempt, kind, outcome)
+    return outcome
+
+
+@shared_task(name="workers.remediate_run", acks_late=True, bind=True, max_retries=20)
+def remediate_run(self, run_id: int, attempt: int, remedy: dict) -> str:
+    outcome = remediating.remediate_run(run_id, attempt, remedy)
+    log.info("remediate run %s attempt %s: %s", run_id, attempt, outcome)
+    if outcome.endswith("retrying"):
+        raise self.retry(countdown=5)
+    return outcome
 
 
 @shared_task(name="workers.stop_run", acks_late=True)
@@ -145,6 +162,8 @@ def reattach(sender=None, **kwargs) -> None:
         launch_run.delay(run_id)
     if watch or queued:
         log.info("re-attached to runs %s, re-queued launches %s", watch, queued)
+    for run_id, attempt, remedy in remediating.pending_remedies():
+        remediate_run.delay(run_id, attempt, remedy)
     _reattach_serving()
     if launching.has_local_cpu_cluster():
         warm.ensure_started(sys.executable)  # the first launch need not wait for DeepSpeed's import

@@ -22,9 +22,11 @@ from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
 from runs.services.attempts import attempt_mark_running
 from runs.services.jobs import run_finish
+from runs.services.remediation import Outcome, remediation_begin
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import JobState, get_backend
 from workers.logscan import csv_monitor_records, loss_records, scan_lines
+from workers.remediating import hang_timeout_s, stalled_for_s
 
 log = logging.getLogger(__name__)
 MAX_READ = 4 * 1024 * 1024  # bytes per file per pass, so one pass stays short
@@ -53,6 +55,8 @@ def _read_new(path: Path, start: int) -> tuple[list[str], int]:
     """Complete lines after byte `start`, and the offset after the last complete line."""
     if not path.exists():
         return [], start
+    if path.stat().st_size < start:
+        start = 0  # the file was started afresh (a backend that truncates its logs for the next attempt)
     with open(path, "rb") as fh:
         fh.seek(start)
         chunk = fh.read(MAX_READ)
@@ -118,6 +122,7 @@ def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
                 message="Collective communication error",
                 evidence=finding.line,
             )
+            state.data["nccl"] = finding.line
         elif finding.kind == "status":
             state.data["job_status"] = finding.data
         elif finding.kind == "traceback":
@@ -128,18 +133,16 @@ def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
 
 
 def _check_hang(run: Run, run_dir: Path) -> None:
-    timeout = float(run.config.get("alerts", {}).get("hang_timeout_s", 300))
-    newest = max(
-        (p.stat().st_mtime for p in (run_dir / "metrics.jsonl", run_dir / "stdout.log") if p.exists()), default=None
-    )
-    if newest is not None and time.time() - newest > timeout:
+    timeout = hang_timeout_s(run)
+    stalled = stalled_for_s(run_dir, timeout)
+    if stalled is not None:
         alert_raise(
             run=run,
             kind=AlertKind.HANG,
             severity=Severity.CRITICAL,
             step=run.last_step,
             message=f"No heartbeat, step or output for {timeout:.0f} s",
-            evidence=f"last write {time.time() - newest:.0f} s ago",
+            evidence=f"last write {stalled:.0f} s ago",
         )
 
 
@@ -158,6 +161,25 @@ def _end_reason(status, state: _State) -> tuple[str, str]:
         return RunStatus.FAILED, f"job lost: {status.reason}"
     detail = state.data.get("last_exception") or status.reason or f"exit code {status.exit_code}"
     return RunStatus.FAILED, detail
+
+
+def _failure_kind(status, state: _State) -> str:
+    """What runs.services.remediation remedies a failed job as."""
+    job_status = (state.data.get("job_status") or {}).get("status")
+    if job_status == "oom" or status.exit_code == EXIT_OOM or state.data.get("oom"):
+        return "oom"
+    if job_status == "nan" or status.exit_code == EXIT_NAN:
+        return "nan"
+    if status.state == JobState.LOST:
+        return "job_lost"
+    if state.data.get("nccl") or (status.exit_code is not None and status.exit_code < 0):
+        return "node_failure"  # a rank died by a signal, or a collective lost its peer
+    return "error"
+
+
+def _failed_step(run: Run, state: _State) -> int | None:
+    step = (state.data.get("job_status") or {}).get("step")
+    return int(step) if isinstance(step, int) else run.last_step
 
 
 def watch_once(run_id: int) -> bool:
@@ -209,7 +231,12 @@ def watch_once(run_id: int) -> bool:
                 evidence=reason[:2000],
             )
         state.save()
-        run_finish(run=run, status=final, reason=reason)
+        if final == RunStatus.FAILED:
+            # An attempt that failed in a way the run's policy remedies is relaunched; otherwise the run fails.
+            remediation_begin(run=run, outcome=Outcome(kind=_failure_kind(status, state), step=_failed_step(run, state),
+                                                       reason=reason))  # fmt: skip
+        else:
+            run_finish(run=run, status=final, reason=reason)
         return False
     finally:
         try:

@@ -14,6 +14,8 @@ from runs.services.audit import SYSTEM, audit_record
 from runs.services.enqueue import enqueue_on_commit
 
 WEBHOOK_TASK = "workers.deliver_webhook"
+# Alerts of a running job that the run's remediation policy may act on (runs.services.remediation).
+REMEDIED_ON_ALERT = frozenset({"loss_spike", "nan", "hang"})
 
 
 def alert_json(alert: Alert) -> dict:
@@ -87,6 +89,10 @@ def alert_raise(
         broadcast_on_commit(run_group(run.pk), {"type": "run.alert", "run_id": run.pk, "alert": alert_json(alert)})
         for url in webhook_urls(run):
             enqueue_on_commit(WEBHOOK_TASK, alert_id=alert.pk, url=url)
+        if kind in REMEDIED_ON_ALERT:
+            from runs.services.remediation import remediation_consider_alert
+
+            remediation_consider_alert(run=run, kind=kind, step=step, message=message)
     return alert
 
 

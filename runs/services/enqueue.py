@@ -5,10 +5,12 @@ from __future__ import annotations
 from django.db import transaction
 
 
-def enqueue_on_commit(task_name: str, **kwargs) -> None:
+def enqueue_on_commit(task_name: str, *, countdown: float | None = None, **kwargs) -> None:
+    """Send `task_name` with `kwargs` once the transaction commits; `countdown`: seconds before a worker runs it."""
+
     def send() -> None:
         from controlplane.celery import app
 
-        app.send_task(task_name, kwargs=kwargs)
+        app.send_task(task_name, kwargs=kwargs, countdown=countdown)
 
     transaction.on_commit(send)

@@ -22,6 +22,7 @@ from runs.services.annotations import AnnotationRefused, drafts_delete, run_anno
 from runs.services.data_reports import consumed_mix, prep_of_run
 from runs.services.diff import configs_diff
 from runs.services.run_table import METRIC, PAGE_SIZE, TableQuery, page_metrics, table_queryset
+from runs.services.timeline import replaced_ranges, run_timeline
 from runs.services.versus import planned_vs_actual
 from runs.services.runs import (
     RunActionRefused,
@@ -315,6 +316,7 @@ def _duration(seconds: float) -> str:
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("owner", "cluster", "recipe", "parent"), pk=pk)
     events = AuditEvent.objects.filter(run_id=run.pk).order_by("-id")[:100]
+    timeline = run_timeline(run)
     return render(
         request,
         "runs/detail.html",
@@ -336,6 +338,8 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
             "consumed": consumed_mix(run),
             "mix_prep": prep_of_run(run),
+            "timeline": timeline if len(timeline) > 1 or any(t.attempt.cause != "launch" for t in timeline) else [],
+            "replaced": replaced_ranges(timeline),
         },
     )
 

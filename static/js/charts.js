@@ -97,6 +97,7 @@ class RunCharts {
     this.charts = new Map(); // group id -> {div, group, items: [{run, key, lineIndex, ...}], zoomed}
     this.lastStep = new Map(); // run -> last step seen
     this.alertSteps = [];
+    this.replaced = [];
     this.held = []; // [run, points] that arrived while the charts were being built
     this.loader = null;
     this.xMode = "step"; // step | tokens | time
@@ -407,8 +408,12 @@ class RunCharts {
   }
 
   alertShapes(run) {
-    return this.alertSteps.map((step) => ({type: "line", x0: this.xOf(run, step), x1: this.xOf(run, step), yref: "paper", y0: 0, y1: 1,
+    const lines = this.alertSteps.map((step) => ({type: "line", x0: this.xOf(run, step), x1: this.xOf(run, step), yref: "paper", y0: 0, y1: 1,
       line: {color: "#b42318", width: 1, dash: "dot"}}));
+    // Steps an attempt logged and a later attempt redid: the curve shows the later attempt's points, the band marks them.
+    const bands = (this.replaced || []).map((r) => ({type: "rect", x0: this.xOf(run, r.lo), x1: this.xOf(run, r.hi), yref: "paper",
+      y0: 0, y1: 1, fillcolor: "#f79009", opacity: 0.12, line: {width: 0}, name: `redone after attempt ${r.attempt}`}));
+    return [...bands, ...lines];
   }
 
   markAlert(step) {

@@ -75,6 +75,14 @@ function liveRun(runId, charts, hooks = {}) {
         setStatus(msg.status);
         hooks.refresh?.();
         if (msg.status !== "draft" && !charts.charts.size) charts.load();
+      } else if (msg.type === "run.attempt" && msg.state === "pending" && msg.attempt > 1) {
+        // A new attempt restarts from its checkpoint: the steps after it are redone, so mark them and read the
+        // charts afresh (the stored points after the checkpoint were superseded).
+        const last = charts.lastStep.get(runId), from = msg.checkpoint_step ?? 0;
+        if (last != null && last > from) charts.replaced.push({lo: from + 1, hi: last, attempt: msg.attempt - 1});
+        charts.lastStep.set(runId, from);
+        hooks.refresh?.();
+        charts.load();
       } else if (typeof msg.type === "string" && msg.type.startsWith("run.")) {
         // Attempts, remediation, failure reasons, events: the server renders the page's panels anew.
         hooks.refresh?.();
@@ -138,6 +146,7 @@ function formatLeft(seconds) {
   const tokensPerStep = Number(root.dataset.tokensPerStep) || null;
   const charts = window.charts = new RunCharts(document.getElementById("charts"), [runId], {tokensPerStep});
   charts.alertSteps = JSON.parse(document.getElementById("alert-steps").textContent);
+  charts.replaced = JSON.parse(document.getElementById("replaced-ranges")?.textContent || "[]");
 
   // Step N of total with the time left at the pace kept since the start.
   function progress(step) {

@@ -3,12 +3,17 @@ names the input to fix (a body field's dotted path, or query./path. and the para
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from runs.text import NUL_MESSAGE, NulRefused, json_nul_fields, params_nul_fields
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +46,42 @@ def _location(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+def parses_own_body(view: Callable) -> Callable:
+    """Marks a route whose handler reads the raw body itself (ingest): it refuses NUL in its own error shape."""
+    view.parses_own_body = True  # type: ignore[attr-defined]
+    return view
+
+
+def refuse_nul_text(view: Callable) -> Callable:
+    """Every route's text inputs checked for NUL once, after authentication and validation (PostgreSQL cannot store
+    it): the query string, a posted form and a JSON body, each offending field named."""
+    own_body = getattr(view, "parses_own_body", False)
+
+    @functools.wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        fields = params_nul_fields(request.GET, "query")
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+                fields += params_nul_fields(request.POST, "form")
+            elif not own_body:
+                fields += json_nul_fields(request.body)
+        if fields:
+            raise Refused([(field, NUL_MESSAGE) for field in fields])
+        return view(request, *args, **kwargs)
+
+    return checked
+
+
 def install(api: NinjaAPI) -> None:
+    api.add_decorator(refuse_nul_text, mode="operation")
+
     @api.exception_handler(Refused)
     def refused(request: HttpRequest, exc: Refused) -> HttpResponse:
         return _answer(api, request, exc.status, exc.errors)
+
+    @api.exception_handler(NulRefused)
+    def nul(request: HttpRequest, exc: NulRefused) -> HttpResponse:
+        return _answer(api, request, 400, [(field, NUL_MESSAGE) for field in exc.fields])
 
     @api.exception_handler(ValidationError)
     def invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import orjson
-import csv
-import io
-
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.gzip import GZipMiddleware
 from ninja import Query, Router, Schema
@@ -15,7 +14,7 @@ from ninja.security import HttpBearer
 from pydantic import Field, field_validator, model_validator
 
 from runs.api.auth import require
-from runs.api.errors import Refused
+from runs.api.errors import Refused, parses_own_body
 from runs.api.ingest_schema import IngestBody, IngestRefused, IngestStored, TokenRefused
 from runs.api.schemas import ErrorOut, PathId, is_id
 from runs.metrics.ingest import answer_now
@@ -60,6 +59,7 @@ def ingest_body_schema() -> dict[str, Any]:
         "security": [{"RunToken": []}],
     },
 )
+@parses_own_body
 def ingest(request: HttpRequest, run_id: PathId):
     """What `jobs.reporter` posts (docs/run-config.md). On the production server this path is answered in front of
     Django by the ingest endpoint (runs.views.ingest); this route hands a request that reaches Django to the same

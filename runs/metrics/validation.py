@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from runs.text import NUL_MESSAGE, json_nul_fields
+
 KEY_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_RECORDS = 5000
@@ -71,6 +73,8 @@ def ingest_parse(body: bytes) -> dict:
 def ingest_body(body: bytes) -> Batch:
     """A request body parsed and validated, in either form (IngestInvalid names what to fix)."""
     doc = ingest_parse(body)
+    if nul := json_nul_fields(body):  # a byte search for the usual body: PostgreSQL stores no NUL in text or jsonb
+        raise IngestInvalid([_error(None, field, NUL_MESSAGE) for field in nul[:MAX_ERRORS]])
     batch = ingest_validate(doc["records"]) if "records" in doc else Batch()
     if "series" in doc:
         _add_series(batch, doc["series"])

@@ -19,6 +19,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Now
 
 from runs.models import MetricBlock, MetricSeries, Run, RunStatus
+from runs.text import refuse_nul_params
 
 PAGE_SIZE = 50
 METRIC = "loss"  # the final and best metric the table shows and sorts by
@@ -50,6 +51,7 @@ class TableQuery:
 
     @classmethod
     def from_params(cls, params: Any) -> TableQuery:
+        refuse_nul_params(params)
         sort = params.get("sort", "-created")
         if sort.lstrip("-") not in SORTS:
             sort = "-created"

@@ -12,6 +12,10 @@ def _page(request, status: int, title: str, text: str):
 
 
 def bad_request(request, exception=None):
+    from runs.text import NulRefused
+
+    if isinstance(exception, NulRefused):  # names the fields to fix
+        return _page(request, 400, "Bad request", f"{exception} Go back and check the form.")
     return _page(request, 400, "Bad request", "The request could not be understood. Go back and check the form.")
 
 

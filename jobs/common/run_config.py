@@ -399,6 +399,19 @@ def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
     if par.zero_stage not in caps["zero_stages"]:
         raise ConfigError("parallel.zero_stage", f"expected one of {caps['zero_stages']}, got {par.zero_stage}")
     _positive("parallel.ep", par.ep)
+    if par.tp > 1:
+        _check_tp(par.tp, model)
+    if par.pp > 1:
+        if par.pp > model.num_layers:
+            raise ConfigError("parallel.pp", f"{par.pp} exceeds model.num_layers ({model.num_layers}): each "
+                              "pipeline stage needs at least one decoder layer")  # fmt: skip
+        if par.zero_stage > 1:
+            raise ConfigError("parallel.zero_stage", caps["reasons"]["pp_zero"])
+        if model.tie_embeddings:
+            raise ConfigError("model.tie_embeddings", caps["reasons"]["pp_tied"])
+        nan_policy = _section(raw, "training").get("nan_policy", "abort")
+        if nan_policy != "abort":
+            raise ConfigError("training.nan_policy", caps["reasons"]["pp_nan_skip"])
     if par.ep > 1:
         if not model.is_moe:
             raise ConfigError("parallel.ep", "expert parallelism needs model.arch 'moe'")
@@ -408,11 +421,25 @@ def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
             )
         if par.zero_stage == 3:
             raise ConfigError("parallel.ep", caps["reasons"]["ep_zero3"])
+        if par.tp > 1 and par.zero_stage == 0:
+            raise ConfigError("parallel.zero_stage", caps["reasons"]["tp_ep_zero0"])
     if par.offload_param and par.zero_stage != 3:
         raise ConfigError("parallel.offload_param", "parameter offload needs zero_stage 3")
     if par.offload_optimizer and par.zero_stage == 0:
         raise ConfigError("parallel.offload_optimizer", "optimizer offload needs zero_stage 1, 2 or 3")
     return par
+
+
+def _check_tp(tp: int, model: ModelConfig) -> None:
+    """Tensor parallelism splits heads, the vocabulary and the MLP widths evenly over the tp ranks."""
+    sharded = [("model.num_heads", model.num_heads), ("model.vocab_size", model.vocab_size),
+               ("model.intermediate_size", model.intermediate_size)]  # fmt: skip
+    if model.is_moe and model.num_shared_experts:
+        sharded.append(("model.moe_intermediate_size x num_shared_experts",
+                        model.moe_intermediate_size * model.num_shared_experts))  # fmt: skip
+    for name, value in sharded:
+        if value % tp:
+            raise ConfigError("parallel.tp", f"{tp} must divide {name} ({value}): tensor parallelism splits it evenly")
 
 
 def _parse_batch(raw: dict) -> BatchConfig:

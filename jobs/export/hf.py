@@ -122,7 +122,8 @@ def export(cfg: ModelConfig, state: dict[str, torch.Tensor], out_dir: str | Path
 
 
 def checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Full model weights from one DeepSpeed checkpoint folder, experts of every expert-parallel rank merged.
+    """Full model weights from one DeepSpeed checkpoint folder: tensor-parallel shards and the experts of every
+    expert-parallel rank merged (experts are replicated in a tensor-parallel group: rank 0's copy is read).
 
     ZeRO-3 (per-rank ``zero_pp_rank_*_model_states.pt`` files) keeps only partitions, so its weights are rebuilt
     from the optimizer shards with DeepSpeed's zero_to_fp32; the other stages keep whole non-expert weights in mp_rank_00_model_states.pt and one
@@ -133,9 +134,15 @@ def checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
-    # DeepSpeed checkpoints pickle its config objects next to the tensors; they are our own files.
-    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    merged = dict(states["module"])
+    from jobs.train.tensor_parallel import merge_states
+
+    # DeepSpeed checkpoints pickle its config objects next to the tensors; they are our own files. Tensor-parallel
+    # runs write one mp_rank_XX file per tensor-parallel rank, merged along each weight's split dimension.
+    shards = [
+        torch.load(path, map_location="cpu", weights_only=False)["module"]
+        for path in sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    ]
+    merged = merge_states(shards)
     pattern = re.compile(r"layer_\d+_expert_\d+_mp_rank_00_model_states\.pt$")
     for path in sorted(tag_dir.iterdir()):
         if pattern.match(path.name):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jobs.common.run_config import ModelConfig
+from jobs.train.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPInfo, copy_to_tp
 
 # transformers builds MLA's inner q_a/kv_a norms with its default eps, not config.rms_norm_eps.
 MLA_INNER_NORM_EPS = 1e-6
@@ -73,11 +74,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class MultiHeadLatentAttention(nn.Module):
-    """MLA: keys/values come from a low-rank latent (kv_lora_rank) plus a decoupled rotary key shared by all heads."""
+    """MLA: keys/values come from a low-rank latent (kv_lora_rank) plus a decoupled rotary key shared by all heads.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    Under tensor parallelism each rank holds num_heads/tp heads: q_proj/q_b_proj and kv_b_proj are column-parallel
+    over heads, o_proj row-parallel; the low-rank down-projections (q_a_proj, kv_a_proj_with_mqa) and their norms are
+    replicated. The shared rotary key feeds only this rank's heads, so its gradient is all-reduced (copy_to_tp).
+    """
+
+    def __init__(self, cfg: ModelConfig, tp: TPInfo | None = None) -> None:
         super().__init__()
-        h = cfg.num_heads
+        tp = tp or TPInfo()
+        self.tp = tp
+        h = tp.shard(cfg.num_heads, "num_heads")
         self.num_heads = h
         self.nope_dim = cfg.qk_nope_head_dim
         self.rope_dim = cfg.qk_rope_head_dim
@@ -88,13 +96,13 @@ class MultiHeadLatentAttention(nn.Module):
         if cfg.q_lora_rank > 0:
             self.q_a_proj = nn.Linear(cfg.hidden_size, cfg.q_lora_rank, bias=False)
             self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, MLA_INNER_NORM_EPS)
-            self.q_b_proj = nn.Linear(cfg.q_lora_rank, h * self.qk_dim, bias=False)
+            self.q_b_proj = ColumnParallelLinear(cfg.q_lora_rank, cfg.num_heads * self.qk_dim, tp)
         else:
-            self.q_proj = nn.Linear(cfg.hidden_size, h * self.qk_dim, bias=False)
+            self.q_proj = ColumnParallelLinear(cfg.hidden_size, cfg.num_heads * self.qk_dim, tp)
         self.kv_a_proj_with_mqa = nn.Linear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, MLA_INNER_NORM_EPS)
-        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, h * (self.nope_dim + self.v_dim), bias=False)
-        self.o_proj = nn.Linear(h * self.v_dim, cfg.hidden_size, bias=False)
+        self.kv_b_proj = ColumnParallelLinear(cfg.kv_lora_rank, cfg.num_heads * (self.nope_dim + self.v_dim), tp)
+        self.o_proj = RowParallelLinear(cfg.num_heads * self.v_dim, cfg.hidden_size, tp)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -109,7 +117,7 @@ class MultiHeadLatentAttention(nn.Module):
         kv_latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
         kv = self.kv_b_proj(self.kv_a_layernorm(kv_latent)).view(b, n, h, self.nope_dim + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
-        k_rope = k_rope.view(b, 1, n, self.rope_dim)
+        k_rope = copy_to_tp(k_rope, self.tp.group, self.tp.size).view(b, 1, n, self.rope_dim)
 
         q_rope = apply_rope(q_rope, cos, sin)
         k_rope = apply_rope(k_rope, cos, sin)
@@ -120,20 +128,22 @@ class MultiHeadLatentAttention(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Llama-style attention: rotary on the whole head, no biases."""
+    """Llama-style attention: rotary on the whole head, no biases; q/k/v column-parallel over heads, o row-parallel."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPInfo | None = None) -> None:
         super().__init__()
-        self.num_heads = cfg.num_heads
+        tp = tp or TPInfo()
+        self.num_heads = tp.shard(cfg.num_heads, "num_heads")
         self.head_dim = cfg.head_dim
         d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
-        self.o_proj = nn.Linear(d, d, bias=False)
+        self.q_proj = ColumnParallelLinear(d, d, tp)
+        self.k_proj = ColumnParallelLinear(d, d, tp)
+        self.v_proj = ColumnParallelLinear(d, d, tp)
+        self.o_proj = RowParallelLinear(d, d, tp)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
+        b, n, _ = x.shape
+        d = self.num_heads * self.head_dim
         shape = (b, n, self.num_heads, self.head_dim)
         q = apply_rope(self.q_proj(x).view(shape).transpose(1, 2), cos, sin)
         k = apply_rope(self.k_proj(x).view(shape).transpose(1, 2), cos, sin)
@@ -142,5 +152,5 @@ class MultiHeadAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-def build_attention(cfg: ModelConfig) -> nn.Module:
-    return MultiHeadLatentAttention(cfg) if cfg.is_mla else MultiHeadAttention(cfg)
+def build_attention(cfg: ModelConfig, tp: TPInfo | None = None) -> nn.Module:
+    return MultiHeadLatentAttention(cfg, tp) if cfg.is_mla else MultiHeadAttention(cfg, tp)

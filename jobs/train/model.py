@@ -21,14 +21,23 @@ from torch.utils.checkpoint import checkpoint
 from jobs.common.run_config import ModelConfig
 from jobs.train.attention import RMSNorm, RotaryTables, build_attention
 from jobs.train.moe import MLP, MoEFeedForward, RoutedExperts
+from jobs.train.tensor_parallel import (
+    ColumnParallelLinear,
+    TPInfo,
+    VocabParallelEmbedding,
+    shard_state,
+    vocab_parallel_token_losses,
+)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, index: int, ep_size: int, ep_rank: int, ep_group) -> None:
+    def __init__(self, cfg: ModelConfig, index: int, ep_size: int, ep_rank: int, ep_group,
+                 tp: TPInfo | None = None) -> None:  # fmt: skip
         super().__init__()
+        tp = tp or TPInfo()
         self.index = index
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = build_attention(cfg)
+        self.self_attn = build_attention(cfg, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.is_moe_layer(index):
             self.mlp = MoEFeedForward(
@@ -44,9 +53,10 @@ class DecoderLayer(nn.Module):
                 ep_size,
                 ep_rank,
                 ep_group,
+                tp,
             )
         else:
-            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, tp)
 
     @property
     def is_moe(self) -> bool:
@@ -62,15 +72,21 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
+    """With ``tp`` (tensor parallelism) the embedding and lm_head are vocabulary-parallel: forward returns this rank's
+    slice of the vocabulary's logits, and ``token_losses`` computes the cross-entropy without gathering them."""
+
     def __init__(self, cfg: ModelConfig, ep_size: int = 1, ep_rank: int = 0, ep_group=None,
-                 activation_checkpointing: bool = False) -> None:  # fmt: skip
+                 activation_checkpointing: bool = False, tp: TPInfo | None = None) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
+        self.tp = tp or TPInfo()
         self.activation_checkpointing = activation_checkpointing
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, ep_size, ep_rank, ep_group) for i in range(cfg.num_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, self.tp)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, ep_size, ep_rank, ep_group, self.tp) for i in range(cfg.num_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, self.tp)
         if cfg.tie_embeddings:
             # Sharing the Parameter (not reading embed_tokens.weight in forward) lets ZeRO-3 gather it in lm_head.
             self.lm_head.weight = self.embed_tokens.weight
@@ -102,6 +118,10 @@ class Transformer(nn.Module):
                 counts.append(cnt)
         logits = self.lm_head(self.norm(x))
         return logits, aux_total, torch.stack(counts) if counts else None
+
+    def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy of forward's logits (whole or this rank's vocabulary slice), fp32."""
+        return vocab_parallel_token_losses(logits, targets, self.tp)
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -137,9 +157,20 @@ def init_weights(model: Transformer, seed: int) -> None:
 
 
 def build_model(cfg: ModelConfig, seed: int, ep_size: int = 1, ep_rank: int = 0, ep_group=None,
-                activation_checkpointing: bool = False) -> Transformer:  # fmt: skip
-    model = Transformer(cfg, ep_size, ep_rank, ep_group, activation_checkpointing)
-    init_weights(model, seed)
+                activation_checkpointing: bool = False, tp: TPInfo | None = None) -> Transformer:  # fmt: skip
+    """The model of this rank, initialised as the slice of the unsharded model's weights for the same seed.
+
+    Under tensor parallelism the unsharded model (this rank's experts only) is built and initialised first, then
+    sliced: every layout starts from the single-rank weights. That costs one unsharded copy of the dense weights in
+    host memory at start-up.
+    """
+    model = Transformer(cfg, ep_size, ep_rank, ep_group, activation_checkpointing, tp)
+    if model.tp.size == 1:
+        init_weights(model, seed)
+        return model
+    full = Transformer(cfg, ep_size, ep_rank, ep_group)
+    init_weights(full, seed)
+    model.load_state_dict(shard_state(full.state_dict(), model.tp))
     return model
 
 

@@ -18,15 +18,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from jobs.train.tensor_parallel import ColumnParallelLinear, RowParallelLinear, TPInfo
+
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward (HF DeepseekV3MLP / LlamaMLP)."""
+    """SwiGLU feed-forward (HF DeepseekV3MLP / LlamaMLP); with ``tp`` gate/up column-parallel, down row-parallel.
 
-    def __init__(self, hidden: int, intermediate: int) -> None:
+    Routed experts are built without ``tp``: they stay whole (plain nn.Linear) and replicated in the TP group.
+    """
+
+    def __init__(self, hidden: int, intermediate: int, tp: TPInfo | None = None) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        if tp is None:
+            self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        else:
+            self.gate_proj = ColumnParallelLinear(hidden, intermediate, tp)
+            self.up_proj = ColumnParallelLinear(hidden, intermediate, tp)
+            self.down_proj = RowParallelLinear(intermediate, hidden, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -295,11 +305,11 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, hidden: int, moe_intermediate: int, num_experts: int, num_shared: int, top_k: int,
                  n_group: int, topk_group: int, scaling: float, norm_topk_prob: bool, ep_size: int = 1,
-                 ep_rank: int = 0, ep_group=None) -> None:  # fmt: skip
+                 ep_rank: int = 0, ep_group=None, tp: TPInfo | None = None) -> None:  # fmt: skip
         super().__init__()
         self.num_experts = num_experts
         self.gate = Router(hidden, num_experts, top_k, n_group, topk_group, scaling, norm_topk_prob)
-        self.shared_experts = MLP(hidden, moe_intermediate * num_shared) if num_shared > 0 else None
+        self.shared_experts = MLP(hidden, moe_intermediate * num_shared, tp or TPInfo()) if num_shared > 0 else None
         self.experts = RoutedExperts(hidden, moe_intermediate, num_experts, ep_size, ep_rank, ep_group)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

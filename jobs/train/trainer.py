@@ -29,9 +29,10 @@ from jobs.common.run_config import ConfigError, RunConfig, expected_total_steps,
 from jobs.train import checkpoint
 from jobs.train.ds_config import build_ds_config, lr_at, write_ds_config
 from jobs.train.faults import FaultInjector
-from jobs.train.model import build_model, flops_per_token, param_counts, token_losses
+from jobs.train.model import build_model, flops_per_token, param_counts
 from jobs.train.moe import as_deepspeed_moe
 from jobs.train.rendezvous import launch_env
+from jobs.train.tensor_parallel import build_grid, prepare_experts_for_tp, tp_info
 
 CHECKPOINT_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
@@ -120,25 +121,47 @@ class Trainer:
 
         seed = cfg.training.seed
         torch.manual_seed(seed)
-        ep = cfg.parallel.ep
+        par = cfg.parallel
+        # DeepSpeed's process grid is its mpu: ZeRO then shards over the data-parallel group only.
+        self.grid = build_grid(par.tp, par.pp, self.dp) if par.tp * par.pp > 1 else None
+        tp = tp_info(self.grid)
+        self.dp_rank = self.grid.get_data_parallel_rank() if self.grid is not None else self.rank
+        # One rank per data-parallel replica reports its losses and token counts (the others hold copies).
+        self.reports = tp.rank == 0
+        ep = par.ep
         ep_rank, ep_group = 0, None
         if ep > 1:
             from deepspeed.utils import groups
 
-            groups._create_expert_and_data_parallel(ep)
+            # With tp > 1 DeepSpeed forms the expert-parallel groups from ranks of equal tensor-parallel rank.
+            groups._create_expert_and_data_parallel(ep, mp_size=par.tp if par.tp > 1 else None)
             ep_rank = groups._get_expert_parallel_rank(f"ep_size_{ep}")
             ep_group = groups._get_expert_parallel_group(f"ep_size_{ep}")
-        self.model = build_model(cfg.model, seed, ep, ep_rank, ep_group, cfg.parallel.activation_checkpointing)
-        self.total_params, self.active_params = param_counts(cfg.model, self.model)
+        self.model = build_model(cfg.model, seed, ep, ep_rank, ep_group, par.activation_checkpointing, tp)
+        self.total_params, self.active_params = param_counts(cfg.model, self.model if tp.size == 1 else None)
         as_deepspeed_moe(self.model)
+        if tp.size > 1 and ep > 1:
+            prepare_experts_for_tp(self.model, tp.size)
 
         ds = build_ds_config(cfg, self.world, self.accelerator)
         if self.rank == 0:
             write_ds_config(run_dir, ds)
+        self.pipe = None
+        if par.pp > 1:
+            from jobs.train.pipeline import build_pipeline
+
+            # The PipelineModule brings its own grid (the same topology) and DeepSpeed takes it as the mpu.
+            self.pipe = build_pipeline(self.model, pp=par.pp, topology=self.grid.topology(),
+                                       aux_coef=cfg.model.aux_loss_coef if cfg.model.is_moe else 0.0)  # fmt: skip
+            self.reports = self.reports and self.grid.get_stage_id() == par.pp - 1
+        trained = self.pipe if self.pipe is not None else self.model
         self.engine, *_ = deepspeed.initialize(
-            model=self.model, model_parameters=_param_groups(self.model, cfg.optimizer.weight_decay), config=ds
+            model=trained,
+            model_parameters=_param_groups(trained, cfg.optimizer.weight_decay),
+            config=ds,
+            mpu=self.grid if self.pipe is None else None,
         )
-        self.batcher = MixedBatcher(cfg.raw, rank=self.rank // (self.world // self.dp), world=self.dp, seed=seed)
+        self.batcher = MixedBatcher(cfg.raw, rank=self.dp_rank, world=self.dp, seed=seed)
         self.sources = self.batcher.source_names
         self.peak_tflops, self.peak_source = peak_tflops(device_name(self.device), cfg.precision)
 
@@ -231,6 +254,8 @@ class Trainer:
             self.step,
             world_size=self.world,
             dp=self.dp,
+            tp=cfg.parallel.tp,
+            pp=cfg.parallel.pp,
             ep=cfg.parallel.ep,
             zero_stage=cfg.parallel.zero_stage,
             precision=cfg.precision,
@@ -301,6 +326,8 @@ class Trainer:
               flush=True)  # fmt: skip
 
     def _train_step(self, step: int, seq_len: int) -> tuple[dict, bool]:
+        if self.pipe is not None:
+            return self._train_step_pipe(step, seq_len)
         cfg = self.cfg
         engine = self.engine
         gas = cfg.batch.grad_accum
@@ -327,7 +354,7 @@ class Trainer:
             self.faults.maybe_oom(step, micro, dev, micro_batch=cfg.batch.micro_batch,
                                   checkpointing=cfg.parallel.activation_checkpointing)  # fmt: skip
             logits, aux, counts = engine(tokens[:, :-1], with_aux=True)
-            seq_loss = token_losses(logits, tokens[:, 1:]).mean(dim=1)
+            seq_loss = self.model.token_losses(logits, tokens[:, 1:]).mean(dim=1)
             ce = seq_loss.mean()
             loss = self.faults.poison(ce + aux_coef * aux, data_step, micro)
             finite = torch.isfinite(loss)
@@ -354,13 +381,16 @@ class Trainer:
                 expert_counts.double(),
             ]
         )
+        if not self.reports:
+            # Copies of a replica's figures: counted once, except the non-finite flag every rank must see.
+            stats = stats * torch.nn.functional.one_hot(torch.tensor(2), stats.numel()).to(stats)
         self.dist.all_reduce(stats)
         stats = stats.tolist()
         n_bad = stats[2]
         if n_bad:
             self.event("nan", step, micro_batch=cfg.batch.micro_batch, policy=cfg.training.nan_policy,
                        action="abort" if cfg.training.nan_policy == "abort" else "skip_step",
-                       ranks_micro_batches_bad=int(n_bad), loss=str(stats[0] / (gas * self.world)))  # fmt: skip
+                       ranks_micro_batches_bad=int(n_bad), loss=str(stats[0] / (gas * self.dp)))  # fmt: skip
             if cfg.training.nan_policy == "abort":
                 raise NonFiniteLoss(step)
             self._step_without_update()
@@ -372,11 +402,11 @@ class Trainer:
 
         values: dict[str, float] = {"lr": lr, "seq_len": float(seq_len)}
         if not n_bad:
-            loss_value = stats[0] / (gas * self.world)
+            loss_value = stats[0] / (gas * self.dp)
             self.last_loss = loss_value
             values["loss"] = loss_value
             if aux_coef:
-                values["aux_loss"] = stats[1] / (gas * self.world)
+                values["aux_loss"] = stats[1] / (gas * self.dp)
             grad_norm = engine.get_global_grad_norm()
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
@@ -400,6 +430,61 @@ class Trainer:
         values["mem_gb"] = _mem_gb(dev)
         values["step_time_s"] = elapsed
         return values, bool(n_bad)
+
+    def _train_step_pipe(self, step: int, seq_len: int) -> tuple[dict, bool]:
+        """One optimizer step through DeepSpeed's 1F1B pipeline schedule (grad_accum micro-batches).
+
+        The pipeline engine returns the mean loss of the step (balance loss included for MoE) and keeps per-token
+        losses on the last stage, so per-source losses and expert loads are not reported under pipeline parallelism.
+        A non-finite loss aborts (nan_policy 'skip' is refused for pp > 1 by the run config).
+        """
+        cfg = self.cfg
+        gas = cfg.batch.grad_accum
+        n_seqs = cfg.batch.micro_batch * cfg.batch.seq_len // seq_len
+        lr = lr_at(cfg, step)
+        self._set_lr(lr)
+        self.where = {"step": step, "seq_len": seq_len, "n_seqs": n_seqs}
+        batches = []
+        for _ in range(gas):
+            tokens, _sources = self.batcher.next_batch(step - 1, n_seqs, seq_len)
+            tokens = tokens.to(self.device)
+            batches.append((tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()))
+        t0 = time.perf_counter()
+        loss = float(self.engine.train_batch(iter(batches)))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            self.event("nan", step, micro_batch=cfg.batch.micro_batch, policy="abort", action="abort",
+                       loss=str(loss))  # fmt: skip
+            raise NonFiniteLoss(step)
+        consumed = self.batcher.consumed_tokens()
+        ce_values = self.pipe.ce_values
+        ce = float(sum(v.item() for v in ce_values)) if self.reports else 0.0
+        ce_values.clear()
+        stats = [ce] + [float(consumed[s]) if self.reports else 0.0 for s in self.sources]
+        reduced = torch.tensor(stats, dtype=torch.float64)
+        self.dist.all_reduce(reduced)
+        ce_loss, *source_tokens = reduced.tolist()
+        ce_loss /= gas * self.dp
+        values: dict[str, float] = {"lr": lr, "seq_len": float(seq_len), "loss": ce_loss}
+        if cfg.model.is_moe and cfg.model.aux_loss_coef:
+            values["aux_loss"] = (loss - ce_loss) / cfg.model.aux_loss_coef
+        self.last_loss = ce_loss
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm)
+        for name, c in zip(self.sources, source_tokens, strict=True):
+            values[f"tokens/{name}"] = c
+        values["tokens"] = float(sum(source_tokens))
+        step_tokens = n_seqs * seq_len * gas * self.dp
+        values["tokens_per_s"] = step_tokens / elapsed
+        values["samples_per_s"] = n_seqs * gas * self.dp / elapsed
+        achieved = flops_per_token(cfg.model, seq_len, self.active_params) * values["tokens_per_s"]
+        values["mfu"] = achieved / (self.peak_tflops * 1e12 * self.world)
+        values["mem_gb"] = _mem_gb(self.device)
+        values["step_time_s"] = elapsed
+        return values, False
 
     def _step_without_update(self) -> None:
         """Finish a step whose gradients are NaN without changing any weight (nan_policy 'skip')."""

@@ -134,8 +134,20 @@ def checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    from jobs.train.pipeline import merge_pipeline_layers
     from jobs.train.tensor_parallel import merge_states
 
+    layer_files = sorted(tag_dir.glob("layer_*-model_*-model_states.pt"))
+    if layer_files:
+        # Pipeline-parallel: one file per (pipeline layer, tensor-parallel rank).
+        per_tp: dict[int, dict[int, dict]] = {}
+        for path in layer_files:
+            m = re.match(r"layer_(\d+)-model_(\d+)-model_states\.pt$", path.name)
+            if m:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                per_tp.setdefault(int(m.group(2)), {})[int(m.group(1))] = state
+        num_layers = max(per_tp[0]) - 1
+        return merge_states([merge_pipeline_layers(per_tp[t], num_layers) for t in sorted(per_tp)])
     # DeepSpeed checkpoints pickle its config objects next to the tensors; they are our own files. Tensor-parallel
     # runs write one mp_rank_XX file per tensor-parallel rank, merged along each weight's split dimension.
     shards = [

@@ -79,11 +79,29 @@ def kept_steps(steps: list[int], *, keep: int, keep_every: int = 0) -> set[int]:
     return kept
 
 
+def _write_tp_expert_copy(engine, tag_dir: Path, tp_rank: int) -> None:
+    """The model-states files DeepSpeed leaves out for tensor-parallel rank ``tp_rank`` > 0 of a tp x ep run.
+
+    DeepSpeed writes MoE checkpoints from expert-data-parallel rank 0 only; with tp > 1 that group is the
+    tensor-parallel group, so only tp rank 0's ``mp_rank_00`` files appear, and loading on rank r looks for
+    ``mp_rank_r``. Rank r's file is rank 0's with this rank's own (sharded) non-expert weights; the expert files are
+    copies, the routed experts being replicated in the tensor-parallel group.
+    """
+    base = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    own = engine.module.state_dict()
+    base["module"] = {k: own[k].detach().clone() for k in base["module"]}
+    torch.save(base, tag_dir / f"mp_rank_{tp_rank:02d}_model_states.pt")
+    for path in tag_dir.glob("layer_*_expert_*_mp_rank_00_model_states.pt"):
+        shutil.copyfile(path, tag_dir / path.name.replace("_mp_rank_00_", f"_mp_rank_{tp_rank:02d}_"))
+
+
 def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state: dict, metrics: dict,
-         keep: int, keep_every: int = 0) -> dict | None:  # fmt: skip
+         keep: int, keep_every: int = 0, tp_expert_copy: int | None = None) -> dict | None:  # fmt: skip
     """Collective: every rank calls it. Returns the index entry on rank 0, None elsewhere.
 
     ``rank_state`` differs per rank (data sampler, RNG); ``shared_state`` is the same everywhere (counters).
+    ``tp_expert_copy`` (tp x ep runs, on every rank): this rank's tensor-parallel rank if it must write its files
+    itself, else -1.
     """
     import torch.distributed as dist
 
@@ -96,6 +114,10 @@ def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state
     client_state = {"trainer": {**shared_state, "step": step}, "ranks": gathered, "world_size": world}
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
     dist.barrier()
+    if tp_expert_copy is not None:
+        if tp_expert_copy > 0:
+            _write_tp_expert_copy(engine, ckpt_dir / tag, tp_expert_copy)
+        dist.barrier()
     if dist.get_rank() != 0:
         return None
     path = ckpt_dir / tag

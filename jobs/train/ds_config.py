@@ -80,6 +80,10 @@ def build_ds_config(cfg: RunConfig, world_size: int, accelerator: str = "cpu") -
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if par.pp > 1:
+        # Stages pass the hidden state and the running MoE balance loss, both needing gradients; DeepSpeed's
+        # partitioned activation/gradient exchange (its default with tp > 1) carries only the first.
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if par.offload_optimizer and o.torch_adam:
         # DeepSpeed insists on its compiled CPU Adam for offload unless told that torch's AdamW is wanted.
         ds["zero_force_ds_cpu_optimizer"] = False

@@ -140,8 +140,11 @@ class Trainer:
         self.model = build_model(cfg.model, seed, ep, ep_rank, ep_group, par.activation_checkpointing, tp)
         self.total_params, self.active_params = param_counts(cfg.model, self.model if tp.size == 1 else None)
         as_deepspeed_moe(self.model)
+        # Under tp x ep the ranks of tp rank > 0 and data-parallel rank 0 write their own model-states files.
+        self.tp_expert_copy: int | None = None
         if tp.size > 1 and ep > 1:
             prepare_experts_for_tp(self.model, tp.size)
+            self.tp_expert_copy = tp.rank if tp.rank > 0 and self.dp_rank == 0 else -1
 
         ds = build_ds_config(cfg, self.world, self.accelerator)
         if self.rank == 0:
@@ -232,6 +235,7 @@ class Trainer:
             metrics,
             self.cfg.training.keep_checkpoints,
             self.cfg.training.keep_every,
+            self.tp_expert_copy,
         )
         if entry is not None:
             self.event("checkpoint_saved", step, tag=entry["tag"], path=entry["path"], bytes=entry["bytes"],

@@ -33,7 +33,9 @@ def test_samples_are_taken_at_most_once_per_interval():
 
 
 def test_a_run_directorys_reporter_adds_system_figures_and_wall_time(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"reporter": {"ingest_url": None, "system_metrics_s": 0.001, "wall_time": True}}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({"reporter": {"ingest_url": None, "system_metrics_s": 0.001, "wall_time": True}})
+    )
     rep = Reporter.from_run_dir(str(tmp_path))
     before = time.time()
     rep.log(1, {"loss": 2.0})

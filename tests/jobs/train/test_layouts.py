@@ -25,8 +25,19 @@ LAYOUTS = {
     "tp2_dp2": ({"tp": 2}, 4),
     "ep2": ({"ep": 2}, 2),
     "tp2_ep2": ({"tp": 2, "ep": 2}, 4),
+    "pp2": ({"pp": 2, "zero_stage": 1}, 2),
+    "tp2_pp2": ({"tp": 2, "pp": 2, "zero_stage": 1}, 4),
 }
-CASES = [("dense", "tp2"), ("moe", "tp2"), ("moe", "ep2"), ("moe", "tp2_ep2"), ("dense", "tp2_dp2")]
+CASES = [
+    ("dense", "tp2"),
+    ("moe", "tp2"),
+    ("moe", "ep2"),
+    ("moe", "tp2_ep2"),
+    ("dense", "tp2_dp2"),
+    ("dense", "pp2"),
+    ("moe", "pp2"),
+    ("dense", "tp2_pp2"),
+]
 
 
 def _raw(arch: str, parallel: dict, ranks: int) -> dict:

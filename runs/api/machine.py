@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.middleware.gzip import GZipMiddleware
 from ninja import Query, Router, Schema
 from ninja.security import HttpBearer
@@ -153,7 +154,7 @@ class OverlayOut(Schema):
 _GZIP = GZipMiddleware(lambda request: HttpResponse())
 
 
-def _json(payload: dict, request: HttpRequest | None = None) -> HttpResponse:
+def _json(payload: dict, request: HttpRequest | None = None) -> HttpResponseBase:
     """Chart reads compressed when the browser accepts it (a zoomed-out read of twelve series is ~400 KB of
     digits, ~120 KB gzipped); only these JSON answers, which carry no secret a compression oracle could leak."""
     response = HttpResponse(series_json(payload), content_type="application/json")
@@ -233,7 +234,7 @@ def run_export(request, run_id: PathId, query: Query[ExportQuery]):
         for key in keys:
             steps, values = series_all_points(run_id=run_id, key=key)
             payload[key] = {"steps": steps, "values": values}
-        response: HttpResponse | StreamingHttpResponse = _json({"run_id": run_id, "keys": payload})
+        response: HttpResponseBase = _json({"run_id": run_id, "keys": payload})
     else:
         response = StreamingHttpResponse(_csv_rows(run_id, keys), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{name}"'

@@ -3,6 +3,8 @@ relays `source.update` and `prep.update` (runs.services.data_prep) to logged-in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from channels.db import database_sync_to_async
 
 from runs.realtime.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, JsonFrames
@@ -21,6 +23,8 @@ class DataConsumer(JsonFrames):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         kwargs = self.scope["url_route"]["kwargs"]
+        model: type[PrepRun] | type[DataSource]
+        group: Callable[[int], str]
         if "prep_id" in kwargs:
             model, pk, perm, group = PrepRun, int(kwargs["prep_id"]), "runs.view_preprun", prep_group
         else:

@@ -45,7 +45,7 @@ def run_annotate(*, actor: Any, run: Run, tags: str, notes: str) -> Run:
         raise AnnotationRefused("notes", f"Notes are {len(notes)} characters; keep them under 5,000.")
     with transaction.atomic():
         before = Run.objects.select_for_update().get(pk=run.pk)
-        diff = {}
+        diff: dict[str, list] = {}
         if before.tags != new_tags:
             diff["tags"] = [before.tag_list, [t for t in new_tags.split(",") if t]]
         if before.notes != notes:
@@ -62,7 +62,12 @@ def runs_archive(*, actor: Any, runs: list[Run], archived: bool) -> int:
     changed = 0
     with transaction.atomic():
         for run in runs:
-            if archived and run.status in (RunStatus.QUEUED, RunStatus.LAUNCHING, RunStatus.RUNNING, RunStatus.REMEDIATING):
+            if archived and run.status in (
+                RunStatus.QUEUED,
+                RunStatus.LAUNCHING,
+                RunStatus.RUNNING,
+                RunStatus.REMEDIATING,
+            ):
                 raise AnnotationRefused("runs", f"Run #{run.pk} is {run.status}; archive it once it has ended.")
             if bool(run.archived_at) == archived:
                 continue

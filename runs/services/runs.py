@@ -112,7 +112,7 @@ def plan_fits(plan: dict | None) -> bool:
 
 def fit_issue(plan: dict | None, override_reason: str) -> FieldIssue | None:
     """A plan that does not fit is refused unless someone states why it should run anyway."""
-    if plan_fits(plan) or override_reason.strip():
+    if plan is None or plan_fits(plan) or override_reason.strip():
         return None
     memory = plan["memory_gib"]
     return FieldIssue(

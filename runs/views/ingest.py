@@ -65,6 +65,7 @@ class IngestEndpoint:
         if body is None:
             return await _respond(send, refusal(413, TOO_LARGE))
         request = self.commits.submit(int(match.group(1)), bearer_token(authorization.decode("latin-1")), body)
+        assert request.answer is not None  # submit gives every request its future (answer_now's have none)
         try:
             answer = await request.answer
         except Exception:

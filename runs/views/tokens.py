@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -13,14 +15,17 @@ from runs.services.api_tokens import TokenRefused, api_token_create, api_token_r
 
 @require_http_methods(["GET", "POST"])
 def token_list(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if isinstance(user, AnonymousUser):  # LoginRequiredEverywhere sends anonymous visitors to the login page first
+        raise PermissionDenied
     issued = None
     if request.method == "POST":
         try:
-            issued = api_token_create(user=request.user, name=request.POST.get("name", ""))
+            issued = api_token_create(user=user, name=request.POST.get("name", ""))
         except TokenRefused as exc:
             messages.error(request, f"{exc.field}: {exc}")
-    tokens = ApiToken.objects.filter(user=request.user)
-    can_create = request.user.has_perm("runs.add_run")
+    tokens = ApiToken.objects.filter(user=user)
+    can_create = user.has_perm("runs.add_run")
     return render(request, "account/tokens.html", {"tokens": tokens, "issued": issued, "can_create": can_create})
 
 

@@ -377,7 +377,7 @@ class HostfileBackend:
             # stopped by their attempt key, then the local runner and pdsh are killed outright (SIGKILL runs no
             # handler); the supervisor, spared, records how the launcher ended.
             self._reap_remote(record)
-            steps = ((signal.SIGKILL, self.kill_wait_s),)
+            steps: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGKILL, self.kill_wait_s),)
         else:
             steps = ((signal.SIGTERM, self.term_grace_s), (signal.SIGKILL, self.kill_wait_s))
         for sig, wait_s in steps:

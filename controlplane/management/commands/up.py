@@ -57,7 +57,8 @@ def start_demo_run():
     if Run.objects.filter(name__startswith="demo-tiny", status__in=ACTIVE_STATUSES).exists():
         return None
     owner = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
-    if owner is None:
+    recipe = DataMixRecipe.objects.filter(name="bilingual-demo").order_by("version").first()
+    if owner is None or recipe is None:  # no admin yet, or the seed data was removed
         return None
     run = run_create(
         owner=owner,
@@ -65,7 +66,7 @@ def start_demo_run():
         preset="tiny",
         trainer="reference",
         cluster=Cluster.objects.get(name="local-cpu"),
-        recipe=DataMixRecipe.objects.filter(name="bilingual-demo").order_by("version").first(),
+        recipe=recipe,
         config=preset_config("tiny"),
     )
     return run_launch(actor=owner, run=run)

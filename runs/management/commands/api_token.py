@@ -32,10 +32,10 @@ class Command(BaseCommand):
                     state = "revoked" if token.revoked_at else "active"
                     self.stdout.write(f"{token.pk}\t{token.prefix}...\t{state}\t{token.name}")
             else:
-                token = ApiToken.objects.filter(pk=options["token_id"], user=user).first()
-                if token is None:
+                revoked = ApiToken.objects.filter(pk=options["token_id"], user=user).first()
+                if revoked is None:
                     raise CommandError(f"{user.username} has no token #{options['token_id']}.")
-                api_token_revoke(token=token, actor="manage.py api_token")
+                api_token_revoke(token=revoked, actor="manage.py api_token")
                 self.stdout.write(f"revoked token #{token.pk} ({token.name})")
         except TokenRefused as exc:
             raise CommandError(str(exc)) from None

@@ -5,6 +5,7 @@ from runs.models.cluster import BackendKind, Cluster
 from runs.models.data import DataMixRecipe, DataSource, RecipeEntry, SourceFormat
 from runs.models.data_prep import PrepRun
 from runs.models.metrics import MetricBlock, MetricSeries
+from runs.models.mlflow import MlflowMetric
 from runs.models.run import Alert, AlertKind, Checkpoint, Run, RunStatus, Severity, Trainer
 from runs.models.serving import Artifact, Deployment, DeploymentStatus, Engine, JobPhase, Variant
 from runs.models.token import RunToken, TokenKind
@@ -30,6 +31,7 @@ __all__ = [
     "JobPhase",
     "MetricBlock",
     "MetricSeries",
+    "MlflowMetric",
     "PrepRun",
     "RecipeEntry",
     "Run",

@@ -155,6 +155,20 @@ class ArtifactListQuery(Schema):
     path: str = Field("", max_length=2000, description="'<run id>/artifacts/...', as the client sends it.")
 
 
+class ModelOutput(Schema):
+    model_id: str = Field(max_length=64)
+    step: Int64 | None = Field(None, ge=0, le=MAX_STEP)
+
+
+class LogOutputsIn(RunRef):
+    models: list[ModelOutput] = Field(default_factory=list, max_length=1000)
+
+
+class ArtifactsListIn(RunQuery):
+    path: str | None = Field(None, max_length=2000)
+    page_token: str | None = Field(None, max_length=1000)
+
+
 class MlflowErrorOut(Schema):
     error_code: str
     message: str
@@ -215,7 +229,8 @@ _post("runs/set-tag", handlers.set_tag, KeyValueIn, "Set a tag")
 _post("runs/delete-tag", handlers.delete_tag, DeleteTagIn, "Delete a tag")
 _post("runs/log-model", handlers.log_model, LogModelIn, "Record a logged model in the history tag")
 _post("runs/log-inputs", handlers.log_inputs, RunRef, "Dataset inputs (accepted, not kept)")
-_post("runs/log-outputs", handlers.log_inputs, RunRef, "Model outputs (accepted, not kept)")
+_post("runs/outputs", handlers.log_outputs, LogOutputsIn, "The logged models the run produced")
+_get("artifacts/list", handlers.list_artifacts, ArtifactsListIn, "List the run's artifacts")
 _get("metrics/get-history", handlers.get_metric_history, HistoryQuery, "A metric's full history")
 _post("experiments/search", search.search_experiments, SearchExperimentsIn, "Search experiments (this run's)")
 _post("runs/search", search.search_runs, SearchRunsIn, "Search the run and its nested runs (MLflow's filter syntax)")

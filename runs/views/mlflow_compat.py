@@ -27,7 +27,7 @@ from runs.metrics.reads import series_latest, series_read
 from runs.metrics.store import metrics_record
 from runs.metrics.validation import IngestInvalid
 from runs.models import MlflowMetric, Run, RunStatus
-from runs.services.mlflow_artifacts import artifact_uri
+from runs.services.mlflow_artifacts import artifact_list, artifact_uri
 
 MAX_BATCH_METRICS = 1000  # MLflow's own limits per log-batch
 MAX_BATCH_PARAMS_TAGS = 100
@@ -131,7 +131,7 @@ def run_json(run: Run, mlflow_run_id: str) -> dict:
             "tags": [{"key": k, "value": v} for k, v in sorted((record.get("tags") or {}).items())],
         },
         "inputs": {},
-        "outputs": {},
+        "outputs": {"model_outputs": record.get("outputs") or []},
     }
 
 
@@ -314,6 +314,41 @@ def log_inputs(run: Run, body: dict) -> dict:
     return {}
 
 
+def log_outputs(run: Run, body: dict) -> dict:
+    """The logged models a run produced (mlflow 3 links each log_model to its run this way)."""
+    target = target_id(run, body)
+    models = body.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, dict) and m.get("model_id") for m in models):
+        raise _bad("models must be a list of {model_id, step}")
+    record, _ = _record_of(run, target)
+    outputs = [
+        *(record.get("outputs") or []),
+        *({"model_id": str(m["model_id"]), "step": int(m.get("step") or 0)} for m in models),
+    ]
+    records.run_mlflow_record(run=run, mlflow_run_id=target, info={"outputs": outputs})
+    return {}
+
+
+def list_artifacts(run: Run, body: dict) -> dict:
+    """The tracking API's artifact listing (the client lists through the artifact proxy; this is for others)."""
+    target = target_id(run, body)
+    parts = () if target == main_id(run) else ("children", target)
+    root = "/".join([str(run.pk), *parts, "artifacts"])
+    path = str(body.get("path") or "").strip("/")
+    entries = artifact_list(run=run, path=f"{root}/{path}" if path else root)
+    return {
+        "root_uri": artifact_uri(run, *parts),
+        "files": [
+            {
+                "path": f"{path}/{e.path}" if path else e.path,
+                "is_dir": e.is_dir,
+                **({} if e.size is None else {"file_size": e.size}),
+            }
+            for e in entries
+        ],
+    }
+
+
 def get_metric_history(run: Run, body: dict) -> dict:
     target = target_id(run, body)
     key = str(body.get("metric_key") or "")
@@ -351,6 +386,7 @@ ENDPOINTS: dict[tuple[str, str], Callable[[Run, dict], dict]] = {
     ("POST", "runs/delete-tag"): delete_tag,
     ("POST", "runs/log-model"): log_model,
     ("POST", "runs/log-inputs"): log_inputs,
-    ("POST", "runs/log-outputs"): log_inputs,
+    ("POST", "runs/outputs"): log_outputs,
+    ("GET", "artifacts/list"): list_artifacts,
     ("GET", "metrics/get-history"): get_metric_history,
 }

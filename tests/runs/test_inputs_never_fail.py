@@ -183,10 +183,13 @@ MLFLOW = [
     ("post", "runs/create"), ("get", "runs/get"), ("post", "runs/update"), ("post", "runs/log-batch"),
     ("post", "runs/log-metric"), ("post", "runs/log-parameter"), ("post", "runs/set-tag"),
     ("post", "runs/delete-tag"), ("post", "runs/log-model"), ("post", "runs/log-inputs"), ("get", "metrics/get-history"),
+    ("post", "runs/outputs"), ("get", "artifacts/list"), ("post", "runs/search"), ("post", "experiments/search"),
+    ("post", "logged-models"), ("post", "logged-models/search"),
 ]  # fmt: skip
 MLFLOW_KEYS = ["run_id", "run_uuid", "key", "value", "step", "timestamp", "metrics", "params", "tags", "status",
                "end_time", "start_time", "run_name", "experiment_name", "experiment_id", "name", "model_json",
-               "metric_key", "user_id"]  # fmt: skip
+               "metric_key", "user_id", "filter", "order_by", "max_results", "page_token", "experiment_ids",
+               "models", "path", "source_run_id", "model_type"]  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)

@@ -42,7 +42,7 @@ def stalled_for_s(run_dir: Path, timeout: float) -> float | None:
         stamps = [p.stat().st_mtime for p in (metrics, run_dir / "stdout.log") if p.exists()]
     except OSError:
         return None
-    if not stamps:
+    if not stamps or _finishing(metrics):
         return None
     now = time.time()
     if job_started is not None and (stepped is None or stepped < job_started):
@@ -51,6 +51,18 @@ def stalled_for_s(run_dir: Path, timeout: float) -> float | None:
         limit, since = timeout, max(stamps)
     age = now - since
     return age if age >= limit else None
+
+
+def _finishing(metrics: Path) -> bool:
+    """Whether the job's last record says it finished training (it is closing its reporter and process group)."""
+    try:
+        with open(metrics, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            lines = fh.read().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return False
+    return last.get("kind") == "event" and last.get("type") == "finished"
 
 
 def hang_timeout_s(run: Run) -> float:

@@ -37,8 +37,12 @@ class ConfigField:
         return forms.TypedChoiceField(choices=self.choices, coerce=int if numeric else str, **common)
 
 
-# The remediation policy is kept with the run; this version acts on it by alerting only.
-_POLICY_ONLY = "Recorded with the run's policy. Today the control plane alerts (page and webhook); it does not relaunch or roll back by itself."
+# The remediation policy is kept with the run and carried out by the control plane (runs.services.remediation).
+_POLICY_ONLY = (
+    "The control plane relaunches by itself: after an OOM from the last checkpoint with the next remedy, after a "
+    "hang or lost job from the last checkpoint, and (with rollback) after a loss spike or NaN from an earlier "
+    "checkpoint, skipping the data that caused it. Each relaunch is alerted, audited and shown on the run page."
+)
 
 GROUPS: list[tuple[str, list[ConfigField]]] = [
     (

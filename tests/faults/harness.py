@@ -133,6 +133,7 @@ def _alive(pid: int) -> bool:
 @dataclass
 class Row:
     fault: str
+    scenario: str = ""
     detection_s: float | None = None
     recovery_s: float | None = None
     points_lost: int = 0
@@ -140,6 +141,7 @@ class Row:
     final_state: str = ""
     expected_state: str = ""
     attempts: int = 0
+    min_attempts: int = 1  # a remedied fault must show the relaunch
     jobs_per_attempt_ok: bool = True
     alerts_once: bool = True
     ok: bool = False
@@ -205,14 +207,14 @@ def _config(steps: int = 12, **overrides) -> dict:
     cfg["optimizer"]["warmup_steps"] = 2
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 64}]
     cfg["remediation"].update(max_attempts=3, backoff_s=1.0)
-    cfg["alerts"]["hang_timeout_s"] = 10
+    cfg["alerts"]["hang_timeout_s"] = 15
     for path, value in overrides.items():
         section, key = path.split(".")
         cfg[section][key] = value
     return cfg
 
 
-def launch(cfg: dict, name: str):
+def launch(cfg: dict, name: str, cluster: str = "faults-cpu-1"):
     from django.contrib.auth import get_user_model
 
     from runs.models import Cluster, DataMixRecipe
@@ -220,7 +222,7 @@ def launch(cfg: dict, name: str):
 
     owner = get_user_model().objects.get(username="faults")
     run = run_create(owner=owner, name=name, preset="tiny", trainer="reference",
-                     cluster=Cluster.objects.get(name="faults-cpu-1"),
+                     cluster=Cluster.objects.get(name=cluster),
                      recipe=DataMixRecipe.objects.get(name="bilingual-demo"), config=cfg)  # fmt: skip
     return run_launch(actor=owner, run=run)
 
@@ -292,7 +294,7 @@ def check(row: Row, run_id: int, run_dir: Path) -> Row:
         and row.points_duplicated == 0
         and row.jobs_per_attempt_ok
         and row.alerts_once
-        and row.attempts <= 4
+        and row.min_attempts <= row.attempts <= 4
     )
     return row
 
@@ -327,7 +329,7 @@ def scenario_in_job(cp: ControlPlane, name: str, inject: dict, cfg: dict, expect
     cp.start_worker(inject)
     run = launch(cfg, name)
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
-    row = Row(fault=name, expected_state=expected)
+    row = Row(fault=name, expected_state=expected, min_attempts=2)
     fault_step = int(next(iter(v for k, v in inject.items() if k.endswith("_AT_STEP"))))
     if not wait_step(run_dir, fault_step - 1, 240):
         row.detail = "never reached the fault step"
@@ -392,10 +394,80 @@ def scenario_sigstop(cp: ControlPlane) -> Row:
     cp.start_worker()
     run = launch(_config(steps=12), "SIGSTOP the trainer")
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
-    row = Row(fault="SIGSTOP the trainer (hang, timeout 10 s)", expected_state="succeeded")
+    row = Row(fault="SIGSTOP the trainer (hang, timeout 15 s)", expected_state="succeeded", min_attempts=2)
     wait_step(run_dir, 5, 240)
     job = json.loads((run_dir / "job.json").read_text())
     os.killpg(job["pgid"], signal.SIGSTOP)
+    t0 = time.monotonic()
+    row.detection_s = _first_change(run.pk, {"running"}, t0, 120)
+    row.recovery_s = _attempt_running(run.pk, 2, t0)
+    row.final_state = wait_final(run.pk)
+    return check(row, run.pk, run_dir)
+
+
+def scenario_kill_worker_in_launch(cp: ControlPlane, repeats: int = 3) -> Row:
+    """SIGKILL the worker while it launches (the run queued or launching), `repeats` times; one job in the end."""
+    from django.conf import settings
+
+    cp.kill_workers()
+    run = launch(_config(steps=8), "kill -9 worker during launch")
+    run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
+    row = Row(fault=f"kill -9 worker during launch (x{repeats})", expected_state="succeeded")
+    for i in range(repeats):
+        cp.start_worker(name=f"l{i}")
+        _wait(lambda: status(run.pk) != "queued" or (run_dir / "job.json").exists(), 90, 0.05)
+        cp.kill_workers()
+    t0 = time.monotonic()
+    cp.start_worker(name="last")
+    row.detection_s = 0.0
+    row.final_state = wait_final(run.pk, 300)
+    row.recovery_s = round(time.monotonic() - t0, 2)
+    return check(row, run.pk, run_dir)
+
+
+def scenario_two_workers(cp: ControlPlane) -> Row:
+    """Two workers take the same launch (the run's task delivered twice): exactly one job."""
+    from django.conf import settings
+
+    from runs.services.enqueue import enqueue_on_commit
+
+    cp.kill_workers()
+    cp.start_worker(name="a")
+    cp.start_worker(name="b")
+    time.sleep(2)
+    run = launch(_config(steps=8), "two workers racing one launch")
+    from django.db import transaction
+
+    with transaction.atomic():
+        for _ in range(4):  # duplicate deliveries on top of the launch's own
+            enqueue_on_commit("workers.launch_run", run_id=run.pk)
+    run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
+    row = Row(fault="two workers racing one launch (5 deliveries)", expected_state="succeeded", detection_s=0.0)
+    t0 = time.monotonic()
+    row.final_state = wait_final(run.pk, 300)
+    row.recovery_s = round(time.monotonic() - t0, 2)
+    return check(row, run.pk, run_dir)
+
+
+def scenario_kill_rank(cp: ControlPlane) -> Row:
+    """SIGKILL rank 1 of a two-rank job: a node failure, relaunched from the last checkpoint."""
+    from django.conf import settings
+
+    cp.kill_workers()
+    cp.start_worker()
+    cfg = _config(steps=12)
+    cfg["batch"]["global_batch_tokens"] = 2 * 8 * 2 * 64
+    cfg["training"]["token_budget"] = 2048 * 12
+    run = launch(cfg, "kill one non-zero rank", cluster="local-cpu")
+    run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
+    row = Row(fault="kill -9 rank 1 of 2", expected_state="succeeded", min_attempts=2)
+    wait_step(run_dir, 5, 240)
+    out = subprocess.run(["pgrep", "-f", f"--local_rank=1 --run-dir {run_dir}"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    if not pids:
+        row.detail = "rank 1 not found"
+        return row
+    os.kill(pids[0], signal.SIGKILL)
     t0 = time.monotonic()
     row.detection_s = _first_change(run.pk, {"running"}, t0, 120)
     row.recovery_s = _attempt_running(run.pk, 2, t0)
@@ -446,8 +518,8 @@ def _setup(root: Path) -> tuple[Postgres, Redis, dict]:
     return pg, rd, env
 
 
-SCENARIOS = ("oom", "nan", "spike", "cancel_remediation", "kill_worker", "kill_web", "kill_redis", "kill_postgres",
-             "sigstop")  # fmt: skip
+SCENARIOS = ("oom", "nan", "spike", "cancel_remediation", "kill_worker_launch", "kill_worker", "kill_web",
+             "kill_redis", "kill_postgres", "kill_rank", "sigstop", "two_workers")  # fmt: skip
 
 
 def run_suite(only: list[str] | None, root: Path) -> list[Row]:
@@ -463,6 +535,7 @@ def run_suite(only: list[str] | None, root: Path) -> list[Row]:
                 row = _one(name, cp, pg, rd)
             except Exception as exc:  # a scenario that breaks is a failed row, not a lost table
                 row = Row(fault=name, detail=f"{type(exc).__name__}: {exc}"[:300])
+            row.scenario = name
             row.notes.append(f"{time.monotonic() - t:.0f} s")
             rows.append(row)
             print(format_row(row), flush=True)
@@ -486,10 +559,11 @@ def _one(name: str, cp: ControlPlane, pg: Postgres, rd: Redis) -> Row:
                          "remediation.skip_batches": 2})  # fmt: skip
         return scenario_in_job(cp, "NaN at step 7", {"CP_INJECT_NAN_AT_STEP": "7"}, cfg, "succeeded")
     if name == "spike":
-        cfg = _config(steps=16, **{"remediation.on_spike": "rollback", "remediation.rewind_steps": 1,
-                                   "remediation.skip_batches": 2, "alerts.loss_spike_z": 4.0})  # fmt: skip
-        inject = {"CP_INJECT_SPIKE_AT_STEP": "10", "CP_INJECT_SPIKE_FACTOR": "50"}
-        return scenario_in_job(cp, "loss spike x50 at step 10", inject, cfg, "succeeded")
+        # The spike detector gives no verdict before 16 points of history (runs.metrics.detectors.MIN_WINDOW).
+        cfg = _config(steps=24, **{"remediation.on_spike": "rollback", "remediation.rewind_steps": 1,
+                                   "remediation.skip_batches": 2})  # fmt: skip
+        inject = {"CP_INJECT_SPIKE_AT_STEP": "20", "CP_INJECT_SPIKE_FACTOR": "50"}
+        return scenario_in_job(cp, "loss spike x50 at step 20", inject, cfg, "succeeded")
     if name == "cancel_remediation":
         return scenario_cancel_in_remediation(cp)
     if name == "kill_worker":
@@ -502,6 +576,12 @@ def _one(name: str, cp: ControlPlane, pg: Postgres, rd: Redis) -> Row:
         return scenario_dependency(cp, "kill -9 PostgreSQL, restart", pg.kill, pg.start)
     if name == "sigstop":
         return scenario_sigstop(cp)
+    if name == "kill_worker_launch":
+        return scenario_kill_worker_in_launch(cp)
+    if name == "two_workers":
+        return scenario_two_workers(cp)
+    if name == "kill_rank":
+        return scenario_kill_rank(cp)
     raise ValueError(name)
 
 

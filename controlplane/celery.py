@@ -3,6 +3,10 @@
 import os
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+
+# redis:// and redis+socket:// broker URLs use kombu's Redis transport with the outage fix (controlplane.broker).
+TRANSPORT_ALIASES["redis"] = "controlplane.broker:Transport"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 

@@ -213,6 +213,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep reconnecting however long Redis is away (Celery's default gives up after 100 tries and the worker exits).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_ALWAYS_EAGER = _env_bool("CP_CELERY_EAGER", False)
 # Local CPU launches fork a DeepSpeed launcher that a worker started and imported ahead (workers.backends.warm).
 WARM_LAUNCHER = _env_bool("CP_WARM_LAUNCHER", True)

@@ -13,6 +13,7 @@ from workers import (
     launching,
     remediating,
     serving,
+    supervision,
     watching,
     webhook_tasks,  # noqa: F401  (registers workers.deliver_webhook with this app)
 )
@@ -26,15 +27,37 @@ WATCH_INTERVAL_S = 1.0
 def launch_run(run_id: int) -> str:
     outcome = launching.launch_run(run_id)
     log.info("launch run %s: %s", run_id, outcome)
-    if outcome.startswith(("submitted", "re-attached", "already")):
-        watch_run.apply_async(args=[run_id], countdown=WATCH_INTERVAL_S)
+    if outcome.startswith(("submitted", "re-attached")):
+        token = supervision.new_token()
+        supervision.watcher_beat(run_id, token)
+        watch_run.apply_async(args=[run_id], kwargs={"token": token}, countdown=WATCH_INTERVAL_S)
     return outcome
 
 
 @shared_task(name="workers.watch_run", acks_late=True, ignore_result=True)
-def watch_run(run_id: int) -> None:
-    if watching.watch_once(run_id):
-        watch_run.apply_async(args=[run_id], countdown=WATCH_INTERVAL_S)
+def watch_run(run_id: int, token: str = "", failures: int = 0) -> None:
+    """One watcher pass, then the next: re-queued whatever the pass did (a transient database, Redis or backend
+    error backs off up to 5 s), until the run ends or another chain took the run over."""
+    token = token or supervision.new_token()
+    if not supervision.watcher_beat(run_id, token):
+        return  # another chain watches this run
+    try:
+        again = watching.watch_once(run_id)
+        failures = 0
+    except Exception:  # a watcher never dies: the database or Redis may be away for a while
+        failures += 1
+        log.warning("watch of run %s failed (%d in a row); retrying", run_id, failures, exc_info=True)
+        again = True
+    if not again:
+        return
+    try:
+        watch_run.apply_async(
+            args=[run_id],
+            kwargs={"token": token, "failures": failures},
+            countdown=supervision.backoff_s(failures, WATCH_INTERVAL_S),
+        )
+    except Exception:  # the broker is away: the reconciler re-attaches a watcher within seconds
+        log.warning("could not re-queue the watcher of run %s", run_id, exc_info=True)
 
 
 @shared_task(name="workers.remediate_running", acks_late=True)
@@ -152,12 +175,37 @@ def _reattach_serving() -> None:
             _REATTACH[kind].delay(pk)
 
 
+def _send_watch(run_id: int, token: str) -> None:
+    watch_run.apply_async(args=[run_id], kwargs={"token": token})
+
+
+def _send_launch(run_id: int) -> None:
+    launch_run.delay(run_id)
+
+
+_reconciler: supervision.Reconciler | None = None
+
+
+def start_reconciler() -> supervision.Reconciler:
+    """The reconciler's timer in this process (the worker's main process), once."""
+    global _reconciler
+    if _reconciler is None or not _reconciler.is_alive():
+        _reconciler = supervision.Reconciler(
+            send_watch=_send_watch, send_launch=_send_launch, watch_inline=watching.watch_once
+        )
+        _reconciler.start()
+    return _reconciler
+
+
 @worker_ready.connect
 def reattach(sender=None, **kwargs) -> None:
-    """A (re)started worker picks up every job in flight instead of losing or duplicating it."""
+    """A (re)started worker picks up every job in flight instead of losing or duplicating it, and starts the
+    reconciler, which keeps doing so while the worker lives."""
     watch, queued = launching.runs_to_reattach()
     for run_id in watch:
-        watch_run.delay(run_id)
+        token = supervision.new_token()
+        supervision.watcher_beat(run_id, token)
+        watch_run.delay(run_id, token=token)
     for run_id in queued:
         launch_run.delay(run_id)
     if watch or queued:
@@ -165,5 +213,6 @@ def reattach(sender=None, **kwargs) -> None:
     for run_id, attempt, remedy in remediating.pending_remedies():
         remediate_run.delay(run_id, attempt, remedy)
     _reattach_serving()
+    start_reconciler()
     if launching.has_local_cpu_cluster():
         warm.ensure_started(sys.executable)  # the first launch need not wait for DeepSpeed's import

@@ -7,6 +7,7 @@ files of scripts that never call us, and classifies failures from the job's own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from jobs.common.atomic import write_atomic
 from jobs.common.failures import EXIT_NAN, EXIT_OOM
@@ -29,6 +31,7 @@ from workers.logscan import csv_monitor_records, loss_records, scan_lines
 from workers.remediating import hang_timeout_s, stalled_for_s
 
 log = logging.getLogger(__name__)
+WATCH_LOCK_NAMESPACE = 0x6370  # "cp": the high half of the advisory lock key, so other locks never collide
 MAX_READ = 4 * 1024 * 1024  # bytes per file per pass, so one pass stays short
 
 
@@ -189,57 +192,87 @@ def watch_once(run_id: int) -> bool:
         return False
     if not run.backend_job_id or not run.run_dir:
         return True  # the launcher has not recorded the job yet
-    lock = _redis().lock(f"cp:watch:{run_id}", timeout=120, blocking=False)
-    if not lock.acquire():
-        return True  # another worker is on it this moment
-    try:
-        run_dir = Path(run.run_dir)
-        state = _State(run_dir)
-        status = get_backend(run.cluster.backend).poll(run.backend_job_id, run_dir)
-        if status.state == JobState.RUNNING and run.status == RunStatus.LAUNCHING:
-            try:
-                run = transition(run=run, to=RunStatus.RUNNING, actor="system")
-                attempt_mark_running(run=run)
-            except IllegalTransition:
-                pass
-        _ingest_metrics_file(run, run_dir, state)
-        _scan_logs(run, run_dir, state)
-        if not status.finished:
-            if run.status == RunStatus.RUNNING:
-                _check_hang(run, run_dir)
-            state.save()
-            return True
-        # The job ended: take the last of its output, then settle the run.
-        _ingest_metrics_file(run, run_dir, state)
-        final, reason = _end_reason(status, state)
-        if status.state == JobState.LOST:
-            alert_raise(
-                run=run,
-                kind=AlertKind.JOB_LOST,
-                severity=Severity.CRITICAL,
-                step=run.last_step,
-                message="Job lost by the backend",
-                evidence=status.reason,
-            )
-        elif final == RunStatus.FAILED:
-            alert_raise(
-                run=run,
-                kind=AlertKind.JOB_FAILED,
-                severity=Severity.CRITICAL,
-                step=run.last_step,
-                message="Job failed",
-                evidence=reason[:2000],
-            )
-        state.save()
-        if final == RunStatus.FAILED:
-            # An attempt that failed in a way the run's policy remedies is relaunched; otherwise the run fails.
-            remediation_begin(run=run, outcome=Outcome(kind=_failure_kind(status, state), step=_failed_step(run, state),
-                                                       reason=reason))  # fmt: skip
-        else:
-            run_finish(run=run, status=final, reason=reason)
-        return False
-    finally:
+    with run_watch_lock(run_id) as held:
+        if not held:
+            return True  # another worker is on it this moment
+        return _watch_pass(run)
+
+
+@contextlib.contextmanager
+def run_watch_lock(run_id: int):
+    """One watcher pass per run at a time, across workers. On PostgreSQL a session advisory lock (it works while
+    Redis is away, and is released if the process or the database connection dies); elsewhere a Redis lock."""
+    if connection.vendor == "postgresql":
+        key = WATCH_LOCK_NAMESPACE * 2**32 + run_id
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            held = cursor.fetchone()[0]
         try:
-            lock.release()
-        except redis.exceptions.LockError:
+            yield held
+        finally:
+            if held:
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+                except DatabaseError:
+                    connection.close()  # a dead session holds no lock
+        return
+    lock = _redis().lock(f"cp:watch:{run_id}", timeout=120, blocking=False)
+    held = lock.acquire()
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass
+
+
+def _watch_pass(run: Run) -> bool:
+    """One pass over a run whose watch lock this process holds; True while the run still needs watching."""
+    run_dir = Path(run.run_dir)
+    state = _State(run_dir)
+    status = get_backend(run.cluster.backend).poll(run.backend_job_id, run_dir)
+    if status.state == JobState.RUNNING and run.status == RunStatus.LAUNCHING:
+        try:
+            run = transition(run=run, to=RunStatus.RUNNING, actor="system")
+            attempt_mark_running(run=run)
+        except IllegalTransition:
             pass
+    _ingest_metrics_file(run, run_dir, state)
+    _scan_logs(run, run_dir, state)
+    if not status.finished:
+        if run.status == RunStatus.RUNNING:
+            _check_hang(run, run_dir)
+        state.save()
+        return True
+    # The job ended: take the last of its output, then settle the run.
+    _ingest_metrics_file(run, run_dir, state)
+    final, reason = _end_reason(status, state)
+    if status.state == JobState.LOST:
+        alert_raise(
+            run=run,
+            kind=AlertKind.JOB_LOST,
+            severity=Severity.CRITICAL,
+            step=run.last_step,
+            message="Job lost by the backend",
+            evidence=status.reason,
+        )
+    elif final == RunStatus.FAILED:
+        alert_raise(
+            run=run,
+            kind=AlertKind.JOB_FAILED,
+            severity=Severity.CRITICAL,
+            step=run.last_step,
+            message="Job failed",
+            evidence=reason[:2000],
+        )
+    state.save()
+    if final == RunStatus.FAILED:
+        # An attempt that failed in a way the run's policy remedies is relaunched; otherwise the run fails.
+        remediation_begin(run=run, outcome=Outcome(kind=_failure_kind(status, state), step=_failed_step(run, state),
+                                                   reason=reason))  # fmt: skip
+    else:
+        run_finish(run=run, status=final, reason=reason)
+    return False

@@ -1,14 +1,14 @@
 """`manage.py up`: the whole control plane on one machine, with no services to install.
 
 Starts the embedded Redis (unless REDIS_URL is set), migrates, seeds the defaults and the README's login, then runs
-the ASGI web server and a Celery worker until Ctrl-C, and stops all of them cleanly.
+the ASGI web server and a Celery worker until Ctrl-C, and stops all of them cleanly. A child that crashes is
+started again (controlplane.children: bounded, with back-off, logged).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 from django.conf import settings
@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from controlplane import embedded_redis
+from controlplane.children import Children, GaveUp
 from controlplane.processes import web_server_argv, worker_argv
 from controlplane.staticfiles import collect_static
 from runs.services.roles import ADMIN, OPERATOR, VIEWER
@@ -83,8 +84,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, no_worker: bool, no_demo: bool, **options):
         redis_proc = None
-        children: list[subprocess.Popen] = []
-        names: dict[int, str] = {}
+        children = Children(lambda line: self.stderr.write(line))
         stopping = False
 
         def stop(signum=None, frame=None):
@@ -102,12 +102,9 @@ class Command(BaseCommand):
             seed_defaults()
             ensure_default_users(self.stdout)
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            children.append(subprocess.Popen(web_server_argv(host=host, port=port), env=env))
+            children.add("the web server", web_server_argv(host=host, port=port), env)
             if not no_worker:
-                children.append(subprocess.Popen(worker_argv(concurrency=settings.CP_WORKER_CONCURRENCY), env=env))
-            names.update({children[0].pid: "the web server"})
-            if len(children) > 1:
-                names[children[1].pid] = "the Celery worker"
+                children.add("the Celery worker", worker_argv(concurrency=settings.CP_WORKER_CONCURRENCY), env)
             self.stdout.write(self.style.SUCCESS(f"control plane on http://{host}:{port}/  (Ctrl-C stops it)"))
             if not no_worker and not no_demo:
                 demo = start_demo_run()
@@ -116,21 +113,17 @@ class Command(BaseCommand):
                         f"demo run #{demo.pk} ({demo.name}) launched: http://{host}:{port}/runs/{demo.pk}/"
                     )
             while not stopping:
-                for child in children:
-                    if child.poll() is not None:
-                        name = names.get(child.pid, "a child process")
-                        self.stderr.write(f"{name} exited with {child.returncode}; stopping")
-                        stopping = True
+                try:
+                    children.check()
+                except GaveUp as exc:
+                    self.stderr.write(f"{exc}; stopping")
+                    stopping = True
+                if redis_proc is not None and redis_proc.poll() is not None and not stopping:
+                    self.stderr.write(f"the embedded Redis exited with {redis_proc.returncode}; starting it again")
+                    redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_SOCKET, workdir=str(settings.VAR_DIR))
                 time.sleep(0.5)
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.terminate()
-            for child in children:
-                try:
-                    child.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            children.stop()
             if redis_proc is not None:
                 embedded_redis.stop(redis_proc, settings.EMBEDDED_REDIS_SOCKET)
             self.stdout.write("stopped")

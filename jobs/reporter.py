@@ -314,6 +314,8 @@ class Reporter:
 
     def _post(self, records: list[dict]) -> tuple[str, str, float | None]:
         """("ok" | "retry" | "fatal", description, server-requested delay in seconds)."""
+        if self.ingest_url is None:
+            return "fatal", "no ingest URL to post to", None
         body = ingest_body(records)
         headers = {"Content-Type": "application/json", "User-Agent": "cp-job-reporter/1"}
         if self._token:

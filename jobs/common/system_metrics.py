@@ -79,7 +79,7 @@ class SystemSampler:
             try:
                 pynvml.nvmlInit()
                 visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-                indexes = range(pynvml.nvmlDeviceGetCount())
+                indexes: list[int] = list(range(pynvml.nvmlDeviceGetCount()))
                 if visible:
                     indexes = [int(i) for i in visible.split(",") if i.strip().isdigit()]
                 self._gpus = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in indexes]

@@ -39,9 +39,9 @@ class _ShuffledStream:
         block = min(block_tokens, max(1024, self.total // 64))
         n_blocks = max(1, math.ceil(self.total / block))
         self.bounds = np.linspace(0, self.total, n_blocks + 1).astype(np.int64)
-        self._epoch = None
-        self._order_starts = None
-        self._order_cum = None
+        self._epoch: int | None = None
+        self._order_starts: np.ndarray | None = None
+        self._order_cum: np.ndarray | None = None
 
     def _layout(self, epoch: int):
         if epoch != self._epoch:
@@ -113,7 +113,7 @@ class MixedBatcher:
         self._epoch = [0] * len(names)
         self._cursor = [0] * len(names)
         self._consumed = np.zeros((len(names), world), dtype=np.int64)
-        self._step = None
+        self._step: int | None = None
         self._draw = 0
 
     def _check_compatible(self, cfg: dict, shards: list[SourceShards]) -> None:
@@ -146,7 +146,7 @@ class MixedBatcher:
             raise ValueError(
                 f"source {self._names[src]!r} holds {total} tokens, fewer than one window of seq_len+1 = {seq_len + 1}"
             )
-        out = []
+        out: list[tuple[int, int]] = []
         epoch, cursor = self._epoch[src], self._cursor[src]
         while len(out) < count:
             fit = (total - seq_len - 1 - cursor) // seq_len + 1 if cursor + seq_len + 1 <= total else 0

@@ -23,6 +23,7 @@ step is one graph launch. On CPU the same code runs eagerly.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class LlamaBackend:
         self.embed = inner.embed_tokens.weight
         self.final_norm = (inner.norm.weight, inner.norm.variance_epsilon)
         self.lm_head = make_linear([model.lm_head])
-        self.layers = []
+        self.layers: list[dict[str, Any]] = []  # each layer's projections, and its norms' (weight, eps)
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(

@@ -82,6 +82,7 @@ def load_engine(model_dir: str | Path, *, device: str | torch.device | None = No
     model = load_model(model_dir, device=dev, dtype=dtype)
     tokenizer = load_tokenizer(model_dir)
     reason = unsupported_reason(model) if fast_path else "fast path switched off"
+    backend: LlamaBackend | HFBackend
     if reason is None:
         backend = LlamaBackend(model=model, max_batch=max_batch, max_seq_len=max_seq_len, cuda_graphs=cuda_graphs,
                                pad_to_buckets=pad_to_buckets)  # fmt: skip

@@ -57,7 +57,9 @@ class HFTokenizer:
         return list(self.tok.encode(text, add_special_tokens=False))
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=True)
+        text = self.tok.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        return text
 
 
 def load_tokenizer(model_dir: str | Path) -> Tokenizer:

@@ -90,6 +90,7 @@ def measure_variant(model_dir: str | Path, *, prefill_tokens: int, decode_tokens
     for _ in range(repeats):
         _sync(dev)
         (handle,) = engine.generate([short_ids], greedy)
+        assert handle.finished_at is not None and handle.first_token_at is not None  # generate() returns finished
         decode.append((handle.finished_at - handle.first_token_at) / max(len(handle.token_ids) - 1, 1))
 
     # The decode step alone (graph replay or eager forward, no sampling or scheduler), for the breakdown.

@@ -157,8 +157,12 @@ def _messages(body: dict) -> list[dict]:
             raise RequestError(f"{where}.role: {role!r}; use one of {', '.join(CHAT_ROLES)}", param=f"{where}.role")
         content = m.get("content")
         if isinstance(content, list):
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            texts = [
+                p["text"]
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            ]
+            if len(texts) != len(content):
                 raise RequestError(f"{where}.content: only text parts are supported", param=f"{where}.content")
             content = "".join(texts)
         if not isinstance(content, str):

@@ -48,7 +48,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def supervise(*, argv: list[str], url: str, on_ready: Callable[[], None], on_exit: Callable[[], None],
+def supervise(*, argv: list[str], url: str, on_ready: Callable[[], object], on_exit: Callable[[], object],
               api_key: str | None = None, ready_timeout: float = 1800.0) -> int:  # fmt: skip
     """Run the child until it exits; call on_ready once its /health answers, on_exit at the end. Returns its code."""
     env = dict(os.environ)

@@ -60,8 +60,8 @@ class Driver:
     # -- progress ---------------------------------------------------------------------------------------------
 
     def _expected_docs(self) -> int | None:
-        counts = [s.documents for s in self.spec.sources]
-        return sum(counts) if all(c is not None for c in counts) else None  # type: ignore[misc]
+        counts = [s.documents for s in self.spec.sources if s.documents is not None]
+        return sum(counts) if len(counts) == len(self.spec.sources) else None
 
     def _live(self, stage: str) -> dict[str, int]:
         """Documents the stage's tasks have read so far, per source (their progress files)."""

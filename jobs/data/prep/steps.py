@@ -12,6 +12,7 @@ import hashlib
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datatrove.data import DocumentsPipeline
@@ -268,7 +269,7 @@ class Signatures(_Step):
             self._time(t0)
             yield doc
         words = self.simhash.words if self.simhash else 0
-        arrays = {
+        arrays: dict[str, Any] = {  # np.savez's keywords are arrays (its stubs read **kwargs as allow_pickle too)
             "exact": np.array(exact, dtype=np.uint64),
             "order": np.array(order, dtype=np.int64).reshape(-1, 3),
             "simhash": np.stack(prints) if prints else np.zeros((0, words), dtype=np.uint64),

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 from random import Random
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -79,20 +80,18 @@ class TrainTokenizer(PipelineStep):
         reason = "the recipe's size" if vocab == requested else f"scaled to {sample_chars:,} characters"
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         prefix = folder / "bpe"
+        options: dict[str, Any] = {
+            **TRAINER_OPTIONS,
+            "character_coverage": float(self.options["character_coverage"]),
+            "input_sentence_size": 0,
+            "max_sentence_length": 1 << 16,
+            "num_threads": threads,
+            "minloglevel": 2,
+        }
         for _ in range(4):
             try:
                 spm.SentencePieceTrainer.train(
-                    input=str(text_file),
-                    model_prefix=str(prefix),
-                    **{
-                        **TRAINER_OPTIONS,
-                        "vocab_size": vocab,
-                        "character_coverage": float(self.options["character_coverage"]),
-                        "input_sentence_size": 0,
-                        "max_sentence_length": 1 << 16,
-                        "num_threads": threads,
-                        "minloglevel": 2,
-                    },
+                    input=str(text_file), model_prefix=str(prefix), **options, vocab_size=vocab
                 )
                 break
             except RuntimeError as exc:
@@ -240,7 +239,9 @@ class Mix(PipelineStep):
             with ShardWriter(tmp / source, source, sp.vocab_size(), digest, sp.eos_id(), self.shard_tokens) as w:
                 taken, full = 0, False
                 for bin_path, lengths in source_parts:
-                    stream = np.memmap(bin_path, dtype=dtype, mode="r") if lengths.shape[0] else None
+                    if not lengths.shape[0]:
+                        continue  # a part with no documents left: nothing to map
+                    stream = np.memmap(bin_path, dtype=dtype, mode="r")
                     offset = 0
                     for tokens, chars in lengths.tolist():
                         self.ledger.entered("mix", source, chars)

@@ -401,6 +401,9 @@ def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
     _positive("parallel.ep", par.ep)
     if par.tp > 1:
         _check_tp(par.tp, model)
+    if par.sp and par.tp == 1:
+        raise ConfigError("parallel.sp", "sequence parallelism splits the sequence over the tensor-parallel group: "
+                          "it needs parallel.tp > 1")  # fmt: skip
     if par.pp > 1:
         if par.pp > model.num_layers:
             raise ConfigError("parallel.pp", f"{par.pp} exceeds model.num_layers ({model.num_layers}): each "
@@ -551,6 +554,14 @@ def parse_run_config(raw: dict) -> RunConfig:
     precision = raw.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
         raise ConfigError("precision", f"expected 'fp32' or 'bf16', got {precision!r}")
+    curriculum = _parse_curriculum(raw, batch)
+    if parallel.sp:
+        lengths = [("batch.seq_len", batch.seq_len)]
+        lengths += [(f"curriculum[{i}].seq_len", c.seq_len) for i, c in enumerate(curriculum)]
+        for name, length in lengths:
+            if length % parallel.tp:
+                raise ConfigError(name, f"{length} is not divisible by parallel.tp {parallel.tp}: sequence "
+                                  "parallelism splits every sequence evenly over the tensor-parallel ranks")  # fmt: skip
     training = _parse_training(raw)
     if training.token_budget is not None:
         _positive("training.token_budget", training.token_budget)
@@ -565,7 +576,7 @@ def parse_run_config(raw: dict) -> RunConfig:
         batch=batch,
         optimizer=_parse_optimizer(raw),
         precision=precision,
-        curriculum=_parse_curriculum(raw, batch),
+        curriculum=curriculum,
         training=training,
         reporter=_parse_reporter(raw),
         relaunch=_parse_relaunch(raw),

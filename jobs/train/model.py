@@ -35,6 +35,7 @@ class DecoderLayer(nn.Module):
                  tp: TPInfo | None = None) -> None:  # fmt: skip
         super().__init__()
         tp = tp or TPInfo()
+        self.tp = tp
         self.index = index
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = build_attention(cfg, tp)
@@ -63,8 +64,10 @@ class DecoderLayer(nn.Module):
         return isinstance(self.mlp, MoEFeedForward)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        h = self.post_attention_layernorm(x)
+        # With sequence parallelism x is this rank's sequence shard; attention and the MLP see the whole sequence
+        # and hand back a shard (their row-parallel output is reduce-scattered).
+        x = x + self.self_attn(self.tp.gather_seq(self.input_layernorm(x)), cos, sin)
+        h = self.tp.gather_seq(self.post_attention_layernorm(x))
         if self.is_moe:
             out, aux, counts = self.mlp(h)
             return x + out, aux, counts
@@ -116,7 +119,7 @@ class Transformer(nn.Module):
             if aux is not None:
                 aux_total = aux_total + aux
                 counts.append(cnt)
-        logits = self.lm_head(self.norm(x))
+        logits = self.lm_head(self.tp.gather_seq(self.norm(x)))
         return logits, aux_total, torch.stack(counts) if counts else None
 
     def token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -309,14 +309,17 @@ class MoEFeedForward(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.gate = Router(hidden, num_experts, top_k, n_group, topk_group, scaling, norm_topk_prob)
-        self.shared_experts = MLP(hidden, moe_intermediate * num_shared, tp or TPInfo()) if num_shared > 0 else None
+        self.tp = tp or TPInfo()
+        self.shared_experts = MLP(hidden, moe_intermediate * num_shared, self.tp) if num_shared > 0 else None
         self.experts = RoutedExperts(hidden, moe_intermediate, num_experts, ep_size, ep_rank, ep_group)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, h = x.shape
         flat = x.reshape(b * t, h)
         idx, weights, scores = self.gate(flat)
-        out = self.experts(flat, idx, weights).view(b, t, h)
+        # The routed experts are whole on every tensor-parallel rank: with sequence parallelism their output (the
+        # same everywhere) is cut to this rank's sequence shard, which is what the shared experts' output is.
+        out = self.tp.split_seq(self.experts(flat, idx, weights).view(b, t, h))
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         aux = sequence_balance_loss(scores.view(b, t, -1), idx.view(b, t, -1), self.num_experts)

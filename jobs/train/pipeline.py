@@ -36,11 +36,13 @@ class DecoderLayerPipe(nn.Module):
         super().__init__()
         self.layer = model.layers[index]
         self.rotary = model.rotary
+        # With sequence parallelism x holds T/tp positions; attention needs the tables of the whole sequence.
+        self.seq_factor = model.tp.size if model.tp.sp else 1
         self.activation_checkpointing = model.activation_checkpointing
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
-        cos, sin = self.rotary(x.shape[1])
+        cos, sin = self.rotary(x.shape[1] * self.seq_factor)
         if self.activation_checkpointing and self.training:
             from torch.utils.checkpoint import checkpoint
 
@@ -57,10 +59,11 @@ class HeadPipe(nn.Module):
         super().__init__()
         self.norm = model.norm
         self.lm_head = model.lm_head
+        self.tp = model.tp
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
-        return self.lm_head(self.norm(x)), aux
+        return self.lm_head(self.tp.gather_seq(self.norm(x))), aux
 
 
 def _layer_key(index: int, num_layers: int, key: str) -> str:

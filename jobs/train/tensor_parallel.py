@@ -63,11 +63,85 @@ def reduce_from_tp(x: torch.Tensor, group, size: int) -> torch.Tensor:
     return _ReduceFromTP.apply(x, group) if size > 1 else x
 
 
-class TPInfo:
-    """This rank's place in its tensor-parallel group; ``TPInfo()`` is the unsharded model."""
+def _all_gather_seq(x: torch.Tensor, group, size: int) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=1)
 
-    def __init__(self, size: int = 1, rank: int = 0, group=None) -> None:
+
+def _reduce_scatter_seq(x: torch.Tensor, group, size: int, rank: int) -> torch.Tensor:
+    if dist.get_backend(group) == "nccl":
+        chunks = [c.contiguous() for c in x.chunk(size, dim=1)]
+        out = torch.empty_like(chunks[0])
+        dist.reduce_scatter(out, chunks, group=group)
+        return out
+    # gloo has no reduce-scatter: all-reduce and keep this rank's slice.
+    full = x.contiguous().clone()
+    dist.all_reduce(full, group=group)
+    return full.chunk(size, dim=1)[rank].contiguous()
+
+
+class _GatherSeq(torch.autograd.Function):
+    """Sequence shards [B, T/tp, H] -> the whole sequence; the gradient (the same on every rank) is sliced back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TPInfo) -> torch.Tensor:
+        ctx.tp = tp
+        return _all_gather_seq(x, tp.group, tp.size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        tp = ctx.tp
+        return grad.chunk(tp.size, dim=1)[tp.rank].contiguous(), None
+
+
+class _ReduceScatterSeq(torch.autograd.Function):
+    """Partial sums over the whole sequence -> this rank's sequence shard of their sum; gradient all-gathered."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TPInfo) -> torch.Tensor:
+        ctx.tp = tp
+        return _reduce_scatter_seq(x, tp.group, tp.size, tp.rank)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _all_gather_seq(grad, ctx.tp.group, ctx.tp.size), None
+
+
+class _SplitSeq(torch.autograd.Function):
+    """A tensor the same on every rank -> this rank's sequence shard; gradient all-gathered."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, tp: TPInfo) -> torch.Tensor:
+        ctx.tp = tp
+        return x.chunk(tp.size, dim=1)[tp.rank].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _all_gather_seq(grad, ctx.tp.group, ctx.tp.size), None
+
+
+class TPInfo:
+    """This rank's place in its tensor-parallel group; ``TPInfo()`` is the unsharded model.
+
+    ``sp``: Megatron-style sequence parallelism. Outside attention and the MLP (the residual stream, the RMSNorms)
+    activations are split along the sequence over the tensor-parallel group: a block gathers the sequence on entry
+    and its row-parallel output is reduce-scattered back to sequence shards. The norms' weights then see only this
+    rank's tokens, so their gradients are all-reduced over the group (``sequence_parallel_norm``).
+    """
+
+    def __init__(self, size: int = 1, rank: int = 0, group=None, sp: bool = False) -> None:
         self.size, self.rank, self.group = size, rank, group
+        self.sp = sp and size > 1
+
+    def gather_seq(self, x: torch.Tensor) -> torch.Tensor:
+        return _GatherSeq.apply(x, self) if self.sp else x
+
+    def reduce_scatter_seq(self, x: torch.Tensor) -> torch.Tensor:
+        return _ReduceScatterSeq.apply(x, self) if self.sp else reduce_from_tp(x, self.group, self.size)
+
+    def split_seq(self, x: torch.Tensor) -> torch.Tensor:
+        return _SplitSeq.apply(x, self) if self.sp else x
 
     def shard(self, n: int, what: str) -> int:
         if n % self.size:
@@ -102,7 +176,8 @@ class RowParallelLinear(nn.Linear):
         _mark_tensor_parallel(self.weight, tp.size > 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reduce_from_tp(F.linear(x, self.weight), self.tp.group, self.tp.size)
+        # All-reduce, or with sequence parallelism a reduce-scatter to this rank's sequence shard.
+        return self.tp.reduce_scatter_seq(F.linear(x, self.weight))
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -121,7 +196,7 @@ class VocabParallelEmbedding(nn.Embedding):
         outside = (local < 0) | (local >= self.num_embeddings)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tp(out, self.tp.group, self.tp.size)
+        return self.tp.reduce_scatter_seq(out)
 
 
 def vocab_parallel_token_losses(logits: torch.Tensor, targets: torch.Tensor, tp: TPInfo) -> torch.Tensor:
@@ -200,6 +275,21 @@ def prepare_experts_for_tp(model: nn.Module, tp_size: int) -> None:
             p.register_hook(lambda g: g * scale)
 
 
+def sequence_parallel_norms(model: nn.Module, tp: TPInfo) -> None:
+    """All-reduce over the tensor-parallel group the gradients of the RMSNorms that run on sequence shards."""
+    if not tp.sp:
+        return
+
+    def all_reduce(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=tp.group)
+        return grad
+
+    for name, p in model.named_parameters():
+        if re.search(r"(^|\.)(norm|input_layernorm|post_attention_layernorm)\.weight$", name):
+            p.register_hook(all_reduce)
+
+
 def build_grid(tp: int, pp: int, dp: int):
     """DeepSpeed's process grid (its ``mpu``) for this layout; every rank must call it (it creates groups)."""
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
@@ -207,7 +297,9 @@ def build_grid(tp: int, pp: int, dp: int):
     return PipelineParallelGrid(topology=PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp))
 
 
-def tp_info(grid) -> TPInfo:
+def tp_info(grid, sp: bool = False) -> TPInfo:
     if grid is None:
         return TPInfo()
-    return TPInfo(grid.get_slice_parallel_world_size(), grid.get_slice_parallel_rank(), grid.get_slice_parallel_group())
+    return TPInfo(
+        grid.get_slice_parallel_world_size(), grid.get_slice_parallel_rank(), grid.get_slice_parallel_group(), sp
+    )

@@ -32,7 +32,7 @@ from jobs.train.faults import FaultInjector
 from jobs.train.model import build_model, flops_per_token, param_counts
 from jobs.train.moe import as_deepspeed_moe
 from jobs.train.rendezvous import launch_env
-from jobs.train.tensor_parallel import build_grid, prepare_experts_for_tp, tp_info
+from jobs.train.tensor_parallel import build_grid, prepare_experts_for_tp, sequence_parallel_norms, tp_info
 
 CHECKPOINT_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
@@ -124,7 +124,7 @@ class Trainer:
         par = cfg.parallel
         # DeepSpeed's process grid is its mpu: ZeRO then shards over the data-parallel group only.
         self.grid = build_grid(par.tp, par.pp, self.dp) if par.tp * par.pp > 1 else None
-        tp = tp_info(self.grid)
+        tp = tp_info(self.grid, par.sp)
         self.dp_rank = self.grid.get_data_parallel_rank() if self.grid is not None else self.rank
         # One rank per data-parallel replica reports its losses and token counts (the others hold copies).
         self.reports = tp.rank == 0
@@ -138,6 +138,7 @@ class Trainer:
             ep_rank = groups._get_expert_parallel_rank(f"ep_size_{ep}")
             ep_group = groups._get_expert_parallel_group(f"ep_size_{ep}")
         self.model = build_model(cfg.model, seed, ep, ep_rank, ep_group, par.activation_checkpointing, tp)
+        sequence_parallel_norms(self.model, tp)
         self.total_params, self.active_params = param_counts(cfg.model, self.model if tp.size == 1 else None)
         as_deepspeed_moe(self.model)
         # Under tp x ep the ranks of tp rank > 0 and data-parallel rank 0 write their own model-states files.
@@ -445,12 +446,13 @@ class Trainer:
         cfg = self.cfg
         gas = cfg.batch.grad_accum
         n_seqs = cfg.batch.micro_batch * cfg.batch.seq_len // seq_len
-        lr = lr_at(cfg, step)
+        lr = lr_at(cfg, step) * cfg.relaunch.lr_scale(step)
         self._set_lr(lr)
+        self.data_step = data_step = cfg.relaunch.data_step(step)
         self.where = {"step": step, "seq_len": seq_len, "n_seqs": n_seqs}
         batches = []
         for _ in range(gas):
-            tokens, _sources = self.batcher.next_batch(step - 1, n_seqs, seq_len)
+            tokens, _sources = self.batcher.next_batch(data_step - 1, n_seqs, seq_len)
             tokens = tokens.to(self.device)
             batches.append((tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()))
         t0 = time.perf_counter()

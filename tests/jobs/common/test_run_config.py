@@ -62,6 +62,10 @@ def test_load_run_config_reports_missing_and_bad_json(tmp_path):
         ({"parallel": {"pp": 2}}, "parallel.zero_stage"),
         ({"parallel": {"pp": 2, "zero_stage": 1}, "model": {"tie_embeddings": True}}, "model.tie_embeddings"),
         ({"parallel": {"tp": 2, "ep": 2, "zero_stage": 0}}, "parallel.zero_stage"),
+        (
+            {"parallel": {"tp": 2, "sp": True}, "curriculum": [{"start_step": 0, "seq_len": 1}]},
+            "curriculum[0].seq_len",
+        ),
         ({"parallel": {"sp": True}}, "parallel.sp"),
         ({"parallel": {"zero_stage": 4}}, "parallel.zero_stage"),
         ({"parallel": {"ep": 3}}, "parallel.ep"),

@@ -27,6 +27,7 @@ LAYOUTS = {
     "tp2_ep2": ({"tp": 2, "ep": 2}, 4),
     "pp2": ({"pp": 2, "zero_stage": 1}, 2),
     "tp2_pp2": ({"tp": 2, "pp": 2, "zero_stage": 1}, 4),
+    "sp2": ({"tp": 2, "sp": True}, 2),
 }
 CASES = [
     ("dense", "tp2"),
@@ -37,6 +38,8 @@ CASES = [
     ("dense", "pp2"),
     ("moe", "pp2"),
     ("dense", "tp2_pp2"),
+    ("dense", "sp2"),
+    ("moe", "sp2"),
 ]
 
 

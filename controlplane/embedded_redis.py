@@ -39,7 +39,7 @@ def start(socket_path: str, *, workdir: str) -> subprocess.Popen:
             "--unixsocket",
             socket_path,
             "--unixsocketperm",
-            "700",
+            "600",
             "--save",
             "",
             "--appendonly",

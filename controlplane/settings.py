@@ -13,10 +13,11 @@ from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.asyncio.retry import Retry
 
+from controlplane.private import secure_var
 from jobs.common.atomic import write_atomic
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def _env_count(name: str, default: int) -> int:
 
 
 VAR_DIR = Path(os.environ.get("CP_VAR_DIR") or BASE_DIR / "var").resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 RUNS_DIR = Path(os.environ.get("CP_RUNS_DIR") or VAR_DIR / "runs").resolve()
 
 
@@ -274,6 +275,47 @@ CP_INGEST_THREADS = _env_count("CP_INGEST_THREADS", 1)  # ingest transactions at
 TOKEN_CACHE_TTL_S = _env_int("CP_TOKEN_CACHE_TTL_S", 15)
 TOKEN_GRACE_S = _env_int("CP_TOKEN_GRACE_S", 60)
 OPERATOR_TOKEN_TTL_S = _env_int("CP_OPERATOR_TOKEN_TTL_S", 30 * 24 * 3600)
+
+
+# Jobs on the local backend run as their own unprivileged user: run N as uid START+N of CP_JOB_UIDS ("START-END",
+# group START), with an allow-listed environment and a run directory only it can read (workers.backends.jobuser).
+# Off ("" or "off"): jobs run as the control plane's own account (a single-user install); `manage.py up` as root turns
+# it on. CP_JOB_PYTHON: the interpreter jobs run with when the control plane's is not reachable by those users.
+def _job_uids() -> tuple[int, int] | None:
+    raw = os.environ.get("CP_JOB_UIDS", "").strip().lower()
+    if raw in ("", "off", "0", "no", "false"):
+        return None
+    try:
+        start, end = (int(x) for x in raw.split("-"))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CP_JOB_UIDS={raw!r}: give a range START-END, e.g. 200000-299999, or off."
+        ) from None
+    if not 1000 <= start < end < 2**31 - 1:
+        raise ImproperlyConfigured(f"CP_JOB_UIDS={raw!r}: need 1000 <= START < END, e.g. 200000-299999.")
+    return start, end
+
+
+JOB_UIDS = _job_uids()
+# var/ 0700 (0710 for the jobs' group when jobs run as their own users), secrets and the database 0600: created so,
+# and corrected on every start of an install made before.
+secure_var(VAR_DIR, runs_dir=RUNS_DIR, job_gid=JOB_UIDS[0] if JOB_UIDS else None)
+JOB_PYTHON = os.environ.get("CP_JOB_PYTHON", "")  # empty: the worker's own interpreter
+
+
+def _script_roots() -> list[Path]:
+    """Folders an own-script run's script may come from (CP_SCRIPT_ROOTS, colon-separated absolute paths)."""
+    raw = os.environ.get("CP_SCRIPT_ROOTS", "")
+    if not raw.strip():
+        return [(VAR_DIR / "scripts").resolve()]
+    roots = [Path(p).expanduser() for p in raw.split(":") if p.strip()]
+    relative = [str(p) for p in roots if not p.is_absolute()]
+    if relative:
+        raise ImproperlyConfigured(f"CP_SCRIPT_ROOTS holds relative paths ({', '.join(relative)}); use absolute ones.")
+    return [p.resolve() for p in roots]
+
+
+SCRIPT_ROOTS = _script_roots()
 
 # Data preparation: where prep and count jobs keep their folders, which local folders a data source may read (a
 # registered path must lie inside one), and which fsspec URL schemes (s3, gs, ...) a source may name.

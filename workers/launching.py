@@ -11,13 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from django.conf import settings
+
 from runs.models import Attempt, AttemptState, Cluster, Run, RunStatus, Trainer
 from runs.services.attempts import attempt_claim, attempt_current, attempt_end, attempt_live, attempt_record_job
 from runs.services.jobs import run_finish, run_record_job
 from runs.services.rundir import run_dir_path, run_dir_prepare
+from runs.services.scripts import roots_text, script_in_roots
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import LaunchSpec, get_backend
 from workers.backends.base import LaunchError
+from workers.backends.jobuser import job_user, stage_checkpoint
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +66,30 @@ def has_local_cpu_cluster() -> bool:
     return Cluster.objects.filter(backend="local", accelerator="cpu").exists()
 
 
+def job_python() -> str:
+    """The interpreter jobs run with: settings.JOB_PYTHON (one the job users can reach), else this worker's."""
+    return settings.JOB_PYTHON or sys.executable
+
+
 def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> LaunchSpec:
     cluster = run.cluster
     key = attempt.idempotency_key if attempt is not None else ""
     number = attempt.number if attempt is not None else run.attempt
+    # Local jobs run as their run's own user; a cluster's jobs run as whoever the scheduler or ssh makes them.
+    user = job_user(run.pk) if cluster.backend == "local" else None
     if run.trainer == Trainer.OWN_SCRIPT:
-        program = [run.script_path, "--deepspeed_config", str(run_dir / "ds_config.json")]
+        script = script_in_roots(run.script_path)
+        if script is None:
+            raise LaunchError(
+                f"the script {run.script_path} is not inside the script folders ({roots_text()}); "
+                "copy it into one, or add its folder to CP_SCRIPT_ROOTS"
+            )
+        program = [script, "--deepspeed_config", str(run_dir / "ds_config.json")]
     else:
         program = ["-m", "jobs.train", "--run-dir", str(run_dir)]
         if run.resume_from:
-            program += ["--resume", run.resume_from]
+            resume = run.resume_from if user is None else stage_checkpoint(run.resume_from, run_dir, user)
+            program += ["--resume", resume]
     return LaunchSpec(
         run_id=run.pk,
         run_dir=run_dir,
@@ -80,7 +98,7 @@ def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> Laun
         nodes=cluster.nodes,
         gpus_per_node=cluster.gpus_per_node,
         accelerator=cluster.accelerator,
-        python=sys.executable,
+        python=job_python() if cluster.backend == "local" else sys.executable,
         workdir=REPO_ROOT,
         partition=cluster.partition,
         time_limit_min=int(run.config.get("training", {}).get("time_limit_min", 24 * 60)),
@@ -88,6 +106,8 @@ def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> Laun
         master_port=_master_port(cluster.backend, key),
         job_name=f"cp-run-{run.pk}-a{number}",
         attempt_key=key,
+        job_uid=user.uid if user else None,
+        job_gid=user.gid if user else None,
     )
 
 

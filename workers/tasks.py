@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -215,4 +214,4 @@ def reattach(sender=None, **kwargs) -> None:
     _reattach_serving()
     start_reconciler()
     if launching.has_local_cpu_cluster():
-        warm.ensure_started(sys.executable)  # the first launch need not wait for DeepSpeed's import
+        warm.ensure_started(launching.job_python())  # the first launch need not wait for DeepSpeed's import

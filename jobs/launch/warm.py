@@ -13,7 +13,8 @@ exits when the process that started it does, and refuses to serve if its imports
 copy that thread's locks without the thread).
 
 Request: one message of a 4-byte big-endian length and a JSON object {"run_dir", "cwd", "env", "args"} (args:
-the launcher's command line after ``-m deepspeed.launcher.launch``), carrying the job's stdout and stderr file
+the launcher's command line after ``-m deepspeed.launcher.launch``) and optionally "uid"/"gid", the job's own user,
+which the forked session leader switches to before anything of the job's runs, carrying the job's stdout and stderr file
 descriptors (SCM_RIGHTS). Answer: the same framing, {"pid": <session leader>, "start_ticks": N} or {"error": ...}.
 """
 
@@ -94,6 +95,13 @@ def _job(request: dict, out_fd: int, err_fd: int) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if request.get("uid") is not None:
+        # The job's own user, as the exec'd launcher gets it from Popen(user=, group=, extra_groups=[], umask=):
+        # groups first (setgroups needs the privilege setuid gives up), and for good (real and saved ids too).
+        os.setgroups([])
+        os.setresgid(request["gid"], request["gid"], request["gid"])
+        os.setresuid(request["uid"], request["uid"], request["uid"])
+        os.umask(0o077)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this process waits for its child
     launcher = os.fork()
     if launcher == 0:
@@ -113,6 +121,9 @@ def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
     try:
         if len(fds) != 2 or not all(isinstance(request.get(k), t) for k, t in _FIELDS.items()):
             conn.sendall(frame({"error": "a request needs run_dir, cwd, env, args and two file descriptors"}))
+            return
+        if not all(isinstance(request.get(k, 0), int) for k in ("uid", "gid")):
+            conn.sendall(frame({"error": "uid and gid must be integers"}))
             return
         pid = os.fork()
         if pid == 0:

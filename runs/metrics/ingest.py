@@ -37,10 +37,18 @@ from runs.metrics.compaction import metrics_compact_due
 from runs.metrics.rows import IngestResult, RunGone
 from runs.metrics.sql import ingest_connection_setup
 from runs.metrics.store import Ready, metrics_prepare, metrics_store_many, metrics_store_ready
-from runs.metrics.validation import MAX_BODY_BYTES, MAX_POINTS, Batch, IngestInvalid, ingest_body
+from runs.metrics.validation import (
+    MAX_BODY_BYTES,
+    MAX_POINTS,
+    Batch,
+    IngestInvalid,
+    batch_confine_paths,
+    ingest_body,
+)
 from runs.models import Run
 from runs.realtime.broadcast import Message, send_many, send_many_async
 from runs.realtime.listeners import GroupListeners
+from runs.services.rundir import run_dir_path
 from runs.services.tokens import run_token_cached, run_token_check_cached
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,8 @@ def _validate(request: Request) -> Answer | None:
     """Parse and validate the body of a request whose run is known: None when it is valid, else its answer."""
     try:
         request.batch = ingest_body(request.body)
+        assert request.run is not None
+        batch_confine_paths(request.batch, run_dir=run_dir_path(request.run))
     except IngestInvalid as exc:
         return Answer(400, exc.as_json())
     return None

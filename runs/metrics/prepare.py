@@ -19,6 +19,7 @@ from runs.models import Checkpoint, Run
 from runs.services.alerts import alert_raise, alert_resolve
 from runs.services.audit import SYSTEM, audit_record
 from runs.services.checkpoints import checkpoint_retention_apply
+from runs.services.paths import inside_run
 
 MAX_PUSH_POINTS = 2000  # per key and message; a client that needs more reads the series API
 ALERT_EVENTS = {"oom": ("oom", "Out of memory"), "nan": ("nan", "NaN/Inf loss")}
@@ -161,12 +162,15 @@ def apply_event(run: Run, event: Event, result: IngestResult) -> None:
     fields = {k: v for k, v in rec.items() if k not in ("kind", "type", "step", "time")}
     if etype == "checkpoint_saved":
         tag = rec.get("tag") or f"step_{step:06d}"
+        path = rec.get("path") or ""
+        if path and not inside_run(path, run=run):  # checked on the way in; never stored outside its run
+            path = ""
         checkpoint, created = Checkpoint.objects.update_or_create(
             run_id=run.pk,
             step=step,
             defaults={
                 "tag": tag[:100],
-                "path": (rec.get("path") or "")[:500],
+                "path": path,
                 "size_bytes": rec.get("bytes", 0),
                 "metrics": _json_safe(rec.get("metrics") or {}),
             },

@@ -25,9 +25,10 @@ from runs.metrics.compaction import metrics_compact_due
 from runs.metrics.portable import store_portable
 from runs.metrics.prepare import apply_event, points_message
 from runs.metrics.rows import Entry, IngestResult, NewBlock, SeriesRow, SeriesUpdate, entries
-from runs.metrics.validation import Batch, ingest_validate
+from runs.metrics.validation import Batch, batch_confine_paths, ingest_validate
 from runs.models import Run
 from runs.realtime.broadcast import broadcast_many_on_commit, run_group
+from runs.services.rundir import run_dir_path
 
 
 def metrics_record(*, run: Run, records: Any, compact: bool = True) -> IngestResult:
@@ -36,6 +37,7 @@ def metrics_record(*, run: Run, records: Any, compact: bool = True) -> IngestRes
     With compact=False the caller runs `metrics_compact_due(result.compact)` itself.
     """
     batch = ingest_validate(records)
+    batch_confine_paths(batch, run_dir=run_dir_path(run))
     (result,) = metrics_store_many([(run, batch)])
     if compact and result.compact:
         metrics_compact_due(result.compact)

@@ -12,10 +12,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
+from runs.services.paths import PathRefused, confine, path_shape_problem
 from runs.text import NUL_MESSAGE, json_nul_fields
 
 KEY_RE = re.compile(r"[A-Za-z0-9_./-]{1,100}\Z")
@@ -219,6 +221,8 @@ def _event_problem(etype: str, rec: dict) -> tuple[str, str] | None:
         return None
     if not isinstance(rec.get("tag", ""), str) or not isinstance(rec.get("path", ""), str):
         return "path", "tag and path must be strings"
+    if rec.get("path") and (problem := path_shape_problem(rec["path"])) is not None:
+        return "path", problem
     size = rec.get("bytes", 0)
     if type(size) is not int or not 0 <= size < 2**63:
         return "bytes", f"{size!r} is not a non-negative integer below 2**63"
@@ -301,3 +305,19 @@ def _values_column(raw: list, where: str, errors: list[dict]) -> list[float] | N
 
 _INT_ONLY = {int}
 _FLOAT_ONLY = {float}
+
+
+def batch_confine_paths(batch: Batch, *, run_dir: Path) -> None:
+    """Refuse the batch when an event's path leaves the run's directory (runs.services.paths); each path is
+    replaced by its resolved form."""
+    errors = []
+    for event in batch.events:
+        path = event.record.get("path")
+        if event.type != "checkpoint_saved" or not path:
+            continue
+        try:
+            event.record["path"] = str(confine(path, run_dir=run_dir, field="path"))
+        except PathRefused as exc:
+            errors.append(_error(event.position, "path", exc.message))
+    if errors:
+        raise IngestInvalid(errors)

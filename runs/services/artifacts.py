@@ -12,6 +12,7 @@ from runs.models import Artifact, Checkpoint, JobPhase, Trainer, Variant
 from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.audit import audit_record
 from runs.services.enqueue import enqueue_on_commit
+from runs.services.paths import inside_run
 from runs.services.rundir import run_dir_path
 from runs.services.serving_transitions import IllegalMove, move, serving_event
 
@@ -40,6 +41,10 @@ def _check_quantizable(checkpoint: Checkpoint) -> None:
             "checkpoint",
             "A MoE model with MHA attention has no Hugging Face architecture with the same routing; "
             "use MLA attention (exported as DeepSeek-V3) or a dense model (exported as Llama).",
+        )
+    if not inside_run(checkpoint.path or "", run=run):
+        raise ServingRefused(
+            "checkpoint", f"Checkpoint {checkpoint.tag}'s files are not inside run {run.pk}'s directory."
         )
     if not run.run_dir or not Path(checkpoint.path or "").is_dir():
         raise ServingRefused("checkpoint", f"The folder of checkpoint {checkpoint.tag} is not on disk any more.")
@@ -127,7 +132,11 @@ def latency_finish(*, artifact: Artifact, status: str, report: dict | None = Non
         history = list(previous.pop("history", []))
         if previous.get("variants"):
             history.insert(0, previous)
-        fields["latency"] = {**report, "measured_at": timezone.now().isoformat(), "history": history[:LATENCY_HISTORY_KEPT]}
+        fields["latency"] = {
+            **report,
+            "measured_at": timezone.now().isoformat(),
+            "history": history[:LATENCY_HISTORY_KEPT],
+        }
     try:
         return move(obj=artifact, field="latency_status", to=status, actor="system", reason=reason, **fields)
     except IllegalMove:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -15,6 +15,8 @@ from runs.models import Artifact, AttemptCause, Checkpoint, JobPhase, Run, Train
 from runs.services.artifacts import ServingRefused
 from runs.services.attempts import AttemptRefused, run_relaunch
 from runs.services.audit import audit_record
+from runs.services.paths import inside_run
+from runs.services.rundir import run_dir_path
 from runs.services.transitions import IllegalTransition
 
 
@@ -32,10 +34,13 @@ def retention_kept(steps: list[int], *, keep_last: int, keep_every: int) -> set[
     return kept
 
 
-def _delete_folder(path: str) -> None:
-    folder = Path(path).resolve()
-    # Only folders under the runs directory are ours to delete; a path elsewhere is left alone.
-    if folder.is_dir() and Path(settings.RUNS_DIR).resolve() in folder.parents:
+def _delete_folder(path: str, run: Run) -> None:
+    # Only a folder inside the checkpoint's own run directory (symlinks resolved) is retention's to delete: a path
+    # a job reported is never trusted to name another run's files, or the run directory itself.
+    if not path or not inside_run(path, run=run):
+        return
+    folder = Path(os.path.realpath(path))
+    if folder.is_dir() and folder != Path(os.path.realpath(run_dir_path(run))):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -82,12 +87,16 @@ def checkpoint_retention_apply(*, run: Run, actor: Any, keep_last: int | None = 
                 run_id=run.pk,
                 message=f"{checkpoint.tag} removed by retention (keep last {new[0]}, every {new[1] or '-'})",
             )
-            transaction.on_commit(functools.partial(_delete_folder, checkpoint.path))
+            transaction.on_commit(functools.partial(_delete_folder, checkpoint.path, run))
     return pruned
 
 
 def _check_resumable(run: Run, checkpoint: Checkpoint) -> None:
     parent = checkpoint.run
+    if not inside_run(checkpoint.path or "", run=parent):
+        raise ServingRefused(
+            "checkpoint", f"Checkpoint {checkpoint.tag}'s files are not inside run {parent.pk}'s directory."
+        )
     if checkpoint.pruned_at is not None or not Path(checkpoint.path or "").is_dir():
         raise ServingRefused("checkpoint", f"Checkpoint {checkpoint.tag} is no longer on disk.")
     if run.trainer != Trainer.REFERENCE or parent.trainer != Trainer.REFERENCE:

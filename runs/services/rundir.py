@@ -36,6 +36,7 @@ def run_dir_prepare(*, run: Run, attempt: Attempt | None = None) -> Path:
     attempt's. Safe to repeat: a relaunch gets a new token."""
     path = run_dir_path(run)
     path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)  # the run's job (its own user, workers.backends.jobuser) and the control plane only
     write_atomic(path / "run.json", json.dumps(run_json(run), indent=2))
     write_atomic(
         path / "token",

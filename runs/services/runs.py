@@ -25,6 +25,7 @@ from runs.services.calibration import assumed_mfu
 from runs.services.data_prep import latest_prep
 from runs.services.diff import config_diff
 from runs.services.enqueue import enqueue_on_commit
+from runs.services.scripts import roots_text, script_in_roots
 from runs.services.transitions import IllegalTransition, transition
 
 
@@ -173,6 +174,14 @@ def run_check(
                 FieldIssue(
                     "script_path",
                     f"{script_path!r} is not an absolute path to a .py file; give e.g. /home/me/train.py.",
+                )
+            )
+        elif script_in_roots(script_path) is None:
+            issues.append(
+                FieldIssue(
+                    "script_path",
+                    f"{script_path!r} is not a .py file inside the script folders ({roots_text()}); copy it into "
+                    "one of them, or have an administrator add its folder to CP_SCRIPT_ROOTS.",
                 )
             )
     plan_dict: dict | None = None

@@ -24,6 +24,7 @@ from runs.metrics.store import metrics_record
 from runs.metrics.validation import MAX_RECORDS
 from runs.models import Alert, AuditEvent, Checkpoint, MetricBlock, MetricSeries, Run, RunStatus, RunToken
 from runs.realtime.broadcast import run_group
+from runs.services.rundir import run_dir_path
 from runs.services.tokens import run_token_check, run_token_issue, token_cache_clear
 from runs.services.transitions import transition
 from runs.views.ingest import IngestEndpoint
@@ -252,12 +253,12 @@ def test_checkpoint_events_create_then_update_a_checkpoint(run_and_token):
         "type": "checkpoint_saved",
         "step": 100,
         "tag": "step_000100",
-        "path": "/runs/1/checkpoints/step_000100",
+        "path": "checkpoints/step_000100",  # inside the run's directory (tests/runs/test_paths_confined.py)
         "bytes": 1234,
         "metrics": {"loss": 2.1, "ppl": "inf"},
     }
-    post(run.pk, [event], token)
-    post(run.pk, [{**event, "bytes": 4321}], token)
+    assert post(run.pk, [event], token).status_code == 200
+    assert post(run.pk, [{**event, "bytes": 4321}], token).status_code == 200
     checkpoint = Checkpoint.objects.get(run=run, step=100)
     assert (checkpoint.tag, checkpoint.size_bytes) == ("step_000100", 4321)
     assert checkpoint.metrics == {"loss": 2.1, "ppl": "inf"}
@@ -696,7 +697,8 @@ def test_the_reporter_delivers_its_file_and_a_restart_resends_nothing_twice(run_
         reporter.log(step, {"loss": 3.0 - step / 100, "tokens_per_s": 1000.0})
         if step % 50 == 0:
             reporter.heartbeat(step)
-    reporter.event("checkpoint_saved", 100, tag="step_000100", path=str(tmp_path / "ck"), bytes=10, metrics={})
+    checkpoint = run_dir_path(run) / "checkpoints" / "step_000100"  # a job's paths stay inside its run
+    reporter.event("checkpoint_saved", 100, tag="step_000100", path=str(checkpoint), bytes=10, metrics={})
     reporter.close(timeout=20)
     assert reporter.halted is None
     # Lose the acknowledgement file: the next reporter sends everything again, and nothing is counted twice.

@@ -99,10 +99,22 @@ def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path)
             print("step 6 | loss nan", flush=True)
     """)
     )
-    run = _follow(_tiny(operator, name="byo", steps=6, trainer="own_script", script=str(script)))
+    with override_settings(SCRIPT_ROOTS=[tmp_path]):
+        run = _follow(_tiny(operator, name="byo", steps=6, trainer="own_script", script=str(script)))
     assert run.status == RunStatus.SUCCEEDED, run.failure_reason
     assert MetricSeries.objects.get(run=run, key="loss").points == 6
     assert Alert.objects.filter(run=run, kind=AlertKind.NAN).exists()
+
+
+def test_own_script_outside_the_script_folders_is_refused_with_the_field(seeded, operator, runs_dir, tmp_path):
+    from runs.services.runs import RunInvalid
+
+    script = tmp_path / "elsewhere.py"
+    script.write_text("print(1)")
+    with pytest.raises(RunInvalid) as refused:
+        _tiny(operator, name="byo-outside", steps=6, trainer="own_script", script=str(script))
+    assert [issue.field for issue in refused.value.issues] == ["script_path"]
+    assert "CP_SCRIPT_ROOTS" in refused.value.issues[0].message
 
 
 def test_the_same_launch_on_a_real_slurm(seeded, operator, runs_dir, slurm_cluster):

@@ -33,6 +33,10 @@ class LaunchSpec:
     # backend records it with the job, so submit finds the attempt's job instead of starting a second one, and
     # cancel stops that job's processes and no one else's.
     attempt_key: str = ""
+    # The unprivileged user and group the job runs as on the local backend (workers.backends.jobuser); None: the
+    # worker's own account.
+    job_uid: int | None = None
+    job_gid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,24 @@ from workers.backends.base import LaunchError, LaunchSpec
 # processes on a host (workers.backends.procs.tagged_pids, jobs.launch.reap).
 ATTEMPT_KEY_ENV = "CP_ATTEMPT_KEY"
 ATTEMPT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+# All a local job takes from the worker's environment: the worker's holds the control plane's secrets (DATABASE_URL,
+# CP_SECRET_KEY, REDIS_URL, ...). The job's own variables come from job_env; its token is a file in its run directory.
+# Besides: the trainer's fault-injection switches (the fault suites set them on the worker) and the operator's
+# peak-FLOPs figure for MFU.
+LOCAL_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CP_PEAK_TFLOPS")
+LOCAL_INHERITED_PREFIXES = ("CP_INJECT_",)
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a local job (or the warm launcher that forks jobs) takes from the worker's environment."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key in LOCAL_INHERITED_ENV or key.startswith(LOCAL_INHERITED_PREFIXES)
+    }
+
+
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 

@@ -11,7 +11,16 @@ from pathlib import Path
 from jobs.launch.reap import reap
 from workers.backends import commands, warm
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
-from workers.backends.procs import alive, find_attempt_leader, read_record, spawn_group, start_ticks, stop_group
+from workers.backends.jobuser import JobUser, check_reachable, give_run_dir
+from workers.backends.procs import (
+    alive,
+    find_attempt_leader,
+    owned_by,
+    read_record,
+    spawn_group,
+    start_ticks,
+    stop_group,
+)
 
 
 def launcher_argv(spec: LaunchSpec) -> list[str]:
@@ -24,12 +33,32 @@ def launcher_argv(spec: LaunchSpec) -> list[str]:
 
 
 def process_env(spec: LaunchSpec) -> dict[str, str]:
-    env = {**os.environ, **commands.job_env(spec)}
+    env = commands.inherited_env(os.environ)
+    # Caches (torch, triton, matplotlib) and temporary files go to the job's own directory, never the worker's home.
+    env.update({"HOME": str(spec.run_dir), "TMPDIR": str(spec.run_dir / "tmp")})
+    if spec.job_uid is not None:
+        env.update({"USER": f"job{spec.job_uid}", "LOGNAME": f"job{spec.job_uid}"})
+    env.update(commands.job_env(spec))
     if spec.accelerator == "cpu":
         env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:
+        env.setdefault("CUDA_VISIBLE_DEVICES", os.environ["CUDA_VISIBLE_DEVICES"])
     # The ranks import jobs/ from the repository, wherever the launcher's working directory is.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(spec.workdir), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = str(spec.workdir)
     return env
+
+
+def _job_user(spec: LaunchSpec) -> JobUser | None:
+    """The job's user with its run directory handed over and its interpreter and script checked, or None."""
+    if spec.job_uid is None:
+        return None
+    user = JobUser(uid=spec.job_uid, gid=spec.job_gid if spec.job_gid is not None else spec.job_uid)
+    give_run_dir(spec.run_dir, user)
+    check_reachable(Path(spec.python), user, bits=5, what="the interpreter")
+    check_reachable(spec.workdir, user, bits=5, what="the repository")
+    if spec.module_argv and spec.module_argv[0] != "-m":
+        check_reachable(Path(spec.module_argv[0]), user, bits=4, what="the script")
+    return user
 
 
 class LocalBackend:
@@ -50,7 +79,14 @@ class LocalBackend:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("exit.json", "child.json", "leader.json", "cancel_requested"):
             (spec.run_dir / stale).unlink(missing_ok=True)
+        (spec.run_dir / "tmp").mkdir(exist_ok=True)
+        for log in ("stdout.log", "stderr.log"):
+            (spec.run_dir / log).touch()
         env = process_env(spec)
+        try:
+            user = _job_user(spec)
+        except OSError as exc:
+            raise LaunchError(f"Could not hand the run directory to the job's user: {exc}") from exc
         record = None
         if spec.accelerator == "cpu" and not spec.single_process:
             record = warm.spawn(
@@ -58,6 +94,7 @@ class LocalBackend:
                 run_dir=spec.run_dir,
                 cwd=spec.workdir,
                 env=env,
+                user=user,
                 launcher_args=commands.deepspeed_node_args(
                     spec.module_argv, ranks=spec.gpus_per_node, master_port=spec.master_port
                 ),
@@ -67,7 +104,7 @@ class LocalBackend:
             argv = [spec.python, "-m", "jobs.launch.wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
             try:
                 record = spawn_group(
-                    argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir, attempt_key=spec.attempt_key
+                    argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir, attempt_key=spec.attempt_key, user=user
                 )
             except OSError as exc:
                 raise LaunchError(f"Could not start the local job: {exc}") from exc
@@ -109,8 +146,9 @@ class LocalBackend:
         stop_group(pid, pid=pid, ticks=ticks)
         child = run_dir / "child.json"
         if child.exists():
+            # The job writes child.json itself: a group of another user's (the web server's) is never ours to kill.
             pgid = json.loads(child.read_text())["pgid"]
-            if start_ticks(pgid) is not None:
+            if isinstance(pgid, int) and pgid > 1 and start_ticks(pgid) is not None and owned_by(pgid, run_dir):
                 try:
                     os.killpg(pgid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from jobs.common.atomic import write_atomic
 
@@ -30,13 +31,36 @@ def alive(pid: int, ticks: int) -> bool:
     return start_ticks(pid) == ticks
 
 
-def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path, **extra) -> dict:
-    """Start argv as a new session (its own process group) with logs in run_dir; return the job record."""
+def owned_by(pid: int, run_dir: Path) -> bool:
+    """Whether process `pid` runs as the owner of `run_dir` (the job's user), or this worker owns both."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    real_uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
+    return real_uid == run_dir.stat().st_uid
+
+
+def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path, user: Any = None, **extra) -> dict:
+    """Start argv as a new session (its own process group) with logs in run_dir; return the job record.
+
+    `user` (a JobUser): the job runs as that user and group with no supplementary groups, files private (umask 077).
+    """
     stdout = open(run_dir / "stdout.log", "ab")
     stderr = open(run_dir / "stderr.log", "ab")
+    drop: dict[str, Any] = {}
+    if user is not None:
+        drop = {"user": user.uid, "group": user.gid, "extra_groups": [], "umask": 0o077}
     try:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **drop,
         )
     finally:
         stdout.close()

@@ -17,10 +17,12 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
 from jobs.launch.warm import frame, read_message
+from workers.backends.commands import inherited_env
 from workers.backends.procs import alive, job_record, start_ticks
 
 log = logging.getLogger(__name__)
@@ -56,12 +58,13 @@ def ensure_started(python: str) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _starting_pid(pid_file) is not None:
             return False
+        # The launcher forks jobs: it holds none of the worker's secrets (the allow-list of the local backend).
         env = {
-            **os.environ,
+            **inherited_env(os.environ),
             "DS_ACCELERATOR": "cpu",
             "CUDA_VISIBLE_DEVICES": "",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(settings.BASE_DIR), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": str(settings.BASE_DIR),
         }
         with open(sock.parent / "warm-launcher.log", "ab") as out:
             proc = subprocess.Popen(
@@ -87,9 +90,18 @@ def _starting_pid(pid_file: Path) -> int | None:
 
 
 def spawn(
-    *, python: str, run_dir: Path, cwd: Path, env: dict[str, str], launcher_args: list[str], attempt_key: str = ""
+    *,
+    python: str,
+    run_dir: Path,
+    cwd: Path,
+    env: dict[str, str],
+    launcher_args: list[str],
+    attempt_key: str = "",
+    user: Any = None,
 ) -> dict | None:
-    """Have the warm launcher start a job; its job.json record, or None when the caller must start it itself."""
+    """Have the warm launcher start a job; its job.json record, or None when the caller must start it itself.
+
+    `user` (a JobUser): the forked job drops to that user and group before it runs anything of the job's."""
     where = _in_use(python)
     if where is None:
         return None
@@ -106,6 +118,8 @@ def spawn(
             return None
         time.sleep(0.05)
     request = {"run_dir": str(run_dir), "cwd": str(cwd), "env": env, "args": launcher_args}
+    if user is not None:
+        request.update({"uid": user.uid, "gid": user.gid})
     with (
         conn,
         open(run_dir / "stdout.log", "ab") as stdout,

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +149,11 @@ def _bnb_kind(module: nn.Module) -> str:
     raise TypeError(f"unsupported projection module {name}")
 
 
-def unpack_4bit_for_cpu(module: nn.Module) -> None:
+# A bitsandbytes Linear4bit or Linear8bitLt: nn.Module's types do not describe their weights' quant_state, CB or SCB.
+BnbLinear = Any
+
+
+def unpack_4bit_for_cpu(module: BnbLinear) -> None:
     """Keep a bitsandbytes 4-bit module in the standard layout on CPU.
 
     On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights into a CPU-only layout on the first forward pass;
@@ -165,7 +171,7 @@ def unpack_4bit_for_cpu(module: nn.Module) -> None:
         )
 
 
-def _nf4_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, object]:
+def _nf4_parts(module: BnbLinear) -> tuple[torch.Tensor, torch.Tensor, Any]:
     import bitsandbytes.functional as bnbf
 
     state = module.weight.quant_state
@@ -175,7 +181,7 @@ def _nf4_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, object]:
     return module.weight.data, absmax.float().contiguous(), state
 
 
-def _int8_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _int8_parts(module: BnbLinear) -> tuple[torch.Tensor, torch.Tensor]:
     w = module.weight
     scb = getattr(w, "SCB", None)
     if scb is None:
@@ -184,7 +190,7 @@ def _int8_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return cb, scb.float() / 127.0
 
 
-def _repoint_int8(module: nn.Module, view: torch.Tensor) -> None:
+def _repoint_int8(module: BnbLinear, view: torch.Tensor) -> None:
     module.weight.data = view
     if getattr(module.weight, "CB", None) is not None:
         module.weight.CB = view
@@ -199,13 +205,14 @@ def make_linear(modules: Sequence[nn.Module], *, fuse: bool = True) -> Callable[
         return SplitLinear(parts=[make_linear([m]) for m in modules])
     kind = kinds.pop()
     if kind == "dense":
-        if len(modules) == 1:
-            return DenseLinear(weight=modules[0].weight, bias=modules[0].bias)
+        dense = [m for m in modules if isinstance(m, nn.Linear)]  # all of them: _bnb_kind said so
+        if len(dense) == 1:
+            return DenseLinear(weight=dense[0].weight, bias=dense[0].bias)
         if not fuse:
-            return SplitLinear(parts=[make_linear([m]) for m in modules])
-        fused = torch.cat([m.weight.data for m in modules], dim=0)
-        for m, view in zip(modules, fused.split([m.weight.shape[0] for m in modules]), strict=True):
-            m.weight.data = view
+            return SplitLinear(parts=[make_linear([d]) for d in dense])
+        fused = torch.cat([d.weight.data for d in dense], dim=0)
+        for d, view in zip(dense, fused.split([d.weight.shape[0] for d in dense]), strict=True):
+            d.weight.data = view
         return DenseLinear(weight=fused)
     if kind == "nf4":
         parts = [_nf4_parts(m) for m in modules]
@@ -328,6 +335,20 @@ def _on_gpu(t: torch.Tensor) -> bool:
 NF4_CHOICE: dict = {}  # the last choose_nf4_kernel's details (kernel per batch size, timings): for reports
 
 
+def _triton_calls(group: list[NF4Linear], config: nf4_kernel.Config, a: torch.Tensor) -> list[torch.Tensor]:
+    return [lin.triton(a, config) for lin in group]
+
+
+def _planned_calls(
+    nf4: Sequence[NF4Linear], x: dict[int, torch.Tensor], chosen: dict[tuple, nf4_kernel.Config]
+) -> list[torch.Tensor]:
+    return [lin.triton(x[lin.shape[1]], chosen[(lin.shape, lin.blocksize)]) for lin in nf4]
+
+
+def _bnb_calls(nf4: Sequence[NF4Linear], x: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    return [lin(x[lin.shape[1]]) for lin in nf4]
+
+
 def choose_nf4_kernel(linears: Sequence[object], *, dtype: torch.dtype, batches: Sequence[int] = (1,)) -> str:
     """Pick the NF4 kernels on CUDA; returns what was chosen (for ``info()``), "n/a" without CUDA NF4 weights.
 
@@ -356,34 +377,32 @@ def choose_nf4_kernel(linears: Sequence[object], *, dtype: torch.dtype, batches:
     groups: dict[tuple, list[NF4Linear]] = {}
     for lin in nf4:
         groups.setdefault((lin.shape, lin.blocksize), []).append(lin)
-    use = {}
-    detail = {}
+    use: dict[int, dict[tuple, nf4_kernel.Config] | None] = {}
+    detail: dict[int, dict[str, Any]] = {}
     for m in rows:
         x = {k: torch.randn(m, k, device=device, dtype=nf4[0].compute_dtype) for k in {lin.shape[1] for lin in nf4}}
-        chosen = {}
+        chosen: dict[tuple, nf4_kernel.Config] = {}
         for key, group in groups.items():
             xk = x[key[0][1]]
-            timings = {cfg: _graph_seconds(lambda g=group, c=cfg, a=xk: [lin.triton(a, c) for lin in g])
-                       for cfg in nf4_kernel.candidates(m)}  # fmt: skip
-            chosen[key] = min(timings, key=timings.get)
+            timings = {cfg: _graph_seconds(partial(_triton_calls, group, cfg, xk)) for cfg in nf4_kernel.candidates(m)}
+            chosen[key] = min(timings, key=timings.__getitem__)
             nbytes = sum(lin.packed.numel() + lin.absmax.numel() * 4 for lin in group)
             detail.setdefault(m, {})[f"{key[0][0]}x{key[0][1]}"] = {
                 "layers": len(group), "config": list(chosen[key]),
                 "us_per_layer": round(timings[chosen[key]] / len(group) * 1e6, 2),
                 "GB_per_s": round(nbytes / timings[chosen[key]] / 1e9, 1),
             }  # fmt: skip
-        t_triton = _graph_seconds(lambda x=x, chosen=chosen: [
-            lin.triton(x[lin.shape[1]], chosen[(lin.shape, lin.blocksize)]) for lin in nf4
-        ])  # fmt: skip
-        t_bnb = _graph_seconds(lambda x=x: [lin(x[lin.shape[1]]) for lin in nf4])  # triton_plan still empty: bnb
+        t_triton = _graph_seconds(partial(_planned_calls, nf4, x, chosen))
+        t_bnb = _graph_seconds(partial(_bnb_calls, nf4, x))  # triton_plan still empty: bitsandbytes' kernel
         use[m] = chosen if t_triton < t_bnb else None
         detail[m]["all_projections_us"] = {"triton": round(t_triton * 1e6, 1), "bitsandbytes": round(t_bnb * 1e6, 1)}
     plans: dict[int, list] = {id(lin): [None] * (nf4_kernel.MAX_ROWS + 1) for lin in nf4}
     lower = 0
     for m in rows:  # batch sizes between two timed ones go with the larger (the decode graphs pad up to it)
-        if use[m] is not None:
+        configs = use[m]
+        if configs is not None:
             for lin in nf4:
-                plans[id(lin)][lower + 1 : m + 1] = [use[m][(lin.shape, lin.blocksize)]] * (m - lower)
+                plans[id(lin)][lower + 1 : m + 1] = [configs[(lin.shape, lin.blocksize)]] * (m - lower)
         lower = m
     for lin in nf4:
         lin.triton_plan = tuple(plans[id(lin)])

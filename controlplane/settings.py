@@ -136,7 +136,11 @@ def _database() -> dict:
             "or sqlite:////absolute/path.sqlite3."
         )
     try:
-        config = dj_database_url.parse(url, conn_max_age=60)
+        # No persistent connections (CONN_MAX_AGE 0): under ASGI each request's sync code runs in a thread of its
+        # own, so every request left a connection open, and the walk's few thousand requests filled PostgreSQL's
+        # max_connections (Django's docs: disable them under ASGI). The ingest threads, few and long-lived, keep
+        # theirs (runs.metrics.ingest).
+        config = dj_database_url.parse(url, conn_max_age=0)
     except Exception as exc:  # dj-database-url raises several types for malformed URLs
         raise ImproperlyConfigured(  # noqa: B904 - the message carries the cause
             f"DATABASE_URL could not be parsed ({exc}); expected postgres://USER@HOST:PORT/NAME."

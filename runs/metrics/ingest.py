@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connection, connections
 
 from runs.metrics.compaction import metrics_compact_due
 from runs.metrics.rows import IngestResult, RunGone
@@ -303,13 +303,11 @@ class GroupCommit:
         time.sleep(COMPACT_GATHER_S)
         with self._compact_lock:
             series_ids, self._compact_queue = sorted(self._compact_queue), set()
-        close_old_connections()
+        _connection_kept()
         try:
             metrics_compact_due(series_ids)
         except Exception:  # the next ingest of the series triggers it again
             log.exception("compaction of series %s failed", series_ids)
-        finally:
-            close_old_connections()
 
 
 def _resolve(request: Request, answer: Answer | Exception) -> None:
@@ -335,14 +333,19 @@ def answer_now(*, run_id: int, token: str, body: bytes) -> Answer:
     return answer
 
 
+def _connection_kept() -> None:
+    """The ingest and compaction threads are few and live as long as the server, so each keeps its connection from
+    one group to the next (Django's request cycle, which would close it, never runs here); one that broke is
+    dropped, and the next query opens another."""
+    raw = connection.connection
+    if raw is not None and (getattr(raw, "closed", False) or getattr(raw, "broken", False)):  # psycopg's own flags
+        connection.close()
+
+
 def _store_in_thread(group: list[Request]) -> list[Answer]:
-    # The request lifecycle Django would run: drop a connection that broke or outlived CONN_MAX_AGE.
-    close_old_connections()
-    try:
-        ingest_connection_setup()
-        return store_requests(group)
-    finally:
-        close_old_connections()
+    _connection_kept()
+    ingest_connection_setup()
+    return store_requests(group)
 
 
 def store_requests(group: list[Request]) -> list[Answer]:

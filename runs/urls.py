@@ -1,7 +1,7 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from runs.views import audit, data, recipes, runs, serving, tokens
+from runs.views import audit, data, mlflow_pages, recipes, runs, serving, tokens
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list"), name="home"),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("runs/<int:pk>/annotate/", runs.run_annotate_view, name="run-annotate"),
     path("runs/<int:pk>/launch/", runs.run_launch_view, name="run-launch"),
     path("runs/<int:pk>/cancel/", runs.run_cancel_view, name="run-cancel"),
+    path("runs/<int:pk>/mlflow-artifacts/<path:path>", mlflow_pages.run_mlflow_artifact, name="run-mlflow-artifact"),
     path("runs/<int:pk>/checkpoints/", serving.checkpoint_list, name="run-checkpoints"),
     path("runs/<int:pk>/checkpoints/retention/", serving.checkpoint_retention, name="run-retention"),
     path(

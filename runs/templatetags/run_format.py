@@ -22,3 +22,11 @@ def duration_short(value: datetime.timedelta | None) -> str:
     if seconds < 86_400:
         return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     return f"{seconds // 86_400} d {seconds % 86_400 // 3600} h"
+
+
+@register.inclusion_tag("runs/_run_mlflow.html")
+def run_mlflow(run) -> dict:
+    """The run page's MLflow panel: what a script logged through the MLflow client."""
+    from runs.services.mlflow_summary import mlflow_summary
+
+    return {"run": run, "mlflow": mlflow_summary(run)}

@@ -21,6 +21,7 @@ from runs.services.checkpoints import run_start_from
 from runs.services.annotations import AnnotationRefused, drafts_delete, run_annotate, runs_archive
 from runs.services.data_reports import consumed_mix, prep_of_run
 from runs.services.diff import configs_diff
+from runs.services.mlflow_summary import mlflow_rows
 from runs.services.run_table import METRIC, PAGE_SIZE, TableQuery, page_metrics, table_queryset
 from runs.services.timeline import replaced_ranges, run_timeline
 from runs.services.versus import planned_vs_actual
@@ -400,6 +401,7 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         {
             "runs": runs,
             "rows": [(path, values) for path, values in (diff or {}).items()],
+            "mlflow_rows": mlflow_rows(runs) if len(runs) >= 2 else [],
             "metrics": [metrics[r.pk] for r in runs],
             "diff": diff,
             "choices": choices,

@@ -415,12 +415,14 @@ def scenario_kill_worker_in_launch(cp: ControlPlane, repeats: int = 3) -> Row:
     row = Row(fault=f"kill -9 worker during launch (x{repeats})", expected_state="succeeded")
     for i in range(repeats):
         cp.start_worker(name=f"l{i}")
-        _wait(lambda: status(run.pk) != "queued" or (run_dir / "job.json").exists(), 90, 0.05)
+        log = cp.root / f"worker-l{i}.log"
+        _wait(lambda: "ready." in log.read_text(errors="replace"), 120, 0.1)  # noqa: B023
+        time.sleep(0.5 * i)  # before the claim, between claim and submit, after submit
         cp.kill_workers()
     t0 = time.monotonic()
     cp.start_worker(name="last")
     row.detection_s = 0.0
-    row.final_state = wait_final(run.pk, 300)
+    row.final_state = wait_final(run.pk, 480)  # a claim held by a killed launcher is taken over after its lease
     row.recovery_s = round(time.monotonic() - t0, 2)
     return check(row, run.pk, run_dir)
 

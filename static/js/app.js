@@ -84,3 +84,41 @@ function toggleShortcutHelp() {
 })();
 
 document.addEventListener("click", (ev) => { if (ev.target.closest("#shortcuts-button")) toggleShortcutHelp(); });
+
+// A websocket that comes back on its own: retried quickly (a server back after a restart is rejoined within a
+// second or two, never after a long back-off), with the page told when it is live, down, or refused.
+// onOpen(again) runs on every open; `again` is true after a drop, when the page should read back what it missed.
+const CP_RETRY_MS = [100, 250, 500, 1000];
+function cpSocket(path, {onMessage, onOpen, onState} = {}) {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  let attempts = 0, everOpen = false, socket = null;
+  function connect() {
+    const ws = socket = new WebSocket(`${proto}//${location.host}${path}`);
+    ws.onopen = () => {
+      attempts = 0;
+      onState?.("live");
+      onOpen?.(everOpen);
+      everOpen = true;
+    };
+    ws.onmessage = (ev) => onMessage?.(JSON.parse(ev.data));
+    ws.onclose = (ev) => {
+      if (ws !== socket) return;
+      if (ev.code >= 4400 && ev.code < 4500) { onState?.("refused"); return; } // not logged in, no role, no such object
+      onState?.("reconnecting");
+      setTimeout(connect, CP_RETRY_MS[Math.min(attempts++, CP_RETRY_MS.length - 1)]);
+    };
+  }
+  onState?.("connecting");
+  connect();
+  window.addEventListener("online", () => { if (socket && socket.readyState === WebSocket.CLOSED) connect(); });
+}
+
+// The connection indicator (<span class="conn" id="conn">) pages that follow something live carry.
+function cpShowConnection(state) {
+  const conn = document.getElementById("conn");
+  if (!conn) return;
+  conn.dataset.state = state;
+  conn.className = "conn " + (state === "live" ? "live" : "down");
+  conn.textContent = {live: "live", reconnecting: "reconnecting…", refused: "not allowed to follow this"}[state] || "connecting…";
+  conn.title = state === "live" ? "Following live" : "The live connection is down; retrying. What changed meanwhile is read back when it returns.";
+}

@@ -305,6 +305,10 @@ class RunCharts {
       wanted.get(item.run).push(item.key);
     }
     const results = new Map(); // `${run} ${key}` -> series
+    // Live points that arrive while the read is under way are kept: those the read was answered without (stored
+    // after the server read) are drawn again after it.
+    const live = new Map(list.map((chart) => [chart, new Map()]));
+    for (const [chart, kept] of live) (chart.live ||= new Set()).add(kept);
     const reads = [];
     for (const [run, keys] of wanted) {
       for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
@@ -314,13 +318,32 @@ class RunCharts {
         }));
       }
     }
-    await Promise.all(reads);
-    for (const chart of list) {
-      if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
-      chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
-      chart.range = lo != null ? [lo, hi] : null;
-      await this.render(chart);
+    try {
+      await Promise.all(reads);
+      for (const chart of list) {
+        if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
+        chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
+        chart.range = lo != null ? [lo, hi] : null;
+        chart.live.delete(live.get(chart));
+        await this.render(chart);
+        this.replay(chart, live.get(chart));
+      }
+    } finally {
+      for (const [chart, kept] of live) chart.live.delete(kept);
     }
+  }
+
+  // Live points kept during a read, after the read's line: queued again, the ones the read had are skipped.
+  replay(chart, live) {
+    if (!live || !live.size) return;
+    const byRun = new Map();
+    for (const item of chart.items) {
+      const pairs = live.get(`${item.run} ${item.key}`);
+      if (!pairs) continue;
+      if (!byRun.has(item.run)) byRun.set(item.run, {});
+      byRun.get(item.run)[item.key] = pairs;
+    }
+    for (const [run, points] of byRun) this.queue(run, points);
   }
 
   async draw(groupId, lo = null, hi = null) {
@@ -345,8 +368,9 @@ class RunCharts {
     return [{...common, y: smooth(s.values.map(nul), this.smoothing), line: {width: 1.5, color}, name}];
   }
 
+  // Draws the chart from its cache: the last read plus the live points accepted since (queue() adds them to it).
   async render(chart) {
-    chart.pending = null; // queued live points are stored already: the read has them
+    chart.pending = null; // queued live points are in the cache
     chart.stale = false;
     const traces = [];
     const units = [...new Set(chart.items.map((i) => UNITS[i.key] || ""))];
@@ -446,8 +470,12 @@ class RunCharts {
       const chart = this.charts.get(g.id);
       const item = chart && chart.items.find((i) => i.run === runId && i.key === key);
       if (!item) { unknown = true; continue; }
-      // A point at or before the line's last one was drawn already (pushed and read back after a reconnect), or
-      // came late: the line stays in step order, and the next full read of the chart has every point.
+      for (const kept of chart.live || []) { // reads under way
+        const id = `${runId} ${key}`;
+        kept.set(id, [...(kept.get(id) || []), ...pairs]);
+      }
+      // A point at or before the line's last one was drawn already (pushed, then read), or came late: the line stays
+      // in step order, and the next read of the chart (every reconnect reads them all) has every point.
       const fresh = pairs.filter(([x]) => x > (item.lastX ?? -Infinity));
       if (chart.zoomed || !chart.drawn || !fresh.length) continue;
       const queued = (chart.pending ||= new Map()).get(item) || {x: [], y: [], steps: []};
@@ -465,12 +493,23 @@ class RunCharts {
       }
       item.lastX = fresh[fresh.length - 1][0];
       chart.pending.set(item, queued);
+      this.cacheAppend(chart, item, fresh);
       chart.frame ||= requestAnimationFrame(() => this.flush(chart));
     }
     for (const pairs of Object.values(points)) {
       for (const [step] of pairs) this.lastStep.set(runId, Math.max(this.lastStep.get(runId) ?? -1, step));
     }
     return !unknown;
+  }
+
+  // The cache a chart is drawn from again (smoothing, x-axis) keeps the live points too.
+  cacheAppend(chart, item, pairs) {
+    const s = chart.cache && chart.cache[chart.items.indexOf(item)];
+    if (!s) return;
+    for (const [step, y] of pairs) {
+      s.steps.push(step);
+      if (s.mode === "envelope") { s.last.push(y); s.min.push(y); s.max.push(y); } else s.values.push(y);
+    }
   }
 
   // Live points are drawn once per chart and animation frame: a redraw costs milliseconds whatever the number of
@@ -577,30 +616,24 @@ class RunCharts {
   }
 
   // Once the run's socket is open (first or again): points stored after the page read its history and before the
-  // socket joined the run's group were never pushed to it, so read what came after the last step drawn.
+  // socket joined the run's group were never pushed to it. The charts are read again in full: a read from the last
+  // step drawn would miss what a push that overtook it (the first after a reconnect, while the reporter was still
+  // sending its backlog) made look drawn already.
   async catchUp(runId) {
     await this.loader; // a build under way
-    if (this.charts.size) await this.backfill(runId);
-    else await this.load();
+    if (!this.charts.size) { await this.load(); return; }
+    const unknown = await this.hasNewKeys(runId);
+    if (unknown) { await this.load(); return; }
+    if (this.xMode === "time") await this.loadClock(runId);
+    const list = [...this.charts.values()].filter((c) => c.drawn && !c.zoomed && c.items.some((i) => i.run === runId));
+    await this.readAndDraw(list);
   }
 
-  // Fetch what was missed since the last step drawn: one request per MAX_KEYS_PER_READ keys.
-  async backfill(runId) {
-    if (!this.charts.size) { await this.load(); return; }
-    const since = (this.lastStep.get(runId) ?? -1) + 1;
-    const keys = [];
-    for (const chart of this.charts.values()) for (const item of chart.items) if (item.run === runId) keys.push(item.key);
-    if (this.xMode === "time") keys.push("wall_time");
-    for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
-      const data = await fetchJSON(seriesURL(runId, part, since, null, 20000));
-      const points = {};
-      for (const [key, s] of Object.entries(data.keys)) {
-        if (!s || !s.steps.length) continue;
-        const ys = s.mode === "envelope" ? s.last : s.values;
-        points[key] = s.steps.map((x, i) => [x, ys[i]]);
-      }
-      if (Object.keys(points).length) await this.extend(runId, points);
-    }
+  async hasNewKeys(runId) {
+    const info = await fetchJSON(`/api/v1/runs/${runId}/keys/`);
+    const have = new Set([...this.charts.values()].flatMap((c) => c.items.filter((i) => i.run === runId).map((i) => i.key)));
+    return (info.keys || []).map((k) => (typeof k === "string" ? k : k.key))
+      .some((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)) && !have.has(k));
   }
 
   // Dark mode follows the system setting: charts take the page's colours again when it changes.

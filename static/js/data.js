@@ -1,18 +1,6 @@
 // Data pages: a source's count and a prep run's progress arrive over their websocket (runs/realtime/data.py).
 function dataSocket(path, onMessage) {
-  const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  let delay = 500;
-  function connect() {
-    const ws = new WebSocket(`${proto}//${location.host}${path}`);
-    ws.onopen = () => { delay = 500; };
-    ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
-    ws.onclose = (ev) => {
-      if (ev.code >= 4400 && ev.code < 4500) return;
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
-    };
-  }
-  connect();
+  cpSocket(path, {onMessage});  // app.js: quick retries after a drop
 }
 
 let leavingPage = false;

@@ -1,19 +1,26 @@
-// Live run status over the websocket: badges update in place; reconnects with back-off.
+// Live run status over the websocket: badges update in place; after a dropped connection the table (or the page's
+// badge) is read again, so nothing that changed meanwhile is missed.
 function liveStatus(path, runId) {
   const labels = {draft: "Draft", queued: "Queued", launching: "Launching", running: "Running",
     remediating: "Remediating", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled"};
-  let delay = 500;
   function setBadge(el, status) {
     if (!el) return;
     el.className = "badge " + status;
     el.textContent = labels[status] || status;
   }
-  function connect() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${proto}//${location.host}${path}`);
-    ws.onopen = () => { delay = 500; };
-    ws.onmessage = (ev) => {
-      const msg = JSON.parse(ev.data);
+  async function readBack() {
+    const resp = await fetch(location.href, {headers: {Accept: "text/html"}, cache: "no-store"});
+    if (!resp.ok) return;
+    const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+    for (const selector of ["#run-table tbody", "#run-count", "#run-status"]) {
+      const fresh = doc.querySelector(selector), here = document.querySelector(selector);
+      if (fresh && here && fresh.innerHTML !== here.innerHTML) here.replaceWith(document.importNode(fresh, true));
+    }
+  }
+  cpSocket(path, {
+    onState: cpShowConnection,
+    onOpen: (again) => { if (again) readBack().catch(() => {}); },
+    onMessage: (msg) => {
       if (msg.type === "run.status") {
         if (runId) setBadge(document.getElementById("run-status"), msg.status);
         const row = document.querySelector(`tr[data-run="${msg.run_id}"] [data-status]`);
@@ -24,14 +31,8 @@ function liveStatus(path, runId) {
         note.innerHTML = 'New runs were created. <a href="">Reload</a> to see them.';
         document.querySelector("main").prepend(note);
       }
-    };
-    ws.onclose = (ev) => {
-      if (ev.code >= 4400 && ev.code < 4500) return;  // refused: not logged in or no role
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
-    };
-  }
-  connect();
+    },
+  });
 }
 
 (function start() {

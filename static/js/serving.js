@@ -6,18 +6,7 @@ function wsUrl(path) {
 }
 
 function reconnecting(path, onMessage) {
-  let delay = 500;
-  function connect() {
-    const ws = new WebSocket(wsUrl(path));
-    ws.onopen = () => { delay = 500; };
-    ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
-    ws.onclose = (ev) => {
-      if (ev.code >= 4400 && ev.code < 4500) return;
-      setTimeout(connect, delay);
-      delay = Math.min(delay * 2, 10000);
-    };
-  }
-  connect();
+  cpSocket(path, {onMessage});  // app.js: quick retries after a drop
 }
 
 // True once the page is submitting a form or going away: a reload then would cancel that navigation.

@@ -204,3 +204,30 @@ def test_charts_built_twice_at_once_leave_one_chart_each_and_draw_what_came_mean
     page.wait_for_function(f"() => document.getElementById('chart-loss').data[0].x.length === {SEED + 1}")
     assert page.locator(".chart").count() == 1
     assert page.locator("#chart-loss").count() == 1
+
+
+def test_a_push_that_overtakes_the_catch_up_read_hides_none_of_the_points_stored_before_it(run_page):
+    """After a reconnect the reporter sends its backlog while the page reads: the first push (newer than the backlog)
+    may reach the page before the page's read. The points the socket never carried are drawn all the same."""
+    page, run_id = run_page
+    _record(run_id, [(SEED + s, _inside(SEED + s)) for s in range(3)])  # stored while the page had no socket
+    _push(page, run_id, [(SEED + 3, _inside(SEED + 3))])  # the first push on the new socket
+    page.evaluate(f"() => charts.catchUp({run_id})")
+    page.wait_for_function(f"() => document.getElementById('chart-loss').data[0].x.length === {SEED + 4}")
+    assert page.evaluate("() => document.getElementById('chart-loss').data[0].x") == list(range(SEED + 4))
+
+
+def test_a_push_during_a_read_the_server_answered_without_it_is_drawn_after_the_read(run_page):
+    page, run_id = run_page
+    page.evaluate(
+        f"""async () => {{
+          const reading = charts.readAndDraw([charts.charts.get("loss")]);
+          await charts.extend({run_id}, {{loss: [[{SEED}, {_inside(SEED)}]]}});  // committed after the server read
+          await reading;
+        }}"""
+    )
+    page.wait_for_function(f"() => document.getElementById('chart-loss').data[0].x.length === {SEED + 1}")
+    assert page.evaluate("() => document.getElementById('chart-loss').data[0].x") == list(range(SEED + 1))
+    # Redrawn from its cache (smoothing), the chart keeps the live point.
+    page.evaluate("() => charts.setSmoothing(0.5)")
+    assert page.evaluate("() => document.getElementById('chart-loss').data[0].x.length") == SEED + 1

@@ -70,3 +70,35 @@ async def test_session_cookie_is_required_by_the_real_stack(seeded):
     connected, code = await comm.connect(timeout=3)
     await comm.disconnect()  # lets the application instance finish, so the event loop closes cleanly
     assert not connected and code == 4401
+
+
+async def test_a_handshake_after_the_database_dropped_its_connections_is_accepted(seeded, viewer, operator):
+    """PostgreSQL restarted (or an idle connection was cut): the consumer's pooled connection is dead. The first
+    handshake afterwards must check it and reconnect, not fail with a server error."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL terminates connections; SQLite has none to lose")
+    import psycopg
+
+    run = await database_sync_to_async(tiny_run)(owner=operator)
+    first = _communicator(viewer, f"/ws/runs/{run.pk}/")
+    assert (await first.connect(timeout=5))[0]
+    await first.disconnect()
+
+    def pooled_pid() -> int:  # in the thread the consumers' database calls run in
+        connection.ensure_connection()
+        return connection.connection.info.backend_pid
+
+    pid = await database_sync_to_async(pooled_pid)()
+
+    def cut(pid: int) -> None:
+        params = connection.get_connection_params()
+        with psycopg.connect(**params, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    await database_sync_to_async(cut, thread_sensitive=False)(pid)
+    again = _communicator(viewer, f"/ws/runs/{run.pk}/")
+    connected, _ = await again.connect(timeout=5)
+    await again.disconnect()
+    assert connected

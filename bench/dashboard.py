@@ -110,8 +110,16 @@ def make_table_runs(template, count: int) -> None:
     )
     one = np.zeros(1, np.int64)
     blocks = [
-        MetricBlock(series=s, step_lo=0, step_hi=0, n=1, vmin=s.last_value - 0.1, vmax=s.last_value,
-                    steps=ru.pack_steps(one), values=ru.pack_values(np.array([s.last_value])))  # fmt: skip
+        MetricBlock(
+            series=s,
+            step_lo=0,
+            step_hi=0,
+            n=1,
+            vmin=s.last_value - 0.1,
+            vmax=s.last_value,
+            steps=ru.pack_steps(one),
+            values=ru.pack_values(np.array([s.last_value])),
+        )  # fmt: skip
         for s in series
     ]
     MetricBlock.objects.bulk_create(blocks, batch_size=2000)

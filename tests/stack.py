@@ -53,7 +53,11 @@ class Stack:
         """Start the web server again on the same port; returns once it answers."""
         log = open(self.logs / "web.log", "ab")
         self.procs[0] = subprocess.Popen(
-            web_server_argv(port=self.port), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            web_server_argv(port=self.port),
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 60

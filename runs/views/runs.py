@@ -16,15 +16,13 @@ from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
 from runs.models import AuditEvent, Checkpoint, Cluster, Run, RunStatus, Trainer
 from runs.planning.presets import PRESETS
+from runs.services.annotations import AnnotationRefused, drafts_delete, run_annotate, runs_archive
 from runs.services.artifacts import ServingRefused
 from runs.services.checkpoints import run_start_from
-from runs.services.annotations import AnnotationRefused, drafts_delete, run_annotate, runs_archive
 from runs.services.data_reports import consumed_mix, prep_of_run
 from runs.services.diff import configs_diff
 from runs.services.mlflow_summary import mlflow_rows
 from runs.services.run_table import METRIC, PAGE_SIZE, TableQuery, page_metrics, table_queryset
-from runs.services.timeline import replaced_ranges, run_timeline
-from runs.services.versus import planned_vs_actual
 from runs.services.runs import (
     RunActionRefused,
     RunInvalid,
@@ -35,6 +33,8 @@ from runs.services.runs import (
     run_launch,
     run_update,
 )
+from runs.services.timeline import replaced_ranges, run_timeline
+from runs.services.versus import planned_vs_actual
 
 
 def _run_or_none(raw: str | None) -> Run | None:
@@ -61,7 +61,9 @@ def run_list(request: HttpRequest) -> HttpResponse:
         run.metric = metrics.get(run.pk)
         total = (run.config.get("training") or {}).get("total_steps") if isinstance(run.config, dict) else None
         run.total_steps = total
-        run.progress_pct = min(100.0, 100.0 * (run.last_step + 1) / total) if total and run.last_step is not None else None
+        run.progress_pct = (
+            min(100.0, 100.0 * (run.last_step + 1) / total) if total and run.last_step is not None else None
+        )
         run.duration = ((run.finished_at or now) - run.started_at) if run.started_at else None
     owners = get_user_model().objects.filter(runs__isnull=False).distinct().order_by("username")
     params = request.GET.copy()
@@ -131,7 +133,9 @@ def run_bulk(request: HttpRequest) -> HttpResponse:
 def run_annotate_view(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run, pk=pk)
     try:
-        run_annotate(actor=request.user, run=run, tags=request.POST.get("tags", ""), notes=request.POST.get("notes", ""))
+        run_annotate(
+            actor=request.user, run=run, tags=request.POST.get("tags", ""), notes=request.POST.get("notes", "")
+        )
     except AnnotationRefused as exc:
         messages.error(request, f"{exc.field}: {exc}")
     else:
@@ -148,7 +152,8 @@ def _form_from_config(text: str) -> tuple[RunForm, str]:
     except ValueError as exc:
         return RunForm(preset="tiny"), f"config: not JSON ({exc}); paste the config exactly as a run page shows it."
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        return RunForm(preset="tiny"), "config: a run config is a JSON object with model, parallel, batch, ... sections."
+        message = "config: a run config is a JSON object with model, parallel, batch, ... sections."
+        return RunForm(preset="tiny"), message
     run_part = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
     cluster_part = cfg.get("cluster") if isinstance(cfg.get("cluster"), dict) else {}
     recipe_part = (cfg.get("data") or {}).get("recipe") if isinstance(cfg.get("data"), dict) else None

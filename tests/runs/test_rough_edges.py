@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import stat
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
 
 from runs.metrics.store import metrics_record
-from runs.models import AuditEvent, DataMixRecipe, DataSource, JobPhase, Run
+from runs.models import AuditEvent, DataMixRecipe, DataSource, JobPhase
 from runs.services.artifacts import latency_finish
 from runs.services.serving_transitions import move
 from tests.runs.factories import deployment_for, tiny_run
@@ -22,7 +21,9 @@ pytestmark = pytest.mark.django_db
 def _points(run, steps, **values):
     metrics_record(
         run=run,
-        records=[{"kind": "metrics", "step": s, "time": 0.0, "values": {k: v(s) for k, v in values.items()}} for s in steps],
+        records=[
+            {"kind": "metrics", "step": s, "time": 0.0, "values": {k: v(s) for k, v in values.items()}} for s in steps
+        ],
     )
 
 
@@ -107,7 +108,7 @@ def test_editing_a_recipe_keeps_its_notes_and_mixes_in_any_registered_source(cli
 
 def test_a_second_latency_measurement_keeps_the_first(checkpointed, operator):
     artifact = deployment_for(checkpointed, actor=operator).artifact
-    for i, ms in enumerate((12.0, 9.0)):
+    for ms in (12.0, 9.0):
         artifact = move(obj=artifact, field="latency_status", to=JobPhase.QUEUED, actor=operator)
         artifact = move(obj=artifact, field="latency_status", to=JobPhase.RUNNING, actor="system")
         report = {"device": "cpu", "variants": [{"name": "nf4", "decode_ms_per_token": ms}]}

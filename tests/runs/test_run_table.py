@@ -67,7 +67,9 @@ def test_progress_and_duration_are_shown(client, viewer, three, operator):
     from django.utils import timezone
 
     Run.objects.filter(pk=a.pk).update(
-        status=RunStatus.SUCCEEDED, started_at=timezone.now() - timezone.timedelta(minutes=3), finished_at=timezone.now()
+        status=RunStatus.SUCCEEDED,
+        started_at=timezone.now() - timezone.timedelta(minutes=3),
+        finished_at=timezone.now(),
     )
     client.force_login(viewer)
     page = client.get(reverse("run-list")).content.decode()
@@ -100,6 +102,6 @@ def test_compare_takes_any_number_of_runs_with_a_diff_and_parallel_coordinates(c
     d = tiny_run(owner=operator, name="delta", optimizer__lr=0.003)
     client.force_login(viewer)
     page = client.get(reverse("run-compare") + f"?run={a.pk}&run={b.pk}&run={c.pk}&run={d.pk}").content.decode()
-    assert page.count('<th>#') == 4
+    assert page.count("<th>#") == 4
     assert "optimizer.lr" in page and "0.003" in page and "model.hidden_size" not in page
     assert '"label": "optimizer.lr"' in page and "parcoords" in page

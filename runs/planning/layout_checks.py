@@ -154,6 +154,25 @@ def check_parallel(r: ConfigReader, *, model: dict[str, Any], cluster: dict[str,
             "TP > 1; turn parallel.sp off or raise parallel.tp.",
             {"parallel.sp": False},
         )
+    seq = r.raw("batch.seq_len")
+    seq_range = RANGES["batch.seq_len"]
+    # An out-of-range length has its own issue; one issue a field.
+    seq_ok = isinstance(seq, int) and not isinstance(seq, bool) and seq_range.lo < seq < seq_range.hi
+    if p["sp"] and tp is not None and tp > 1 and seq_ok and seq % tp:
+        r.add(
+            "batch.seq_len",
+            f"batch.seq_len is {seq} with sequence parallelism over TP {tp}; Megatron-style sequence parallelism "
+            f"splits every sequence evenly over the tensor-parallel ranks, so set batch.seq_len (and the "
+            f"curriculum's lengths) to a multiple of {tp}, or turn parallel.sp off.",
+            {"batch.seq_len": max(tp, seq - seq % tp)},
+        )
+    if zero is not None and zero == 0 and tp is not None and tp > 1 and ep is not None and ep > 1:
+        r.add(
+            "parallel.zero_stage",
+            f"TP {tp} with EP {ep} runs with ZeRO stage 1 or 2 in the reference trainer: without ZeRO, DeepSpeed's "
+            "gradient norm does not sum the experts held by other expert-parallel ranks; set parallel.zero_stage to 1.",
+            {"parallel.zero_stage": 1},
+        )
     if zero is not None:
         if p["offload_param"] and zero != 3:
             r.add(
@@ -184,7 +203,11 @@ def check_parallel(r: ConfigReader, *, model: dict[str, Any], cluster: dict[str,
 
 
 def _check_tp(r: ConfigReader, *, tp: int, model: dict[str, Any], gpus_per_node: int | None) -> None:
-    widths = {"model.num_heads": model.get("num_heads"), "model.intermediate_size": model.get("intermediate_size")}
+    widths = {
+        "model.num_heads": model.get("num_heads"),
+        "model.intermediate_size": model.get("intermediate_size"),
+        "model.vocab_size": model.get("vocab_size"),
+    }
     if model.get("arch") == "moe":
         widths["model.moe_intermediate_size"] = model.get("moe_intermediate_size")
     known = {k: v for k, v in widths.items() if v is not None}
@@ -204,7 +227,9 @@ def _check_tp(r: ConfigReader, *, tp: int, model: dict[str, Any], gpus_per_node:
         )
     for name, width in known.items():
         if width % tp:
-            what = "attention heads" if name == "model.num_heads" else "MLP width"
+            what = {"model.num_heads": "attention heads", "model.vocab_size": "vocabulary (embedding and lm_head)"}.get(
+                name, "MLP width"
+            )
             r.add(
                 "parallel.tp",
                 f"parallel.tp is {tp} but {name} is {width:,}; TP splits the {what} evenly across "

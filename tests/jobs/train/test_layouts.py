@@ -28,6 +28,8 @@ LAYOUTS = {
     "pp2": ({"pp": 2, "zero_stage": 1}, 2),
     "tp2_pp2": ({"tp": 2, "pp": 2, "zero_stage": 1}, 4),
     "sp2": ({"tp": 2, "sp": True}, 2),
+    "pp2_dp2": ({"pp": 2, "zero_stage": 1}, 4),
+    "tp2_pp2_dp2": ({"tp": 2, "pp": 2, "zero_stage": 1}, 8),
 }
 CASES = [
     ("dense", "tp2"),
@@ -40,6 +42,8 @@ CASES = [
     ("dense", "tp2_pp2"),
     ("dense", "sp2"),
     ("moe", "sp2"),
+    ("dense", "tp2_pp2_dp2"),
+    ("moe", "tp2_pp2_dp2"),
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+import mlflow  # noqa: F401  the package first: importing mlflow.entities first is circular in some import orders
 from mlflow.entities import Experiment as MlflowExperiment
 from mlflow.entities import Run as MlflowRun
 from mlflow.exceptions import MlflowException

@@ -16,11 +16,22 @@ IGNORE = ["widgetbundle.js", "datasets", "templates", "*.map"]
 STAMP = ".sources.sha256"
 
 
+def _without_source_maps(patterns: tuple) -> tuple:
+    def names_a_map(pattern) -> bool:
+        return "sourceMappingURL" in (pattern[0] if isinstance(pattern, tuple | list) else pattern)
+
+    return tuple((glob, tuple(p for p in found if not names_a_map(p))) for glob, found in patterns)
+
+
 class StaticStorage(CompressedManifestStaticFilesStorage):
     """Hashed, compressed names once `collectstatic` has run; before that (a test session, a checkout that has not
     run `manage.py up`) a page names the plain file, which whitenoise serves from the source folders."""
 
     manifest_strict = False
+    # Source maps are not collected (IGNORE), and a vendor file may name one its package does not ship (django-ninja's
+    # swagger-ui.css names swagger-ui.css.map): their comments are left as they are, where rewriting them to hashed
+    # names failed the whole collectstatic, and with it `manage.py up`.
+    patterns = _without_source_maps(CompressedManifestStaticFilesStorage.patterns)
 
     def stored_name(self, name: str) -> str:
         try:

@@ -19,6 +19,8 @@ import torch
 from jobs.common.atomic import write_atomic
 
 INDEX = "index.json"
+# The parallel layout a checkpoint was written under (tp, pp, ep, sp, dp).
+LAYOUT = "layout.json"
 
 
 def tag_for(step: int) -> str:
@@ -96,7 +98,8 @@ def _write_tp_expert_copy(engine, tag_dir: Path, tp_rank: int) -> None:
 
 
 def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state: dict, metrics: dict,
-         keep: int, keep_every: int = 0, tp_expert_copy: int | None = None) -> dict | None:  # fmt: skip
+         keep: int, keep_every: int = 0, tp_expert_copy: int | None = None,
+         layout: dict | None = None) -> dict | None:  # fmt: skip
     """Collective: every rank calls it. Returns the index entry on rank 0, None elsewhere.
 
     ``rank_state`` differs per rank (data sampler, RNG); ``shared_state`` is the same everywhere (counters).
@@ -121,6 +124,8 @@ def save(engine, ckpt_dir: str | Path, step: int, rank_state: dict, shared_state
     if dist.get_rank() != 0:
         return None
     path = ckpt_dir / tag
+    if layout is not None:
+        write_atomic(path / LAYOUT, json.dumps(layout) + "\n")
     entry = {
         "step": step,
         "tag": tag,
@@ -146,10 +151,35 @@ def has_zero_optimizer_state(ckpt_dir: str | Path, tag: str) -> bool:
     return any((Path(ckpt_dir) / tag).glob("*optim_states.pt"))
 
 
-def load(engine, ckpt_dir: str | Path, tag: str, *, module_only: bool = False) -> tuple[dict, dict]:
+def check_layout(tag_dir: str | Path, layout: dict) -> None:
+    """Refuse to resume a checkpoint written under another parallel layout, naming both.
+
+    Tensor- and pipeline-parallel shards, ZeRO partitions and the data sampler's per-rank positions are laid out
+    for the layout that wrote them; DeepSpeed would fail on them later with an unrelated message. A checkpoint can
+    still be exported (jobs.export.hf merges any layout) and a new run started from the exported weights.
+    """
+    path = Path(tag_dir) / LAYOUT
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    # Sequence parallelism changes no shard: switching it on or off resumes.
+    keys = ("tp", "pp", "ep", "dp")
+    if any(saved.get(k) != layout.get(k) for k in keys):
+        shown = lambda d: " ".join(f"{k}={d.get(k)}" for k in keys)  # noqa: E731
+        raise ValueError(
+            f"checkpoint {Path(tag_dir).name} was written under the layout {shown(saved)}; this job is "
+            f"{shown(layout)}: a checkpoint resumes under the layout that wrote it"
+        )
+
+
+def load(engine, ckpt_dir: str | Path, tag: str, *, module_only: bool = False,
+         layout: dict | None = None) -> tuple[dict, dict]:  # fmt: skip
     """Collective. Returns (shared trainer state, this rank's state). ``module_only`` restores the weights and
     the trainer's state but leaves the optimizer fresh (its saved layout does not fit this engine)."""
     import torch.distributed as dist
+
+    if layout is not None:
+        check_layout(Path(ckpt_dir) / tag, layout)
 
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_only=module_only)
     if path is None:

@@ -165,6 +165,7 @@ class Trainer:
             config=ds,
             mpu=self.grid if self.pipe is None else None,
         )
+        self.layout = {"tp": par.tp, "pp": par.pp, "ep": par.ep, "sp": par.sp, "dp": self.dp}
         self.batcher = MixedBatcher(cfg.raw, rank=self.dp_rank, world=self.dp, seed=seed)
         self.sources = self.batcher.source_names
         self.peak_tflops, self.peak_source = peak_tflops(device_name(self.device), cfg.precision)
@@ -214,7 +215,8 @@ class Trainer:
         # over, the optimizer's moments cannot (DeepSpeed keeps the two layouts apart).
         saved_zero = checkpoint.has_zero_optimizer_state(ckpt_dir, tag)
         self.optimizer_reset = saved_zero != (self.cfg.parallel.zero_stage >= 1)
-        shared, mine = checkpoint.load(self.engine, ckpt_dir, tag, module_only=self.optimizer_reset)
+        shared, mine = checkpoint.load(self.engine, ckpt_dir, tag, module_only=self.optimizer_reset,
+                                       layout=self.layout)  # fmt: skip
         self.step = int(shared["step"])
         self.data_step = int(shared.get("data_step", self.step))
         self.batcher.load_state_dict(mine["data"])
@@ -237,6 +239,7 @@ class Trainer:
             self.cfg.training.keep_checkpoints,
             self.cfg.training.keep_every,
             self.tp_expert_copy,
+            self.layout,
         )
         if entry is not None:
             self.event("checkpoint_saved", step, tag=entry["tag"], path=entry["path"], bytes=entry["bytes"],

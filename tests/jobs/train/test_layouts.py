@@ -111,3 +111,14 @@ def test_layout_loss_curve_equals_single_rank_and_resume_reproduces_it(tmp_path,
     ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours_model(ids), ref_model(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_a_checkpoint_resumes_only_under_the_layout_that_wrote_it(tmp_path):
+    from jobs.train.checkpoint import LAYOUT, check_layout
+
+    tag = tmp_path / "step_000010"
+    tag.mkdir()
+    (tag / LAYOUT).write_text('{"tp": 2, "pp": 1, "ep": 1, "sp": false, "dp": 1}')
+    check_layout(tag, {"tp": 2, "pp": 1, "ep": 1, "sp": True, "dp": 1})  # sequence parallelism shards nothing
+    with pytest.raises(ValueError, match="layout tp=2 pp=1 ep=1 dp=1; this job is tp=1 pp=1 ep=1 dp=2"):
+        check_layout(tag, {"tp": 1, "pp": 1, "ep": 1, "sp": False, "dp": 2})

@@ -302,10 +302,10 @@ def mlflow_artifact_put(request: HttpRequest, run_id: PathId, artifact_path: str
 def mlflow_artifact_get(request: HttpRequest, run_id: PathId, artifact_path: str):
     run: Run = request.auth  # type: ignore[attr-defined]
     try:
-        found = artifacts.artifact_file(run=run, path=artifact_path)
+        found = artifacts.artifact_open(run=run, path=artifact_path)
     except artifacts.ArtifactRefused as exc:
         return _refused(exc)
-    return FileResponse(open(found, "rb"), as_attachment=True, filename=found.name)
+    return FileResponse(found, as_attachment=True, filename=artifact_path.rsplit("/", 1)[-1])
 
 
 @router.delete(f"{ARTIFACTS}/{{path:artifact_path}}", response={200: Answer, **ERRORS}, summary="Delete an artifact")

@@ -9,12 +9,15 @@ folder and could plant one) are refused with a 400 naming the path, before anyth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from runs.models import Run
 from runs.services.rundir import run_dir_path
@@ -65,77 +68,152 @@ def _parts(run: Run, path: str) -> list[str]:
     return parts[1:]
 
 
-def _resolve(run: Run, path: str, *, must_exist: bool) -> Path:
-    parts = _parts(run, path)
-    root = artifact_root(run)
-    current = root
-    for name in ["", *parts]:
-        current = current / name if name else current
-        if current.is_symlink():
-            raise ArtifactRefused(f"artifact path {path!r} passes through a symbolic link; refused")
-        if not current.exists():
-            if must_exist:
-                raise ArtifactRefused(f"no artifact at {path!r}", status=404, code="RESOURCE_DOES_NOT_EXIST")
-            break
-    return root.joinpath(*parts)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _link_refused(path: str) -> ArtifactRefused:
+    return ArtifactRefused(f"artifact path {path!r} passes through a symbolic link; refused")
+
+
+def _missing(path: str) -> ArtifactRefused:
+    return ArtifactRefused(f"no artifact at {path!r}", status=404, code="RESOURCE_DOES_NOT_EXIST")
+
+
+def _open_dir(name: str, parent: int | None, path: str, *, create: bool) -> int:
+    """Open one folder below `parent` without following a link (the run's job owns its run folder and could swap
+    a folder for a link at any moment: every step is opened relative to the one before, never by path)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if not create:
+            raise _missing(path) from None
+        try:
+            os.mkdir(name, 0o750, dir_fd=parent)
+        except FileExistsError:
+            pass
+        return _open_dir(name, parent, path, create=False)
+    except (NotADirectoryError, OSError) as exc:
+        if os.path.islink(name) if parent is None else _is_link(name, parent):
+            raise _link_refused(path) from None
+        if isinstance(exc, NotADirectoryError):
+            raise _missing(path) from None
+        raise
+
+
+def _is_link(name: str, parent: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _folder_fd(run: Run, parts: list[str], path: str, *, create: bool) -> int:
+    """A descriptor of the folder `parts` below the run's artifact folder."""
+    run_dir = run_dir_path(run)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    fd = _open_dir(str(run_dir), None, path, create=False)
+    try:
+        for name in [FOLDER, *parts]:
+            child = _open_dir(name, fd, path, create=create)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def artifact_store(*, run: Run, path: str, read: Callable[[int], bytes]) -> int:
     """Write the uploaded bytes (read in chunks) to the artifact at `path`, atomically; returns the size."""
-    target = _resolve(run, path, must_exist=False)
-    if target == artifact_root(run) or target.is_dir():
+    parts = _parts(run, path)
+    if not parts:
         raise ArtifactRefused(f"artifact path {path!r} names a folder; give the file's path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _resolve(run, path, must_exist=False)  # the folders just made: still no link on the way
-    size = 0
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+    folder = _folder_fd(run, parts[:-1], path, create=True)
+    name, tmp = parts[-1], f".upload-{uuid.uuid4().hex}"
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := read(CHUNK):
-                out.write(chunk)
-                size += len(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if _is_link(name, folder):
+            raise _link_refused(path)
+        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640, dir_fd=folder)
+        size = 0
+        try:
+            with os.fdopen(out_fd, "wb") as out:
+                while chunk := read(CHUNK):
+                    out.write(chunk)
+                    size += len(chunk)
+            try:
+                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)  # a link in its place is replaced
+            except IsADirectoryError:
+                raise ArtifactRefused(f"artifact path {path!r} names a folder; give the file's path") from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+    finally:
+        os.close(folder)
     return size
 
 
 def artifact_list(*, run: Run, path: str) -> list[ArtifactEntry]:
     """The entries of the folder at `path` (empty for a file or a folder not made yet), names relative to it."""
+    parts = _parts(run, path)
     try:
-        folder = _resolve(run, path, must_exist=True)
+        folder = _folder_fd(run, parts, path, create=False)
     except ArtifactRefused as exc:
         if exc.status == 404:
             return []
         raise
-    if not folder.is_dir():
-        return []
     entries = []
-    for child in sorted(folder.iterdir()):
-        if child.is_symlink() or child.name.startswith(".upload-"):
-            continue
-        is_dir = child.is_dir()
-        entries.append(ArtifactEntry(child.name, is_dir, None if is_dir else child.stat().st_size))
+    try:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_symlink() or entry.name.startswith(".upload-"):
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            size = None if is_dir else entry.stat(follow_symlinks=False).st_size
+            entries.append(ArtifactEntry(entry.name, is_dir, size))
+    finally:
+        os.close(folder)
     return entries
 
 
-def artifact_file(*, run: Run, path: str) -> Path:
-    """The file at `path`, for download; 404 for a folder or nothing."""
-    target = _resolve(run, path, must_exist=True)
-    if not target.is_file():
-        raise ArtifactRefused(f"no artifact file at {path!r}", status=404, code="RESOURCE_DOES_NOT_EXIST")
-    return target
+def artifact_open(*, run: Run, path: str) -> BinaryIO:
+    """The file at `path`, opened for download without following a link; 404 for a folder or nothing."""
+    parts = _parts(run, path)
+    if not parts:
+        raise _missing(path)
+    folder = _folder_fd(run, parts[:-1], path, create=False)
+    try:
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except FileNotFoundError:
+            raise _missing(path) from None
+        except OSError:
+            if _is_link(parts[-1], folder):
+                raise _link_refused(path) from None
+            raise
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _missing(path)
+    return os.fdopen(fd, "rb")
 
 
 def artifact_delete(*, run: Run, path: str) -> None:
-    target = _resolve(run, path, must_exist=True)
-    if target == artifact_root(run):
+    parts = _parts(run, path)
+    if not parts:
         raise ArtifactRefused("the run's artifact folder itself is not deleted through the API")
-    if target.is_dir():
-        shutil.rmtree(target)
-    else:
-        target.unlink()
+    folder = _folder_fd(run, parts[:-1], path, create=False)
+    try:
+        mode = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(parts[-1], dir_fd=folder)  # rmtree with dir_fd never follows links
+        else:
+            os.unlink(parts[-1], dir_fd=folder)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    finally:
+        os.close(folder)
 
 
 def artifact_walk(run: Run, *, limit: int = 500) -> list[tuple[str, int]]:

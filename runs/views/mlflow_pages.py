@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from runs.models import Run
-from runs.services.mlflow_artifacts import ArtifactRefused, artifact_file
+from runs.services.mlflow_artifacts import ArtifactRefused, artifact_open
 
 
 @require_GET
@@ -17,9 +17,9 @@ from runs.services.mlflow_artifacts import ArtifactRefused, artifact_file
 def run_mlflow_artifact(request: HttpRequest, pk: int, path: str) -> HttpResponseBase:
     run = get_object_or_404(Run, pk=pk)
     try:
-        found = artifact_file(run=run, path=f"{run.pk}/{path}")
+        found = artifact_open(run=run, path=f"{run.pk}/{path}")
     except ArtifactRefused as exc:
         if exc.status == 404:
             raise Http404(str(exc)) from None
         return HttpResponseBadRequest(str(exc))
-    return FileResponse(open(found, "rb"), as_attachment=True, filename=found.name)
+    return FileResponse(found, as_attachment=True, filename=path.rsplit("/", 1)[-1])

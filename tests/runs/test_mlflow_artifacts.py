@@ -131,6 +131,11 @@ def test_a_symlink_planted_in_the_run_folder_is_not_followed(tracked, tmp_path):
         f"{tracked.uri}/api/2.0/mlflow-artifacts/artifacts", params={"path": f"{tracked.pk}/artifacts"}, headers=headers
     )
     assert listed.json() == {"files": []}
+    (root / "file-link").symlink_to(secret)
+    get = httpx.get(f"{base}/file-link", headers=headers)
+    assert get.status_code == 400 and "symbolic link" in get.json()["message"]
+    put = httpx.put(f"{base}/file-link", content=b"overwritten?", headers=headers)
+    assert put.status_code == 400 and secret.read_text() == "control plane only"
 
 
 def test_artifacts_need_the_runs_token(tracked):

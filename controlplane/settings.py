@@ -69,6 +69,31 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+
+def _audit_key() -> str:
+    """The audit chain's HMAC key: never in the database, so rows rewritten there cannot be re-linked."""
+    key = os.environ.get("CP_AUDIT_KEY", "")
+    if key:
+        return key
+    path = VAR_DIR / "audit_key"
+    if not path.exists():
+        write_atomic(path, secrets.token_urlsafe(48), mode=0o600)
+    return path.read_text().strip()
+
+
+AUDIT_KEY = _audit_key()
+# Where the chain's newest link is anchored outside the database (append-only lines of id and hash); a path on
+# another machine's mount or a log shipper's input keeps it out of reach of the database host too.
+AUDIT_ANCHOR = Path(os.environ.get("CP_AUDIT_ANCHOR") or VAR_DIR / "audit_anchor.log")
+AUDIT_VERIFY_EVERY_S = _env_int("CP_AUDIT_VERIFY_EVERY_S", 3600)
+# Who hears of a broken audit chain (and other server errors) by mail: "Name <a@b>, ..." (Django's ADMINS).
+ADMINS = [
+    (a.split("<")[0].strip() or a.strip(), a.split("<")[-1].rstrip(">").strip())
+    for a in os.environ.get("CP_ADMINS", "").split(",")
+    if a.strip()
+]
+EMAIL_BACKEND = os.environ.get("CP_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEBUG = _env_bool("CP_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("CP_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CP_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
@@ -82,6 +107,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "ninja",  # the REST API's docs page, served from its own static files
+    "axes",  # login throttling and lockout; before runs, whose failed-login audit reads its count
     "controlplane",
     "runs",
     "workers",
@@ -97,7 +123,28 @@ MIDDLEWARE = [
     "controlplane.middleware.LoginRequiredEverywhere",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # a locked-out login gets axes' 429 page
 ]
+
+# Login throttling (django-axes): after CP_LOGIN_FAILURE_LIMIT failed logins of one username from one address, that
+# pair is locked out for CP_LOGIN_COOLOFF_MIN minutes (a 429 page), and an admin can unlock it early in Django admin
+# (Axes -> access attempts) or with `manage.py axes_reset`. The REST API takes random 256-bit bearer tokens, which
+# are not guessable, and no passwords.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = _env_count("CP_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = _env_count("CP_LOGIN_COOLOFF_MIN", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+# Behind a reverse proxy, the client's address comes from the header it sets (e.g. HTTP_X_FORWARDED_FOR); unset,
+# REMOTE_ADDR.
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    [os.environ["CP_CLIENT_IP_HEADER"]] if os.environ.get("CP_CLIENT_IP_HEADER") else ["REMOTE_ADDR"]
+)
 
 ROOT_URLCONF = "controlplane.urls"
 ASGI_APPLICATION = "controlplane.asgi.application"

@@ -41,14 +41,26 @@ def _redis_for_tests(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """On SQLite, let Django's per-test flush empty the audit table (PostgreSQL flushes with TRUNCATE)."""
+    """Let Django's per-test flush empty the audit table: SQLite deletes (its guard lifted), PostgreSQL truncates
+    (its TRUNCATE trigger switched off in the test database; tests/runs/test_audit.py switches it on to try it)."""
     from django.db import connection
 
-    if connection.vendor == "sqlite":
-        with django_db_blocker.unblock():
-            with connection.cursor() as cursor:
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
                 cursor.execute("UPDATE runs_audit_guard SET locked = 0")
+            else:
+                cursor.execute("ALTER TABLE runs_auditevent DISABLE TRIGGER runs_auditevent_no_truncate")
     yield
+
+
+@pytest.fixture(autouse=True)
+def _audit_anchor_per_test(tmp_path_factory):
+    """Each test's database starts empty, so each gets its own audit anchor file (outside the database)."""
+    from django.test import override_settings
+
+    with override_settings(AUDIT_ANCHOR=tmp_path_factory.mktemp("audit") / "anchor.log"):
+        yield
 
 
 @pytest.fixture(scope="session")

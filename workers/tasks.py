@@ -6,7 +6,9 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 
+from runs.services.audit import audit_check_and_alert
 from workers import (
     data_prep,
     launching,
@@ -196,6 +198,18 @@ def start_reconciler() -> supervision.Reconciler:
     return _reconciler
 
 
+@shared_task(name="workers.verify_audit", acks_late=True)
+def verify_audit() -> str:
+    """The audit chain checked every settings.AUDIT_VERIFY_EVERY_S by one worker (a Redis lock picks it; a second
+    chain of this task, from another worker's start, ends at once)."""
+    every = settings.AUDIT_VERIFY_EVERY_S
+    if not watching._redis().set("audit:verify:scheduled", 1, nx=True, ex=max(1, every - 1)):
+        return "another worker keeps the schedule"
+    report = audit_check_and_alert()
+    verify_audit.apply_async(countdown=every)
+    return "intact" if report.ok else f"BROKEN at #{report.first_broken_id}: {report.reason}"
+
+
 @worker_ready.connect
 def reattach(sender=None, **kwargs) -> None:
     """A (re)started worker picks up every job in flight instead of losing or duplicating it, and starts the
@@ -213,5 +227,7 @@ def reattach(sender=None, **kwargs) -> None:
         remediate_run.delay(run_id, attempt, remedy)
     _reattach_serving()
     start_reconciler()
+
+    verify_audit.delay()
     if launching.has_local_cpu_cluster():
         warm.ensure_started(launching.job_python())  # the first launch need not wait for DeepSpeed's import

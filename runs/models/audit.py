@@ -1,6 +1,25 @@
-"""The audit trail: append-only (database triggers refuse UPDATE and DELETE) and hash-chained."""
+"""The audit trail: append-only and hash-chained (runs.services.audit).
+
+Append-only twice over: the database refuses UPDATE, DELETE and (PostgreSQL) TRUNCATE with triggers, and the
+application refuses them before they reach it (SQLite's DELETE trigger has a guard the test flush lifts).
+"""
 
 from django.db import models
+
+
+class AppendOnly(RuntimeError):
+    """An edit or deletion of an audit event: the trail is append-only."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnly("audit trail is append-only: UPDATE refused")
+
+    def delete(self):
+        raise AppendOnly("audit trail is append-only: DELETE refused")
+
+    def _raw_delete(self, using):
+        raise AppendOnly("audit trail is append-only: DELETE refused")
 
 
 class AuditEvent(models.Model):
@@ -18,11 +37,21 @@ class AuditEvent(models.Model):
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
 
+    objects = AuditEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["-id"]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.actor} {self.action} {self.object_type}:{self.object_id}"
+
+    def save(self, *args, **kwargs):
+        if not kwargs.get("force_insert"):
+            raise AppendOnly("audit trail is append-only: events are only inserted (save(force_insert=True))")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnly("audit trail is append-only: DELETE refused")
 
 
 class AuditChainHead(models.Model):

@@ -4,6 +4,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from runs.models import AuditEvent
+from runs.services.audit import audit_last_check
 
 
 @require_GET
@@ -17,4 +18,6 @@ def audit_list(request):
     if actor:
         events = events.filter(actor=actor)
     page = Paginator(events, 100).get_page(request.GET.get("page"))
-    return render(request, "audit/list.html", {"page": page, "action": action, "actor": actor})
+    return render(
+        request, "audit/list.html", {"page": page, "action": action, "actor": actor, "last_check": audit_last_check()}
+    )

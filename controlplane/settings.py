@@ -287,6 +287,50 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# The production profile (CP_PROFILE=production; README "Production profile"): served over HTTPS only, cookies Secure, HSTS,
+# and a content security policy (django-csp) that runs only the control plane's own scripts. `manage.py check
+# --deploy` is clean under it (tests/controlplane/test_production_profile.py). The development profile (the default)
+# keeps `make up` on plain http://127.0.0.1:8000.
+PROFILE = os.environ.get("CP_PROFILE", "development").strip().lower()
+if PROFILE not in ("development", "production"):
+    raise ImproperlyConfigured(f"CP_PROFILE={PROFILE!r}: use development (the default) or production.")
+if PROFILE == "production":
+    from csp.constants import NONCE, NONE, SELF
+
+    if DEBUG:
+        raise ImproperlyConfigured("CP_DEBUG=1 is refused under CP_PROFILE=production.")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = _env_bool("CP_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = _env_int("CP_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("CP_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("CP_HSTS_PRELOAD", True)
+    SECURE_REFERRER_POLICY = "same-origin"
+    SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+    if _env_bool("CP_BEHIND_PROXY", False):  # TLS ends at a reverse proxy that sets X-Forwarded-Proto
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_AGE = _env_int("CP_SESSION_AGE_S", 12 * 3600)
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
+    )
+    INSTALLED_APPS.append("csp")
+    CONTENT_SECURITY_POLICY = {
+        "DIRECTIVES": {
+            "default-src": [SELF],
+            # Our own files, and the two inline page starters with the request's nonce.
+            "script-src": [SELF, NONCE],
+            # plotly.js sets styles at run time; no script runs from a style.
+            "style-src": [SELF, "'unsafe-inline'"],
+            "img-src": [SELF, "data:", "blob:"],
+            "font-src": [SELF, "data:"],
+            "connect-src": [SELF],  # the API and the websockets of this origin
+            "worker-src": [SELF, "blob:"],
+            "object-src": [NONE],
+            "base-uri": [SELF],
+            "form-action": [SELF],
+            "frame-ancestors": [NONE],
+        }
+    }
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False

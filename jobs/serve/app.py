@@ -2,7 +2,10 @@
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both stream with ``"stream": true`` as SSE
 ``data: {...}`` chunks ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health``, ``GET /metrics``.
-With an API key, /v1/* needs ``Authorization: Bearer <key>``; /health and /metrics stay open (probes, Prometheus).
+With an API key, /v1/* and /metrics need ``Authorization: Bearer <key>`` (``public_metrics``: /metrics open to a
+Prometheus without it); /health answers anyone with its status only, and its detail (model, engine, path) needs the
+key. A request body over ``max_body_bytes`` is refused with 413 before it is read whole, and a large body is parsed
+and tokenized in a thread, so a big request never holds the event loop (and /health) up.
 Every error is JSON in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, never a traceback.
 
 The engine runs in its own thread; its per-token events reach the request's coroutine through an asyncio queue,
@@ -43,6 +46,29 @@ def _dumps(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_BODY_BYTES = 4 * 1024 * 1024
+OFF_LOOP_BYTES = 64 * 1024  # bodies above this are parsed and tokenized in a thread
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it passes `limit` bytes: by its Content-Length before a
+    byte is read, or while it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(
     *,
     engine,
@@ -50,6 +76,8 @@ def create_app(
     engine_kind: str = "native",
     api_key: str | Callable[[], str] | None = None,
     lifespan=None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    public_metrics: bool = False,
 ) -> FastAPI:
     """The API over `engine`; `lifespan` (FastAPI's) runs when the server starts and stops. `api_key` is the bearer
     key, or a callable giving the key in force at each request (a rotated key file)."""
@@ -87,11 +115,15 @@ def create_app(
                       code="invalid_api_key")  # fmt: skip
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if api_key is not None and unauthorized(request) is not None:
+            return {"status": "ok"}  # a liveness probe needs no more; what is served is the key holder's to see
         return {"status": "ok", "model": served_name, "engine": engine_kind, "path": engine.backend.path}
 
     @app.get("/metrics")
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
+        if not public_metrics and (denied := unauthorized(request)) is not None:
+            return denied
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
@@ -106,15 +138,24 @@ def create_app(
         if (denied := unauthorized(request)) is not None:
             return denied
         arrived = time.perf_counter()
-        raw = await request.body()
         try:
+            raw = await read_body(request, max_body_bytes)
+        except BodyTooLarge:
+            return _error(413, f"request body is over {max_body_bytes} bytes; send a shorter prompt or fewer "
+                               "messages", code="request_too_large")  # fmt: skip
+
+        def parse():
             body = json.loads(raw)
+            return parse_request(body, chat=chat, served_name=served_name, encode=engine.tokenizer.encode,
+                                 vocab=engine.backend.vocab, max_seq_len=engine.max_seq_len)  # fmt: skip
+
+        try:
+            parsed = await asyncio.to_thread(parse) if len(raw) > OFF_LOOP_BYTES else parse()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"request body is not valid JSON ({exc}); send a JSON object with "
                                "Content-Type: application/json")  # fmt: skip
-        try:
-            parsed = parse_request(body, chat=chat, served_name=served_name, encode=engine.tokenizer.encode,
-                                   vocab=engine.backend.vocab, max_seq_len=engine.max_seq_len)  # fmt: skip
+        except RecursionError:
+            return _error(400, "request body nests too deeply; send a flat JSON object")
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"

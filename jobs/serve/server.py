@@ -79,6 +79,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-seq-len", type=int, default=4096)
     p.add_argument("--api-key-file", default=None)
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413")
+    p.add_argument("--public-metrics", action="store_true", help="/metrics without the API key (a Prometheus)")
     args = p.parse_args(argv)
     if args.max_batch < 1 or args.max_seq_len < 2:
         p.error("--max-batch must be >= 1 and --max-seq-len >= 2")
@@ -170,7 +172,15 @@ def _run_native(args: argparse.Namespace, name: str, api_key: str | None) -> int
         ready.append(path)
         yield
 
-    app = create_app(engine=engine, served_name=name, engine_kind="native", api_key=current_key, lifespan=lifespan)
+    app = create_app(
+        engine=engine,
+        served_name=name,
+        engine_kind="native",
+        api_key=current_key,
+        lifespan=lifespan,
+        max_body_bytes=args.max_body_bytes,
+        public_metrics=args.public_metrics,
+    )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal that stopped it once it has shut down; this handler takes it so that the

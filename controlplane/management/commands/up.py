@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from django.conf import settings
@@ -44,6 +46,42 @@ def ensure_default_users(stdout) -> None:
             user.save(update_fields=["is_staff", "is_superuser"])
         user.groups.add(Group.objects.get(name=role))
         stdout.write(f"created login {username} / {password} ({role})")
+
+
+DEFAULT_JOB_UIDS = "200000-299999"
+
+
+def job_users_env(stdout) -> dict[str, str]:
+    """As root, local jobs run as their own unprivileged users (CP_JOB_UIDS, README "Who jobs run as") unless set
+    otherwise; they need an interpreter those users can run, checked here before it is switched on."""
+    if os.geteuid() != 0 or "CP_JOB_UIDS" in os.environ:
+        return {}
+    start = int(DEFAULT_JOB_UIDS.split("-")[0])
+    python = settings.JOB_PYTHON or sys.executable
+    try:
+        usable = (
+            subprocess.run(
+                [python, "-c", "import deepspeed"],
+                user=start + 1,
+                group=start,
+                extra_groups=[],
+                capture_output=True,
+                timeout=120,
+                cwd="/",
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        usable = False
+    if not usable:
+        stdout.write(
+            f"WARNING: jobs run as root: the job users (uids {DEFAULT_JOB_UIDS}) cannot run {python} (a folder above "
+            "it is closed to them). Set CP_JOB_PYTHON to an interpreter they can run, or CP_JOB_UIDS=off to "
+            "silence this; see the README, 'Who jobs run as'."
+        )
+        return {}
+    stdout.write(f"local jobs run as their own users, uids {DEFAULT_JOB_UIDS} (CP_JOB_UIDS)")
+    return {"CP_JOB_UIDS": DEFAULT_JOB_UIDS}
 
 
 def start_demo_run():
@@ -102,6 +140,7 @@ class Command(BaseCommand):
             seed_defaults()
             ensure_default_users(self.stdout)
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            env.update(job_users_env(self.stdout))
             children.add("the web server", web_server_argv(host=host, port=port), env)
             if not no_worker:
                 children.add("the Celery worker", worker_argv(concurrency=settings.CP_WORKER_CONCURRENCY), env)

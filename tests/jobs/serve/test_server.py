@@ -21,6 +21,8 @@ from tests.jobs.tiny_models import export_llama, hf_greedy
 
 openai = pytest.importorskip("openai")
 KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_BODY = 2 * 1024 * 1024
 NAME = "tiny-llama"
 
 
@@ -32,7 +34,8 @@ def server(tmp_path_factory):
     state = root / "state"
     port = free_port()
     cmd = [PYTHON, "-m", "jobs.serve", "--model", str(model), "--port", str(port), "--state-dir", str(state),
-           "--served-name", NAME, "--max-batch", "4", "--max-seq-len", "128", "--api-key-file", str(root / "key")]  # fmt: skip
+           "--served-name", NAME, "--max-batch", "4", "--max-seq-len", "128", "--api-key-file", str(root / "key"),
+           "--max-body-bytes", str(MAX_BODY)]  # fmt: skip
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=trainer_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -65,8 +68,45 @@ def test_endpoint_json_and_health(server):
     ep = json.loads((server["state"] / "endpoint.json").read_text())
     assert ep["url"] == server["url"] and ep["host"] == "127.0.0.1" and ep["port"] == server["port"]
     assert ep["pid"] == server["proc"].pid and ep["model"] == NAME and ep["engine"] == "native" and ep["started_at"]
-    r = httpx.get(server["url"] + "/health")  # open without the key
+    r = httpx.get(server["url"] + "/health")  # a probe without the key: the status only
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = httpx.get(server["url"] + "/health", headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model"] == NAME
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+    r = _post(server, "/v1/completions", b'{"prompt": "' + b"a" * (MAX_BODY + 10) + b'"}')
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: refused while it streams in
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b" " * 65536
+
+    r = httpx.post(server["url"] + "/v1/completions", content=chunks(), headers=AUTH, timeout=60)
+    assert r.status_code == 413
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(server):
+    """A body just under the limit (a long prompt, tokenized in a thread) does not hold /health up."""
+    body = json.dumps({"model": NAME, "prompt": "word " * (MAX_BODY // 5 - 100), "max_tokens": 1}).encode()
+    assert len(body) < MAX_BODY
+    answers = {}
+
+    def big():
+        answers["big"] = _post(server, "/v1/completions", body)
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(0.05)
+    worst = 0.0
+    while thread.is_alive():
+        started = time.monotonic()
+        assert httpx.get(server["url"] + "/health", timeout=10).status_code == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.02)
+    thread.join()
+    assert answers["big"].status_code == 400  # the prompt is longer than --max-seq-len, said in OpenAI's shape
+    assert worst < 1.0, worst
 
 
 def test_models_and_auth(server, client):
@@ -204,7 +244,7 @@ def test_a_dropped_stream_frees_its_slot(server):
         assert next(lines).startswith("data: ")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        text = httpx.get(server["url"] + "/metrics").text
+        text = httpx.get(server["url"] + "/metrics", headers=AUTH).text
         if "cp_serve_active_requests 0.0" in text:
             break
         time.sleep(0.2)
@@ -212,7 +252,8 @@ def test_a_dropped_stream_frees_its_slot(server):
 
 
 def test_metrics(server):
-    r = httpx.get(server["url"] + "/metrics")  # open without the key
+    assert httpx.get(server["url"] + "/metrics").status_code == 401  # behind the key (--public-metrics opens it)
+    r = httpx.get(server["url"] + "/metrics", headers=AUTH)
     assert r.status_code == 200
     text = r.text
     for name in ("cp_serve_requests_total", "cp_serve_prompt_tokens_total", "cp_serve_generation_tokens_total",

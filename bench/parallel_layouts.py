@@ -59,7 +59,9 @@ def run_layout(parallel: dict, ranks: int, *, arch: str, steps: int, grad_accum:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                str(port), "-m", "jobs.train", "--run-dir", tmp]  # fmt: skip
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
         recs = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
         times = [r["values"]["step_time_s"] for r in recs if r.get("kind") == "metrics"]
         return statistics.median(times[len(times) // 2 :])
@@ -68,11 +70,13 @@ def run_layout(parallel: dict, ranks: int, *, arch: str, steps: int, grad_accum:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--arch", choices=["dense", "moe"], default="dense")
+    parser.add_argument("--arch", choices=["dense", "moe"], default="moe")
     args = parser.parse_args()
     port = 29800
     print(f"| layout | ranks | step time (s, median), grad_accum 2, {args.arch} |\n| --- | --- | --- |")
     for name, (parallel, ranks) in LAYOUTS.items():
+        if parallel.get("ep", 1) > 1 and args.arch == "dense":
+            continue  # expert parallelism needs experts
         port += 1
         t = run_layout(parallel, ranks, arch=args.arch, steps=args.steps, grad_accum=2, port=port)
         print(f"| {name} | {ranks} | {t:.3f} |", flush=True)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from jobs.common.failures import RANKS_DIR
 from runs.models import Attempt, AttemptState, Cluster, Run, RunStatus, Trainer
 from runs.services.attempts import attempt_claim, attempt_current, attempt_end, attempt_live, attempt_record_job
 from runs.services.jobs import run_finish, run_record_job
@@ -170,6 +172,7 @@ def launch_run(run_id: int) -> str:
             Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
             if run.trainer == Trainer.OWN_SCRIPT:
                 _write_ds_config(run, run_dir)
+            shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)  # the previous attempt's rank records
             handle = backend.submit(launch_spec(run, run_dir, attempt))
     except (LaunchError, OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""

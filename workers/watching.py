@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from jobs.common.atomic import write_atomic
-from jobs.common.failures import EXIT_NAN, EXIT_OOM
+from jobs.common.failures import EXIT_NAN, EXIT_OOM, culprit, culprit_text, rank_records
 from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
 from runs.services.alerts import alert_raise
@@ -250,6 +250,11 @@ def _watch_pass(run: Run) -> bool:
     # The job ended: take the last of its output, then settle the run.
     _ingest_metrics_file(run, run_dir, state)
     final, reason = _end_reason(status, state)
+    found = None
+    if final == RunStatus.FAILED:
+        found = _name_the_culprit(run, run_dir, state)
+        if found is not None:
+            reason = f"{culprit_text(found)} ({reason})"[:2000]
     if status.state == JobState.LOST:
         alert_raise(
             run=run,
@@ -272,7 +277,45 @@ def _watch_pass(run: Run) -> bool:
     if final == RunStatus.FAILED:
         # An attempt that failed in a way the run's policy remedies is relaunched; otherwise the run fails.
         remediation_begin(run=run, outcome=Outcome(kind=_failure_kind(status, state), step=_failed_step(run, state),
-                                                   reason=reason))  # fmt: skip
+                                                   reason=reason, summary=_summary(status, found)))  # fmt: skip
     else:
-        run_finish(run=run, status=final, reason=reason)
+        run_finish(run=run, status=final, reason=reason, summary=_summary(status, found))
     return False
+
+
+def _summary(status, found: dict | None) -> dict:
+    return {"state": str(status.state), "exit_code": status.exit_code, "culprit": found}
+
+
+def _name_the_culprit(run: Run, run_dir: Path, state: _State) -> dict | None:
+    """Which rank failed first, from the ranks' own records and the launcher's log; each rank's OOM raised as an
+    alert and recorded as an `oom` event (only rank 0 reports while the job runs)."""
+    world = run.cluster.nodes * run.cluster.gpus_per_node
+    log_text = ""
+    for name in ("stdout.log", "stderr.log"):
+        path = run_dir / name
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 256 * 1024))
+                log_text += fh.read().decode("utf-8", "replace")
+    found = culprit(run_dir, world_size=world, log_text=log_text)
+    if found is None:
+        return None
+    for record in rank_records(run_dir):
+        if record.get("status") != "oom":
+            continue
+        evidence = f"rank {record.get('rank')} on {record.get('host', '?')}: {record.get('error', '')}"[:2000]
+        state.data["oom"] = state.data.get("oom") or evidence
+        if record.get("rank") != 0:  # rank 0's own event is in metrics.jsonl already
+            metrics_record(run=run, records=[{"kind": "event", "type": "oom", "step": record.get("step") or 0,
+                                              "time": record.get("ended_at"), "rank": record.get("rank"),
+                                              "error": record.get("error", "")[:500]}])  # fmt: skip
+        alert_raise(
+            run=run,
+            kind=AlertKind.OOM,
+            severity=Severity.CRITICAL,
+            step=record.get("step"),
+            message=f"Out of memory on rank {record.get('rank')}",
+            evidence=evidence,
+        )
+    return found

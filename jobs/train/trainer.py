@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,7 +25,16 @@ from pathlib import Path
 import torch
 
 from jobs.common import hardware
-from jobs.common.failures import EXIT_ERROR, EXIT_NAN, EXIT_OK, EXIT_OOM, NonFiniteLoss, is_oom
+from jobs.common.failures import (
+    EXIT_ERROR,
+    EXIT_NAN,
+    EXIT_OK,
+    EXIT_OOM,
+    NonFiniteLoss,
+    is_oom,
+    rank_ended,
+    rank_started,
+)
 from jobs.common.run_config import ConfigError, RunConfig, expected_total_steps, load_capabilities, load_run_config
 from jobs.train import checkpoint
 from jobs.train.ds_config import build_ds_config, lr_at, write_ds_config
@@ -536,13 +546,26 @@ def _status_line(status: dict) -> None:
     print("JOB_STATUS " + json.dumps(status), flush=True)
 
 
-def _finish(trainer: Trainer | None, rank: int, status: dict, code: int) -> int:
+def _finish(trainer: Trainer | None, rank: int, status: dict, code: int, run_dir: Path | None = None) -> int:
+    if run_dir is not None:
+        rank_ended(run_dir, rank, status=status, exit_code=code)
     if trainer is not None:
         trainer.close_reporter()
     sys.stderr.flush()
     if rank == 0:
         _status_line(status)
     return code
+
+
+def _on_sigterm(run_dir: Path, rank: int):
+    """DeepSpeed's launcher stops the other ranks with SIGTERM when one fails: such a rank says so in its record,
+    so that the watcher never takes it for the one that failed."""
+
+    def handler(signum, frame):
+        rank_ended(run_dir, rank, status={"status": "terminated", "error": "stopped by SIGTERM"}, exit_code=-15)
+        os._exit(128 + signum)
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,11 +585,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(launch_env(dict(os.environ)))
     rank = int(os.environ["RANK"])
     run_dir = Path(args.run_dir)
+    rank_started(run_dir, rank)
+    signal.signal(signal.SIGTERM, _on_sigterm(run_dir, rank))
     try:
         cfg = load_run_config(run_dir)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return _finish(None, rank, {"status": "error", "step": 0, "error": str(exc)}, EXIT_ERROR)
+        return _finish(None, rank, {"status": "error", "step": 0, "error": str(exc)}, EXIT_ERROR, run_dir)
 
     trainer = None
     try:
@@ -581,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.open_reporter()
         status = trainer.run()
         trainer.dist.barrier()
-        code = _finish(trainer, rank, status, EXIT_OK)
+        code = _finish(trainer, rank, status, EXIT_OK, run_dir)
         trainer.dist.destroy_process_group()
         return code
     except NonFiniteLoss as exc:
@@ -601,6 +626,6 @@ def main(argv: list[str] | None = None) -> int:
             status = {"status": "error", "step": step, "error": f"{type(exc).__name__}: {exc}"[:500]}
             code = EXIT_ERROR
     # After a failure other ranks may be blocked in a collective: leave without tearing the process group down.
-    _finish(trainer, rank, status, code)
+    _finish(trainer, rank, status, code, run_dir)
     sys.stdout.flush()
     os._exit(code)

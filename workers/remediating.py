@@ -29,6 +29,8 @@ ATTEMPT_FINDINGS = ("job_status", "oom", "last_exception", "nccl")
 # A job that has not made its first step yet is starting (imports, rendezvous, loading a checkpoint), not hung,
 # until this long after it started.
 STARTUP_GRACE_S = 600.0
+# A job that logged its finished event closes its reporter and process group; past this, it is stuck, not closing.
+FINISHING_GRACE_S = 120.0
 
 
 def stalled_for_s(run_dir: Path, timeout: float) -> float | None:
@@ -42,9 +44,11 @@ def stalled_for_s(run_dir: Path, timeout: float) -> float | None:
         stamps = [p.stat().st_mtime for p in (metrics, run_dir / "stdout.log") if p.exists()]
     except OSError:
         return None
-    if not stamps or _finishing(metrics):
+    if not stamps:
         return None
     now = time.time()
+    if _finishing(metrics) and now - max(stamps) < max(timeout, FINISHING_GRACE_S):
+        return None
     if job_started is not None and (stepped is None or stepped < job_started):
         limit, since = max(STARTUP_GRACE_S, timeout), job_started
     else:

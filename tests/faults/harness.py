@@ -392,10 +392,10 @@ def scenario_sigstop(cp: ControlPlane) -> Row:
 
     cp.kill_workers()
     cp.start_worker()
-    run = launch(_config(steps=12), "SIGSTOP the trainer")
+    run = launch(_config(steps=24), "SIGSTOP the trainer")
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
     row = Row(fault="SIGSTOP the trainer (hang, timeout 15 s)", expected_state="succeeded", min_attempts=2)
-    wait_step(run_dir, 5, 240)
+    wait_step(run_dir, 4, 240)
     job = json.loads((run_dir / "job.json").read_text())
     os.killpg(job["pgid"], signal.SIGSTOP)
     t0 = time.monotonic()
@@ -464,7 +464,7 @@ def scenario_kill_rank(cp: ControlPlane) -> Row:
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
     row = Row(fault="kill -9 rank 1 of 2", expected_state="succeeded", min_attempts=2)
     wait_step(run_dir, 5, 240)
-    out = subprocess.run(["pgrep", "-f", f"--local_rank=1 --run-dir {run_dir}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "--", f"--local_rank=1 --run-dir {run_dir}"], capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
     if not pids:
         row.detail = "rank 1 not found"

@@ -284,3 +284,31 @@ def test_two_ranks_through_pdsh_on_another_host(tmp_path, ssh_to_this_machine):
             "MASTER_PORT": str(spec.master_port),
             "CP_TEST_VALUE": "a b:c/d",
         }
+
+
+def test_cancelling_a_pdsh_launch_stops_its_ranks_and_no_other_launch(tmp_path, ssh_to_this_machine):
+    """DeepSpeed's own clean-up would `pkill -f` every `python -u -m deepspeed.launcher.launch` on the host; this
+    cancel stops the processes carrying the attempt's key and spares a bystander with that command line."""
+    from jobs.launch.reap import tagged_pids
+
+    bystander = subprocess.Popen(
+        [sys.executable, "-u", "-c", "import time; time.sleep(300)", "-m", "deepspeed.launcher.launch"],
+        start_new_session=True,
+    )
+    host = ssh_to_this_machine
+    key = f"cp-9-a1-{secrets.token_hex(6)}"
+    spec = make_spec(tmp_path, ["--sleep", "300"], hostfile=f"{host} slots=2\n", attempt_key=key)
+    backend = HostfileBackend(term_grace_s=5.0)
+    handle = backend.submit(spec)
+    try:
+        # The remote launcher and both ranks run with the key (through the deepspeed_env file); the local runner not.
+        wait_for(lambda: len(tagged_pids(key)) >= 3, 150, 0.3)
+        assert backend.submit(spec).job_id == handle.job_id, "a second submit of the attempt finds its job"
+        backend.cancel(handle.job_id, spec.run_dir)
+        wait_for(lambda: not tagged_pids(key), 30, 0.3)
+        assert bystander.poll() is None, "another launch on the host was stopped"
+        assert backend.poll(handle.job_id, spec.run_dir).state == JobState.CANCELLED
+    finally:
+        os.killpg(bystander.pid, signal.SIGKILL)
+        bystander.wait()
+        backend.cancel(handle.job_id, spec.run_dir)

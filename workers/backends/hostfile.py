@@ -38,7 +38,7 @@ from pathlib import Path
 
 from jobs.common.atomic import write_atomic
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
-from workers.backends.commands import deepspeed_argv, job_env
+from workers.backends.commands import ATTEMPT_KEY_ENV, deepspeed_argv, job_env
 from workers.backends.procs import find_attempt_leader
 
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
@@ -62,7 +62,7 @@ exit_file = sys.argv[1]
 ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
 leader = os.path.join(os.path.dirname(exit_file), "leader.json")
 with open(leader + ".tmp", "w") as f:
-    json.dump({"pid": os.getpid(), "start_ticks": ticks, "attempt_key": os.environ.get("CP_ATTEMPT_KEY", "")}, f)
+    json.dump({"pid": os.getpid(), "start_ticks": ticks, "attempt_key": os.environ.get("CP_JOB_ATTEMPT", "")}, f)
 os.replace(leader + ".tmp", leader)
 child = subprocess.Popen(sys.argv[2:])
 rc = child.wait()
@@ -219,6 +219,10 @@ class HostfileBackend:
         if not local:
             # DeepSpeed looks for the file under ~ and '.'; an absolute name makes both lookups find this run's file.
             launcher_env["DS_ENV_FILE"] = str(env_file)
+            # The key tags the processes on the hosts (through the env file), not the runner and pdsh here: the
+            # reap on a host that is also this machine must never SIGTERM the runner (its handler pkills).
+            launcher_env.pop(ATTEMPT_KEY_ENV, None)
+        launcher_env["CP_JOB_ATTEMPT"] = spec.attempt_key  # for the supervisor's leader.json
 
         exit_file = run_dir / "exit.json"
         with open(run_dir / "stdout.log", "wb") as stdout, open(run_dir / "stderr.log", "wb") as stderr:

@@ -67,7 +67,9 @@ def write_series(run, keys: list[str], steps: int, seed: int) -> None:
     for i, key in enumerate(keys):
         base = 3.0 / (1 + x / (20000 + 1000 * i)) + 0.5 * i
         curves[key] = (base + 0.02 * rng.standard_normal(steps)).tolist()
-    batch = 10_000
+    from runs.metrics.validation import MAX_POINTS, MAX_RECORDS
+
+    batch = min(MAX_RECORDS, MAX_POINTS // len(keys))  # the most one ingest request may carry
     for lo in range(0, steps, batch):
         hi = min(lo + batch, steps)
         records = [{"kind": "metrics", "step": s, "values": {k: curves[k][s] for k in keys}} for s in range(lo, hi)]

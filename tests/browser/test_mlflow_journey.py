@@ -64,7 +64,9 @@ def test_a_person_follows_the_view_run_link_and_finds_what_the_script_logged(pag
     first, second = tiny_run(owner=operator, name="sft-a"), tiny_run(owner=operator, name="sft-b")
     printed = _log(stack, first, "5e-05", tmp_path)
     _log(stack, second, "1e-04", tmp_path)
-    link = re.search(r"View run lr 5e-05 at: (\S+)", printed).group(1)
+    found = re.search(r"View run lr 5e-05 at: (\S+)", printed)
+    assert found, printed
+    link = found.group(1)
 
     page.goto(f"{stack.url}/accounts/login/")
     page.fill("#id_username", "otto")

@@ -27,9 +27,10 @@ class Child:
     restarts: deque = field(default_factory=deque)  # monotonic times of recent restarts
     restart_at: float | None = None  # when a crashed child is due to start again
 
-    def start(self) -> None:
+    def start(self) -> subprocess.Popen:
         self.proc = subprocess.Popen(self.argv, env=self.env)
         self.restart_at = None
+        return self.proc
 
 
 class GaveUp(RuntimeError):
@@ -57,8 +58,8 @@ class Children:
         for child in self.children:
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    child.start()
-                    self.log(f"{child.name} restarted (pid {child.proc.pid})")
+                    proc = child.start()
+                    self.log(f"{child.name} restarted (pid {proc.pid})")
                 continue
             if child.proc is None or child.proc.poll() is None:
                 continue

@@ -56,7 +56,7 @@ def watcher_beat(run_id: int, token: str) -> bool:
     try:
         client = _redis()
         current = client.get(watcher_key(run_id))
-        if current is not None and current.decode() != token:
+        if current is not None and (current.decode() if isinstance(current, bytes) else current) != token:
             return False
         client.set(watcher_key(run_id), token, ex=int(WATCHER_TTL_S))
         return True

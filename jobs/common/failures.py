@@ -114,7 +114,7 @@ def culprit(run_dir: Path, *, world_size: int, log_text: str = "") -> dict | Non
         if "started_at" not in first:
             how = "never started"
         elif killed:
-            how = f"was killed by {signal_name(launcher_code)}"
+            how = f"was killed by {signal_name(launcher_code or 0)}"
         elif launcher_code is not None:
             how = f"exited with code {launcher_code} without reporting"
         else:

@@ -92,6 +92,8 @@ def start_stack(*, tmp: Path, extra_env: dict[str, str] | None = None, worker: b
         "CP_BASE_URL": f"http://127.0.0.1:{port}",
         "CP_RUNS_DIR": str(runs_dir),
         "CP_VAR_DIR": str(settings.VAR_DIR),
+        # The audit anchor this test's database goes with (tests/conftest.py gives each test its own).
+        "CP_AUDIT_ANCHOR": str(settings.AUDIT_ANCHOR),
         "OMP_NUM_THREADS": "1",
         "CP_CELERY_QUEUE": f"e2e-{port}",  # tasks other tests left in Redis never reach this worker
         **(extra_env or {}),

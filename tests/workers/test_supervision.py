@@ -85,8 +85,8 @@ def own_redis(tmp_path):
         server.kill()
 
 
-def _worker(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen, Path]:
-    queue = f"sup-{free_port()}"
+def _worker(tmp_path: Path, redis_url: str, queue: str = "", name: str = "worker") -> tuple[subprocess.Popen, Path]:
+    queue = queue or f"sup-{free_port()}"
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(connection.settings_dict),
@@ -97,9 +97,9 @@ def _worker(tmp_path: Path, redis_url: str) -> tuple[subprocess.Popen, Path]:
         "CP_WARM_LAUNCHER": "0",
         "OMP_NUM_THREADS": "1",
     }
-    log = tmp_path / "worker.log"
+    log = tmp_path / f"{name}.log"
     proc = subprocess.Popen(
-        worker_argv(concurrency=2, queue=queue, name=f"{queue}@%h"),
+        worker_argv(concurrency=2, queue=queue, name=f"{name}-{queue}@%h"),
         cwd=ROOT,
         env=env,
         stdout=open(log, "wb"),
@@ -236,3 +236,35 @@ def test_up_restarts_a_crashed_child_within_a_bound(tmp_path):
         assert children.children[1].proc.poll() is None, "the other child ran on throughout"
     finally:
         children.stop(timeout_s=5)
+
+
+def test_two_workers_and_repeated_start_up_launches_start_one_job(seeded, operator, tmp_path, own_redis):
+    """`make up`'s double launch: the launch queued on commit, the same run re-queued by every worker's start-up
+    re-attach, and more deliveries besides, on two real workers: one job."""
+    from controlplane.celery import app
+    from runs.models import AuditEvent
+
+    with override_settings(RUNS_DIR=tmp_path / "runs", CP_BASE_URL=UNREACHABLE):
+        run = _tiny(operator, name="demo-like", steps=3)
+    queue = f"dup-{free_port()}"
+    with app.connection_for_write(own_redis.url) as conn:
+        for _ in range(5):
+            app.send_task("workers.launch_run", kwargs={"run_id": run.pk}, queue=queue, connection=conn)
+    workers = [_worker(tmp_path, own_redis.url, queue, name=f"w{i}") for i in range(2)]
+    try:
+        _wait(lambda: _status(run) == RunStatus.SUCCEEDED, 300, "the run succeeding", workers[0][1])
+        run.refresh_from_db()
+        assert AuditEvent.objects.filter(run_id=run.pk, action="run.submitted").count() == 1
+        steps = [json.loads(line)["step"] for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line).get("kind") == "metrics"]  # fmt: skip
+        assert steps == [1, 2, 3], "a second job would write every step twice"
+        outcomes = "".join(log.read_text(errors="replace") for _, log in workers)
+        assert outcomes.count(f"launch run {run.pk}: submitted") == 1
+    finally:
+        for proc, _ in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

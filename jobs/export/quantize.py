@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -64,8 +63,21 @@ def quant_config(*, method: str):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _flat_forward(forward, x: torch.Tensor) -> torch.Tensor:
-    return forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+def _flatten_around(module: torch.nn.Module) -> None:
+    """The module sees its input as 2-D (leading dimensions flattened) and gives its output the input's leading
+    dimensions back, through torch's forward hooks."""
+    leading: list[torch.Size] = []
+
+    def before(_module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        leading.append(x.shape[:-1])
+        return (x.reshape(-1, x.shape[-1]), *args[1:])
+
+    def after(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.reshape(*leading.pop(), -1)
+
+    module.register_forward_pre_hook(before)
+    module.register_forward_hook(after)
 
 
 def load_model(*, path: Path, device: str, method: str | None = None):
@@ -80,7 +92,7 @@ def load_model(*, path: Path, device: str, method: str | None = None):
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
         elif isinstance(module, bnb.nn.Linear8bitLt):
-            module.forward = functools.partial(_flat_forward, module.forward)
+            _flatten_around(module)
     return model.eval()
 
 
@@ -93,6 +105,7 @@ def evaluate(*, model, windows: torch.Tensor, device: str) -> tuple[float, torch
         logits = model(input_ids=chunk[:, :-1]).logits.float()
         nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
         first = logits.cpu() if first is None else first
+    assert first is not None, "no windows to evaluate"
     return math.exp(nll / windows[:, 1:].numel()), first
 
 
@@ -131,7 +144,8 @@ def _shard_windows(*, cfg: RunConfig, source: str, start: int, count: int, seed:
 def _corpus_windows(*, cfg: RunConfig, source: str, count: int) -> torch.Tensor:
     sp = load_tokenizer(resolve_tokenizer_path(cfg.raw))
     in_shards = set(Path(default_corpus_dir(), f"{source}.txt").read_text(encoding="utf-8").splitlines())
-    need, size, ids = count * (cfg.batch.seq_len + 1), 8 * count * cfg.batch.seq_len, []
+    need, size = count * (cfg.batch.seq_len + 1), 8 * count * cfg.batch.seq_len
+    ids: list[int] = []
     while len(ids) < need:
         fresh = [line for line in corpus.generate(source, size, seed=CORPUS_EVAL_SEED) if line not in in_shards]
         ids = [t for doc in sp.encode(fresh) for t in (*doc, sp.eos_id())]

@@ -48,6 +48,9 @@ class RotaryTables(nn.Module):
     checkpoints nor the HF export see them. Longer sequences than the table fall back to building one on the fly.
     """
 
+    cos: torch.Tensor  # buffers, registered in __init__
+    sin: torch.Tensor
+
     def __init__(self, dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
         self.dim, self.theta = dim, theta

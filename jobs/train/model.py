@@ -40,6 +40,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = build_attention(cfg, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp: MoEFeedForward | MLP
         if cfg.is_moe_layer(index):
             self.mlp = MoEFeedForward(
                 cfg.hidden_size,
@@ -97,8 +98,13 @@ class Transformer(nn.Module):
         self.rotary = RotaryTables(self.rope_dim, cfg.max_seq_len, cfg.rope_theta)
 
     @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, typed (nn.ModuleList yields plain modules); every one is a DecoderLayer."""
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
+
+    @property
     def moe_layers(self) -> list[DecoderLayer]:
-        return [layer for layer in self.layers if layer.is_moe]
+        return [layer for layer in self.decoder_layers if layer.is_moe]
 
     def forward(self, input_ids: torch.Tensor, with_aux: bool = False):
         """Logits [B, T, V]; with_aux=True returns forward_with_aux's triple (the DeepSpeed engine passes kwargs)."""
@@ -142,7 +148,7 @@ def init_weights(model: Transformer, seed: int) -> None:
     std = model.cfg.init_std
     gen = torch.Generator().manual_seed(seed)
     expert_params = set()
-    for layer in model.layers:
+    for layer in model.decoder_layers:
         for module in layer.modules():
             if isinstance(module, RoutedExperts):
                 for i, expert in enumerate(module.local_experts):
@@ -191,7 +197,7 @@ def param_counts(cfg: ModelConfig, model: Transformer | None = None) -> tuple[in
     total = sum(p.numel() for p in model.parameters())
     per_expert = 0
     for layer in model.moe_layers:
-        experts = layer.mlp.experts.local_experts
+        experts = next(m for m in layer.modules() if isinstance(m, RoutedExperts)).local_experts
         per_expert = sum(p.numel() for p in experts[0].parameters())
         total += per_expert * (cfg.num_routed_experts - len(experts))
     active = total if cfg.tie_embeddings else total - model.embed_tokens.weight.numel()

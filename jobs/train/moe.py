@@ -13,6 +13,8 @@ group only; see ``as_deepspeed_moe``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -205,6 +207,13 @@ def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
         return False
 
 
+def _mark_expert_parameter(p: Any, group_name: str) -> None:
+    """DeepSpeed's MoE convention: an expert parameter is reduced in its expert group, not across all ranks (it
+    reads these two attributes, which torch's Parameter type does not declare)."""
+    p.allreduce = False
+    p.group_name = group_name
+
+
 class RoutedExperts(nn.Module):
     """The routed experts of one MoE layer; with ep_size > 1 this rank holds num_experts/ep_size of them.
 
@@ -232,12 +241,12 @@ class RoutedExperts(nn.Module):
         )
         if ep_size > 1:
             for p in self.deepspeed_moe.parameters():
-                p.allreduce = False
-                p.group_name = self.expert_group_name
+                _mark_expert_parameter(p, self.expert_group_name)
 
     @property
-    def local_experts(self) -> nn.ModuleList:
-        return self.deepspeed_moe.experts.deepspeed_experts
+    def local_experts(self) -> list[MLP]:
+        experts = self.deepspeed_moe.get_submodule("experts.deepspeed_experts")
+        return [e for e in experts.children() if isinstance(e, MLP)]  # every one is an MLP
 
     @property
     def first_expert(self) -> int:

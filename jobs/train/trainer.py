@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,6 +44,9 @@ from jobs.train.model import build_model, flops_per_token, param_counts
 from jobs.train.moe import as_deepspeed_moe
 from jobs.train.rendezvous import launch_env
 from jobs.train.tensor_parallel import build_grid, prepare_experts_for_tp, sequence_parallel_norms, tp_info
+
+if TYPE_CHECKING:
+    from jobs.reporter import Reporter  # imported on rank 0 only, when it reports
 
 CHECKPOINT_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
@@ -85,7 +89,8 @@ def _read_token(run_dir: Path) -> str | None:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Matrices and embeddings decay; norm gains do not. Names let DeepSpeed split off its MoE groups."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
     return [
@@ -119,7 +124,7 @@ class Trainer:
             self.device = torch.device("cpu")
         self.accelerator = self.device.type
         self.faults = FaultInjector(self.rank, run_dir)
-        self.reporter = None
+        self.reporter: Reporter | None = None
         self.step = 0
         # The last data step drawn (docs/run-config.md, relaunch.skip_data): equal to the step unless a relaunch
         # skipped a window of data.
@@ -165,9 +170,11 @@ class Trainer:
             from jobs.train.pipeline import build_pipeline
 
             # The PipelineModule brings its own grid (the same topology) and DeepSpeed takes it as the mpu.
-            self.pipe = build_pipeline(self.model, pp=par.pp, topology=self.grid.topology(),
+            grid = self.grid
+            assert grid is not None  # pp > 1 always builds one
+            self.pipe = build_pipeline(self.model, pp=par.pp, topology=grid.topology(),
                                        aux_coef=cfg.model.aux_loss_coef if cfg.model.is_moe else 0.0)  # fmt: skip
-            self.reports = self.reports and self.grid.get_stage_id() == par.pp - 1
+            self.reports = self.reports and grid.get_stage_id() == par.pp - 1
         trained = self.pipe if self.pipe is not None else self.model
         self.engine, *_ = deepspeed.initialize(
             model=trained,
@@ -403,12 +410,12 @@ class Trainer:
             # Copies of a replica's figures: counted once, except the non-finite flag every rank must see.
             stats = stats * torch.nn.functional.one_hot(torch.tensor(2), stats.numel()).to(stats)
         self.dist.all_reduce(stats)
-        stats = stats.tolist()
-        n_bad = stats[2]
+        figures: list[float] = stats.tolist()
+        n_bad = figures[2]
         if n_bad:
             self.event("nan", step, micro_batch=cfg.batch.micro_batch, policy=cfg.training.nan_policy,
                        action="abort" if cfg.training.nan_policy == "abort" else "skip_step",
-                       ranks_micro_batches_bad=int(n_bad), loss=str(stats[0] / (gas * self.dp)))  # fmt: skip
+                       ranks_micro_batches_bad=int(n_bad), loss=str(figures[0] / (gas * self.dp)))  # fmt: skip
             if cfg.training.nan_policy == "abort":
                 raise NonFiniteLoss(step)
             self._step_without_update()
@@ -420,23 +427,23 @@ class Trainer:
 
         values: dict[str, float] = {"lr": lr, "seq_len": float(seq_len)}
         if not n_bad:
-            loss_value = stats[0] / (gas * self.dp)
+            loss_value = figures[0] / (gas * self.dp)
             self.last_loss = loss_value
             values["loss"] = loss_value
             if aux_coef:
-                values["aux_loss"] = stats[1] / (gas * self.dp)
+                values["aux_loss"] = figures[1] / (gas * self.dp)
             grad_norm = engine.get_global_grad_norm()
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
         base = 3
         for i, name in enumerate(self.sources):
-            count = stats[base + n_src + i]
+            count = figures[base + n_src + i]
             if count and not n_bad:
-                values[f"loss/{name}"] = stats[base + i] / count
-            values[f"tokens/{name}"] = stats[base + 2 * n_src + i]
-        values["tokens"] = sum(stats[base + 2 * n_src : base + 3 * n_src])
+                values[f"loss/{name}"] = figures[base + i] / count
+            values[f"tokens/{name}"] = figures[base + 2 * n_src + i]
+        values["tokens"] = sum(figures[base + 2 * n_src : base + 3 * n_src])
         if n_exp:
-            routed = stats[base + 3 * n_src : base + 3 * n_src + n_exp]
+            routed = figures[base + 3 * n_src : base + 3 * n_src + n_exp]
             slots = sum(routed) or 1.0
             for i, c in enumerate(routed):
                 values[f"expert_load/{i}"] = c / slots
@@ -478,6 +485,7 @@ class Trainer:
                        loss=str(loss))  # fmt: skip
             raise NonFiniteLoss(step)
         consumed = self.batcher.consumed_tokens()
+        assert self.pipe is not None  # the pipeline's step, taken only with one
         ce_values = self.pipe.ce_values
         ce = float(sum(v.item() for v in ce_values)) if self.reports else 0.0
         ce_values.clear()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -35,6 +36,7 @@ from runs.services.runs import (
 )
 from runs.services.timeline import replaced_ranges, run_timeline
 from runs.services.versus import planned_vs_actual
+from runs.text import NUL
 
 
 def _run_or_none(raw: str | None) -> Run | None:
@@ -54,7 +56,7 @@ def _checkpoint_or_none(run: Run | None, raw: str | None) -> Checkpoint | None:
 def run_list(request: HttpRequest) -> HttpResponse:
     query = TableQuery.from_params(request.GET)
     page = Paginator(table_queryset(query), PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = list(page.object_list)
+    rows: list[Any] = list(page.object_list)  # runs, given the figures the table shows beside their fields
     metrics = page_metrics(rows)
     now = timezone.now()
     for run in rows:
@@ -154,21 +156,33 @@ def _form_from_config(text: str) -> tuple[RunForm, str]:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         message = "config: a run config is a JSON object with model, parallel, batch, ... sections."
         return RunForm(preset="tiny"), message
-    run_part = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
-    cluster_part = cfg.get("cluster") if isinstance(cfg.get("cluster"), dict) else {}
-    recipe_part = (cfg.get("data") or {}).get("recipe") if isinstance(cfg.get("data"), dict) else None
+    run_part, cluster_part = _section(cfg, "run"), _section(cfg, "cluster")
+    recipe_part = _section(_section(cfg, "data"), "recipe")
     initial: dict = {"name": f"{run_part.get('name') or 'imported'}-copy"[:100]}
-    if run_part.get("trainer") in Trainer.values:
-        initial["trainer"] = run_part["trainer"]
-    cluster = Cluster.objects.filter(name=cluster_part.get("name")).first()
+    trainer = _name(run_part.get("trainer"))
+    if trainer in Trainer.values:
+        initial["trainer"] = trainer
+    cluster_name = _name(cluster_part.get("name"))
+    cluster = Cluster.objects.filter(name=cluster_name).first() if cluster_name else None
     if cluster:
         initial["cluster"] = cluster.pk
-    if isinstance(recipe_part, dict):
-        recipe = DataMixRecipe.objects.filter(name=recipe_part.get("name"), version=recipe_part.get("version")).first()
+    recipe_name, version = _name(recipe_part.get("name")), recipe_part.get("version")
+    if recipe_name and isinstance(version, int) and not isinstance(version, bool) and 1 <= version < 2**31:
+        recipe = DataMixRecipe.objects.filter(name=recipe_name, version=version).first()
         if recipe:
             initial["recipe"] = recipe.pk
-    preset = run_part.get("preset") if run_part.get("preset") in PRESETS else "tiny"
-    return RunForm(preset=preset, base_config=cfg, initial=initial), ""
+    preset = _name(run_part.get("preset"))
+    return RunForm(preset=preset if preset in PRESETS else "tiny", base_config=cfg, initial=initial), ""
+
+
+def _section(cfg: dict, key: str) -> dict:
+    value = cfg.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _name(value: Any) -> str | None:
+    """A name a pasted config gives, fit to look up (a string PostgreSQL can compare), or None."""
+    return value if isinstance(value, str) and NUL not in value else None
 
 
 @permission_required("runs.add_run", raise_exception=True)

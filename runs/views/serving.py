@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse
@@ -40,7 +42,7 @@ def checkpoint_list(request: HttpRequest, pk: int) -> HttpResponse:
         Artifact.objects.filter(run=run).select_related("checkpoint").prefetch_related("deployments").order_by("-id")
     )
     can_operate = request.user.has_perm("runs.add_artifact")
-    checkpoints = list(run.checkpoints.all())
+    checkpoints: list[Any] = list(run.checkpoints.all())  # given the metrics the page shows (shown_metrics)
     # The job records none at save time; the metrics store has the run's values at (or just before) each step.
     measured = values_at(run_id=run.pk, steps=[c.step for c in checkpoints if not c.metrics])
     for c in checkpoints:

@@ -74,3 +74,17 @@ def test_the_helpers_find_nul_in_keys_values_and_lists_only():
     from django.http import QueryDict
 
     assert params_nul_fields(QueryDict("a=1&b=%00&b=2"), "query") == ["query.b"]
+
+
+def test_a_pasted_config_with_odd_names_fills_the_form_without_a_lookup_error(client, seeded, operator):
+    import json
+
+    client.force_login(operator)
+    pasted = {
+        "model": {},
+        "run": {"preset": {"x": 1}, "trainer": ["reference"]},
+        "cluster": {"name": "local\u0000cpu"},
+        "data": {"recipe": {"name": "bilingual-demo", "version": "one"}},
+    }
+    answer = client.post("/runs/new/", {"config_json": json.dumps(pasted)})
+    assert answer.status_code == 200

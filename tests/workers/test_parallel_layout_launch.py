@@ -72,5 +72,4 @@ def test_layout_run_launches_on_the_local_backend_and_its_curve_shows(seeded, op
     assert keys.status_code == 200 and "loss" in keys.content.decode()
     series = client.get(f"/api/v1/runs/{run.pk}/series/?keys=loss&max_points=4000", HTTP_ACCEPT="application/json")
     assert series.status_code == 200
-    body = series.json()
-    print(body)
+    assert series.json()["keys"]["loss"]["steps"] == list(range(1, STEPS + 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from jobs.common.atomic import write_atomic
-from runs.models import Artifact, Cluster, Deployment, DeploymentStatus, JobPhase
+from runs.models import Artifact, Cluster, Deployment, DeploymentStatus, JobPhase, Run
 from runs.services.artifacts import (
     artifact_finish,
     artifact_progress,
@@ -37,6 +37,8 @@ from runs.services.deployments import (
 from runs.services.serving_transitions import IllegalMove
 from workers.backends import JobState, JobStatus, LaunchSpec, get_backend
 from workers.backends.base import LaunchError
+from workers.backends.jobuser import JobUser, give_run_dir, job_user
+from workers.launching import job_python
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 600
@@ -45,7 +47,26 @@ HEALTH_INTERVAL_S = 5.0  # once it runs: how often /health is asked
 HEALTH_TIMEOUT_S = 3.0
 
 
-def _spec(*, cluster: Cluster, job_dir: Path, module_argv: list[str], name: str, hours: int) -> LaunchSpec:
+def run_user(run: Run, backend: str) -> JobUser | None:
+    """The user a run's quantize, benchmark or server job runs as on this machine: the run's own (None when jobs
+    run as the control plane's account, or on Slurm, whose jobs run as the scheduler makes them).
+
+    Not the control plane: the quantize job torch-loads a checkpoint the run's own script may have written, and the
+    server loads what that produced. Not a separate serving user either: everything these jobs read and write lies
+    in the run's directory (artifacts/aN, artifacts/aN/deployments/dN), which is the run's user's alone, so the
+    run's user is the one account that needs no other folder opened to it. The run directory (with the folders the
+    control plane made in it for this job) is handed to that user before launch."""
+    if backend != "local":
+        return None
+    user = job_user(run.pk)
+    if user is not None and run.run_dir:
+        give_run_dir(Path(run.run_dir), user)
+    return user
+
+
+def _spec(
+    *, cluster: Cluster, job_dir: Path, module_argv: list[str], name: str, hours: int, user: JobUser | None = None
+) -> LaunchSpec:
     return LaunchSpec(
         run_id=0,
         run_dir=job_dir,
@@ -54,13 +75,15 @@ def _spec(*, cluster: Cluster, job_dir: Path, module_argv: list[str], name: str,
         nodes=1,
         gpus_per_node=1,
         accelerator=cluster.accelerator,
-        python=sys.executable,
+        python=job_python() if cluster.backend != "slurm" else sys.executable,
         workdir=REPO_ROOT,
         partition=cluster.partition,
         time_limit_min=hours * 60,
         master_port=0 if cluster.backend == "slurm" else 29500,
         job_name=name,
         single_process=True,
+        job_uid=user.uid if user else None,
+        job_gid=user.gid if user else None,
     )
 
 
@@ -114,9 +137,11 @@ def quantize_start(artifact_id: int) -> str:
     argv += ["--methods", ",".join(artifact.methods)]
     backend = serving_backend(run.cluster.backend)
     try:
+        (out / "job").mkdir(parents=True, exist_ok=True)
         spec = _spec(
-            cluster=run.cluster, job_dir=out / "job", module_argv=argv, name=f"cp-quant-{artifact.pk}", hours=6
-        )
+            cluster=run.cluster, job_dir=out / "job", module_argv=argv, name=f"cp-quant-{artifact.pk}", hours=6,
+            user=run_user(run, backend),
+        )  # fmt: skip
         job_id = _submit(backend, spec)
     except (LaunchError, OSError) as exc:
         artifact_finish(artifact=artifact, status=JobPhase.FAILED, reason=f"could not start the quantize job: {exc}")
@@ -168,9 +193,11 @@ def benchmark_start(artifact_id: int) -> str:
         argv += ["--prefill-tokens", "256", "--decode-tokens", "32"]
     backend = serving_backend(cluster.backend)
     try:
+        (out / "latency-job").mkdir(parents=True, exist_ok=True)
         spec = _spec(
-            cluster=cluster, job_dir=out / "latency-job", module_argv=argv, name=f"cp-lat-{artifact.pk}", hours=2
-        )
+            cluster=cluster, job_dir=out / "latency-job", module_argv=argv, name=f"cp-lat-{artifact.pk}", hours=2,
+            user=run_user(artifact.run, backend),
+        )  # fmt: skip
         job_id = _submit(backend, spec)
     except (LaunchError, OSError) as exc:
         latency_finish(artifact=artifact, status=JobPhase.FAILED, reason=f"could not start the benchmark: {exc}")
@@ -226,7 +253,10 @@ def deploy_start(deployment_id: int) -> str:
     argv += ["--host", host, "--port", str(port), "--state-dir", str(state), "--served-name", deployment.name]
     argv += ["--engine", deployment.engine, "--api-key-file", str(state / API_KEY_FILE)]
     try:
-        spec = _spec(cluster=cluster, job_dir=state, module_argv=argv, name=f"cp-serve-{deployment.pk}", hours=24 * 7)
+        # The key file (0600) goes to the run's user with the rest of the run directory: the server reads it.
+        user = run_user(deployment.artifact.run, deployment.backend)
+        spec = _spec(cluster=cluster, job_dir=state, module_argv=argv, name=f"cp-serve-{deployment.pk}", hours=24 * 7,
+                     user=user)  # fmt: skip
         job_id = _submit(deployment.backend, spec)
     except (LaunchError, OSError) as exc:
         deployment_failed(deployment=deployment, reason=f"could not start the server: {exc}")

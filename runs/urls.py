@@ -1,7 +1,7 @@
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from runs.views import audit, data, mlflow_pages, recipes, runs, serving, tokens
+from runs.views import audit, connect, data, mlflow_pages, recipes, runs, serving, tokens
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="run-list"), name="home"),
@@ -17,6 +17,9 @@ urlpatterns = [
     path("runs/<int:pk>/launch/", runs.run_launch_view, name="run-launch"),
     path("runs/<int:pk>/cancel/", runs.run_cancel_view, name="run-cancel"),
     path("runs/<int:pk>/mlflow-artifacts/<path:path>", mlflow_pages.run_mlflow_artifact, name="run-mlflow-artifact"),
+    path("runs/<int:pk>/logs/", connect.run_logs, name="run-logs"),
+    path("runs/<int:pk>/tokens/", connect.run_token_issue_view, name="run-token-issue"),
+    path("runs/<int:pk>/tokens/<int:token_id>/revoke/", connect.run_token_revoke_view, name="run-token-revoke"),
     path("runs/<int:pk>/checkpoints/", serving.checkpoint_list, name="run-checkpoints"),
     path("runs/<int:pk>/checkpoints/retention/", serving.checkpoint_retention, name="run-retention"),
     path(

@@ -15,7 +15,9 @@ from pathlib import Path
 from django.conf import settings
 
 from jobs.common.failures import RANKS_DIR
+from jobs.common.run_config import parse_own_script
 from runs.models import Attempt, AttemptState, Cluster, Run, RunStatus, Trainer
+from runs.services import connect
 from runs.services.attempts import attempt_claim, attempt_current, attempt_end, attempt_live, attempt_record_job
 from runs.services.jobs import run_finish, run_record_job
 from runs.services.rundir import run_dir_path, run_dir_prepare
@@ -73,10 +75,22 @@ def job_python() -> str:
     return settings.JOB_PYTHON or sys.executable
 
 
+def own_script_argv(run: Run, run_dir: Path) -> list[str]:
+    """The user's script with its DeepSpeed config in the form it parses (own_script.ds_config_arg), then its own
+    arguments (own_script.args); the run's config was validated against the same definition when it was saved."""
+    options = parse_own_script(run.config)
+    argv = [run.script_path]
+    if options.ds_config_arg != "env":
+        argv += [options.ds_config_arg, str(run_dir / "ds_config.json")]
+    return argv + list(options.args)
+
+
 def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> LaunchSpec:
     cluster = run.cluster
     key = attempt.idempotency_key if attempt is not None else ""
     number = attempt.number if attempt is not None else run.attempt
+    env = {"CP_RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1"}
+    cwd = None
     # Local jobs run as their run's own user; a cluster's jobs run as whoever the scheduler or ssh makes them.
     user = job_user(run.pk) if cluster.backend == "local" else None
     if run.trainer == Trainer.OWN_SCRIPT:
@@ -86,7 +100,12 @@ def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> Laun
                 f"the script {run.script_path} is not inside the script folders ({roots_text()}); "
                 "copy it into one, or add its folder to CP_SCRIPT_ROOTS"
             )
-        program = [script, "--deepspeed_config", str(run_dir / "ds_config.json")]
+        program = [script, *own_script_argv(run, run_dir)[1:]]
+        token_file = run_dir / "token"
+        token = token_file.read_text().strip() if token_file.exists() else ""
+        env.update(connect.job_env(run=run, run_dir=run_dir, token=token))
+        # A script writes its outputs (HF's output_dir, checkpoints, mlruns) relative to where it starts: its run.
+        cwd = run_dir
     else:
         program = ["-m", "jobs.train", "--run-dir", str(run_dir)]
         if run.resume_from:
@@ -96,7 +115,8 @@ def launch_spec(run: Run, run_dir: Path, attempt: Attempt | None = None) -> Laun
         run_id=run.pk,
         run_dir=run_dir,
         module_argv=program,
-        env={"CP_RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1"},
+        env=env,
+        cwd=cwd,
         nodes=cluster.nodes,
         gpus_per_node=cluster.gpus_per_node,
         accelerator=cluster.accelerator,

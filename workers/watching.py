@@ -21,13 +21,14 @@ from jobs.common.atomic import write_atomic
 from jobs.common.failures import EXIT_NAN, EXIT_OOM, culprit, culprit_text, rank_records
 from runs.metrics.store import metrics_record
 from runs.models import AlertKind, Run, RunStatus, Severity
+from runs.services import joblogs
 from runs.services.alerts import alert_raise
 from runs.services.attempts import attempt_mark_running
 from runs.services.jobs import run_finish
 from runs.services.remediation import Outcome, remediation_begin
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import JobState, get_backend
-from workers.logscan import csv_monitor_records, loss_records, scan_lines
+from workers.logscan import csv_monitor_records, scan_lines, step_line_records
 from workers.remediating import hang_timeout_s, stalled_for_s
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,18 @@ def _ingest_metrics_file(run: Run, run_dir: Path, state: _State) -> int:
 def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
     findings = []
     for name in ("stdout.log", "stderr.log"):
-        lines, end = _read_new(run_dir / name, state.offset(name))
+        start = state.offset(name)
+        lines, end = _read_new(run_dir / name, start)
         state.set_offset(name, end)
         if not lines:
             continue
+        joblogs.broadcast_lines(run_id=run.pk, stream=name.removesuffix(".log"), lines=lines, offset=end)
         findings.extend(scan_lines(lines))
-        if run.trainer == "own_script":
-            records = loss_records(lines, time_s=time.time())
+        # A script logging through MLflow sends its metrics with their real steps; its printed lines would chart
+        # the same keys a second time at guessed ones.
+        if run.trainer == "own_script" and not run.mlflow_run:
+            records, seen = step_line_records(lines, time_s=time.time(), hf_logs_seen=int(state.data.get("hf_logs", 0)))
+            state.data["hf_logs"] = seen
             if records:
                 metrics_record(run=run, records=records)
     if run.trainer == "own_script":
@@ -130,9 +136,29 @@ def _scan_logs(run: Run, run_dir: Path, state: _State) -> list:
             state.data["job_status"] = finding.data
         elif finding.kind == "traceback":
             state.data["last_exception"] = finding.line
+            rank = (finding.data or {}).get("rank")
+            first = state.data.get("first_exception") or {}
+            # The first exception of an attempt is the cause; later ones are usually other ranks torn down by it.
+            if first.get("attempt") != run.attempt:
+                state.data["first_exception"] = {"line": finding.line, "rank": rank, "attempt": run.attempt}
+        elif finding.kind == "compile":
+            _compile_phase(run, state, finding)
         if finding.kind == "oom":
             state.data["oom"] = finding.line
     return findings
+
+
+def _compile_phase(run: Run, state: _State, finding) -> None:
+    """DeepSpeed compiling an op: said on the run page while it lasts (it can take minutes with nothing else)."""
+    data = finding.data or {}
+    if data.get("seconds") is None:
+        if (state.data.get("compiling") or {}).get("op") == data.get("op"):
+            return
+        state.data["compiling"] = {"op": data.get("op", ""), "since": time.time()}
+    else:
+        state.data.pop("compiling", None)
+        state.data.setdefault("compiled", {})[data.get("op", "")] = data["seconds"]
+    joblogs.broadcast_phase(run_id=run.pk, compiling=state.data.get("compiling"))
 
 
 def _check_hang(run: Run, run_dir: Path) -> None:
@@ -162,8 +188,18 @@ def _end_reason(status, state: _State) -> tuple[str, str]:
         return RunStatus.FAILED, "NaN/Inf loss: the trainer aborted"
     if status.state == JobState.LOST:
         return RunStatus.FAILED, f"job lost: {status.reason}"
-    detail = state.data.get("last_exception") or status.reason or f"exit code {status.exit_code}"
-    return RunStatus.FAILED, detail
+    return RunStatus.FAILED, _failure_detail(status, state)
+
+
+def _failure_detail(status, state: _State) -> str:
+    """The exception that ended the job (of the rank that raised first), else what the backend says."""
+    first = state.data.get("first_exception") or {}
+    if first.get("line"):
+        rank = first.get("rank")
+        where = f" (rank {rank})" if rank is not None else ""
+        code = f"; the job exited with code {status.exit_code}" if status.exit_code not in (None, 0) else ""
+        return f"{first['line']}{where}{code}"
+    return state.data.get("last_exception") or status.reason or f"exit code {status.exit_code}"
 
 
 def _failure_kind(status, state: _State) -> str:

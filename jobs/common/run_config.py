@@ -210,6 +210,21 @@ class ReporterConfig:
     wall_time: bool = False
 
 
+# How an own-script job is handed its DeepSpeed config (own_script.ds_config_arg): the argument the script parses,
+# or "env" for none (the path is then only in the CP_DS_CONFIG variable, which every own-script job gets).
+DS_CONFIG_ARGS = ("--deepspeed_config", "--deepspeed", "env")
+# own_script.ds_config_style: "deepspeed" writes every number from run.json; "hf" writes "auto" wherever the
+# Hugging Face Trainer fills a value from its own arguments (it refuses a config whose numbers disagree with them).
+DS_CONFIG_STYLES = ("deepspeed", "hf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OwnScriptConfig:
+    ds_config_arg: str = "--deepspeed_config"
+    ds_config_style: str = "deepspeed"
+    args: tuple[str, ...] = ()  # the script's own arguments, after the DeepSpeed config's
+
+
 @dataclass(frozen=True, kw_only=True)
 class RelaunchConfig:
     """Changes an automatic relaunch carries beyond the batch and parallel sections (docs/run-config.md).
@@ -253,6 +268,7 @@ class RunConfig:
     training: TrainingConfig
     reporter: ReporterConfig
     relaunch: RelaunchConfig = RelaunchConfig()
+    own_script: OwnScriptConfig = OwnScriptConfig()
     extra: dict = field(default_factory=dict)
 
     def dp_size(self, world_size: int) -> int:
@@ -294,6 +310,7 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "reporter": ReporterConfig,
     "relaunch": RelaunchConfig,
+    "own_script": OwnScriptConfig,
 }
 
 
@@ -539,6 +556,27 @@ def _parse_relaunch(raw: dict) -> RelaunchConfig:
     return r
 
 
+def parse_own_script(raw: dict) -> OwnScriptConfig:
+    """The optional own_script section (the trainer "own_script" reads it; others ignore it)."""
+    section = raw.get("own_script") or {}
+    if not isinstance(section, dict):
+        raise ConfigError("own_script", "expected an object {ds_config_arg, ds_config_style, args}")
+    args = _field(section, "own_script", "args", list, [])
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str) or "\0" in arg:
+            raise ConfigError(f"own_script.args[{i}]", f"expected a string without NUL bytes, got {arg!r}")
+    o = _read(OwnScriptConfig, section, "own_script", args=tuple(args))
+    if o.ds_config_arg not in DS_CONFIG_ARGS:
+        raise ConfigError(
+            "own_script.ds_config_arg", f"expected one of {', '.join(DS_CONFIG_ARGS)}, got {o.ds_config_arg!r}"
+        )
+    if o.ds_config_style not in DS_CONFIG_STYLES:
+        raise ConfigError(
+            "own_script.ds_config_style", f"expected one of {', '.join(DS_CONFIG_STYLES)}, got {o.ds_config_style!r}"
+        )
+    return o
+
+
 def parse_run_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError("run.json", "expected a JSON object")
@@ -580,6 +618,7 @@ def parse_run_config(raw: dict) -> RunConfig:
         training=training,
         reporter=_parse_reporter(raw),
         relaunch=_parse_relaunch(raw),
+        own_script=parse_own_script(raw),
         extra=extra,
     )
 

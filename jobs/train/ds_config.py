@@ -94,6 +94,36 @@ def build_ds_config(cfg: RunConfig, world_size: int, accelerator: str = "cpu") -
     return ds
 
 
+def build_hf_ds_config(cfg: RunConfig, world_size: int, accelerator: str = "cpu") -> dict:
+    """The same layout for a Hugging Face Trainer script: "auto" wherever the Trainer fills a value from its own
+    arguments (transformers.integrations.deepspeed.HfTrainerDeepSpeedConfig.trainer_config_process), since it refuses
+    a config whose numbers differ from them. The layout (ZeRO stage, offload) stays the run's."""
+    ds = build_ds_config(cfg, world_size, accelerator)
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        ds[key] = "auto"
+    ds["gradient_clipping"] = "auto"
+    ds["optimizer"]["params"].update({"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"})
+    ds["bf16"] = {"enabled": "auto"}
+    ds["fp16"] = {"enabled": "auto"}
+    ds.pop("data_types", None)  # HF's bf16 choice decides the accumulation dtype
+    zero = ds["zero_optimization"]
+    zero["reduce_bucket_size"] = "auto"
+    zero.pop("allgather_bucket_size", None)
+    if cfg.parallel.zero_stage == 3:
+        zero.pop("leaf_module", None)  # the reference model's class; an HF model has its own
+        zero["stage3_prefetch_bucket_size"] = "auto"
+        zero["stage3_param_persistence_threshold"] = "auto"
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return ds
+
+
+def build_for_run(cfg: RunConfig, world_size: int, accelerator: str = "cpu") -> dict:
+    """The config a run's job is given: HF-style for an own script that asks for it, else the full one."""
+    if cfg.own_script.ds_config_style == "hf" and cfg.raw.get("run", {}).get("trainer") == "own_script":
+        return build_hf_ds_config(cfg, world_size, accelerator)
+    return build_ds_config(cfg, world_size, accelerator)
+
+
 def write_ds_config(run_dir: str | Path, ds: dict) -> Path:
     path = Path(run_dir) / "ds_config.json"
     path.write_text(json.dumps(ds, indent=2) + "\n")
@@ -108,7 +138,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_run_config(args.run_dir)
     cfg.check_world(args.world_size)
-    print(write_ds_config(args.run_dir, build_ds_config(cfg, args.world_size, args.accelerator)))
+    print(write_ds_config(args.run_dir, build_for_run(cfg, args.world_size, args.accelerator)))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +20,21 @@ class ConfigField:
     max_value: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    optional: bool = False  # left empty, the config keeps its value or its schema default
+
     @property
     def name(self) -> str:
         return self.path.replace(".", "__")
 
     def build(self) -> forms.Field:
         common: dict[str, Any] = {"label": self.label, "help_text": self.help}
+        if self.kind == "args":
+            return ArgsField(required=False, **common)
+        if self.optional:
+            numeric = all(value.isdigit() for value, _ in self.choices)
+            return forms.TypedChoiceField(
+                choices=self.choices, coerce=int if numeric else str, required=False, empty_value=None, **common
+            )
         if self.kind == "int":
             lo = None if self.min_value is None else int(self.min_value)
             hi = None if self.max_value is None else int(self.max_value)
@@ -35,6 +45,31 @@ class ConfigField:
             return forms.BooleanField(required=False, **common)
         numeric = all(value.isdigit() for value, _ in self.choices)
         return forms.TypedChoiceField(choices=self.choices, coerce=int if numeric else str, **common)
+
+
+class ArgsField(forms.Field):
+    """A command line's arguments typed as a shell would split them; the config keeps the list."""
+
+    widget = forms.TextInput
+    MAX_CHARS = 4000
+
+    def prepare_value(self, value: Any) -> Any:
+        return shlex.join(value) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        text = str(value or "").strip()
+        if len(text) > self.MAX_CHARS:
+            raise forms.ValidationError(f"at most {self.MAX_CHARS} characters; pass long settings in a file")
+        if "\0" in text:
+            raise forms.ValidationError("remove the NUL character")
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            raise forms.ValidationError(
+                f"{exc}: close every quote, e.g. --output_dir out --run_name 'my run'"
+            ) from None
 
 
 # The remediation policy is kept with the run and carried out by the control plane (runs.services.remediation).
@@ -138,6 +173,40 @@ GROUPS: list[tuple[str, list[ConfigField]]] = [
                 "On NaN/Inf loss",
                 "choice",
                 choices=(("abort", "Abort the job"), ("skip", "Skip the batch")),
+            ),
+        ],
+    ),
+    (
+        "Own script",
+        [
+            ConfigField(
+                "own_script.ds_config_arg",
+                "Pass the DeepSpeed config as",
+                "choice",
+                help="How your script expects RUN_DIR/ds_config.json; CP_DS_CONFIG holds its path in every case.",
+                choices=(
+                    ("--deepspeed_config", "--deepspeed_config PATH (DeepSpeed tutorials)"),
+                    ("--deepspeed", "--deepspeed PATH (Hugging Face scripts)"),
+                    ("env", "the CP_DS_CONFIG variable only"),
+                ),
+                optional=True,
+            ),
+            ConfigField(
+                "own_script.ds_config_style",
+                "DeepSpeed config",
+                "choice",
+                help='For the Hugging Face Trainer: "auto" where it fills values from its own arguments.',
+                choices=(
+                    ("deepspeed", "every number from this form"),
+                    ("hf", 'Hugging Face Trainer ("auto" values)'),
+                ),
+                optional=True,
+            ),
+            ConfigField(
+                "own_script.args",
+                "Script arguments",
+                "args",
+                help="Your script's own arguments, as on a command line: --model_name_or_path gpt2 --output_dir out",
             ),
         ],
     ),

@@ -125,7 +125,10 @@ class RunForm(forms.Form):
         """The config the submitted fields describe: the preset's config with each field laid over it."""
         data = self.cleaned_data
         cfg = preset_config(data.get("preset") or "tiny")
+        own_script = data.get("trainer") == Trainer.OWN_SCRIPT
         for cf in ALL_FIELDS:
+            if cf.path.startswith("own_script.") and not own_script:
+                continue  # only a run of the user's script has (and diffs) this section
             if cf.name in data and data[cf.name] is not None:
                 _set_path(cfg, cf.path, data[cf.name])
         if isinstance(data.get("curriculum"), list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.common.run_config import ConfigError, parse_own_script
 from runs.planning.capabilities import check_trainer_can_run
 from runs.planning.fields import (
     MISSING,
@@ -58,6 +59,7 @@ def validate_config(
     check_curriculum(r, model=model, batch=batch, training=training)
     _check_data(r, model=model, trainer=trainer)
     _check_alerts_and_remediation(r)
+    _check_own_script(r)
     if trainer == "reference":
         check_trainer_can_run(r, capabilities=capabilities)
     return r.issues
@@ -126,6 +128,14 @@ def _check_data(r: ConfigReader, *, model: dict[str, Any], trainer: str) -> None
                 f"least {BUNDLED_TOKENIZER_VOCAB:,} or point data.tokenizer at your own.",
                 {"model.vocab_size": BUNDLED_TOKENIZER_VOCAB},
             )
+
+
+def _check_own_script(r: ConfigReader) -> None:
+    """The own_script section, by the schema's own parser (jobs.common.run_config), which names the field."""
+    try:
+        parse_own_script(r.cfg)
+    except ConfigError as exc:
+        r.add(exc.field, f"{exc}; see docs/run-config.md (own_script).")
 
 
 def _check_alerts_and_remediation(r: ConfigReader) -> None:

@@ -58,6 +58,12 @@ class _Base(JsonFrames):
     async def run_alert(self, event):
         await self.send_json(event)
 
+    async def run_log(self, event):
+        await self.send_json(event)
+
+    async def run_phase(self, event):
+        await self.send_json(event)
+
     async def artifact_update(self, event):
         await self.send_json(event)
 

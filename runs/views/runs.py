@@ -17,9 +17,11 @@ from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
 from runs.models import AuditEvent, Checkpoint, Cluster, Run, RunStatus, Trainer
 from runs.planning.presets import PRESETS
+from runs.services import joblogs
 from runs.services.annotations import AnnotationRefused, drafts_delete, run_annotate, runs_archive
 from runs.services.artifacts import ServingRefused
 from runs.services.checkpoints import run_start_from
+from runs.services.connect import connect_context
 from runs.services.data_reports import consumed_mix, prep_of_run
 from runs.services.diff import configs_diff
 from runs.services.mlflow_summary import mlflow_rows
@@ -335,33 +337,38 @@ def _duration(seconds: float) -> str:
 @permission_required("runs.view_run", raise_exception=True)
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("owner", "cluster", "recipe", "parent"), pk=pk)
+    return render(request, "runs/detail.html", detail_context(request, run))
+
+
+def detail_context(request: HttpRequest, run: Run, *, issued: str = "") -> dict:
+    """What the run page shows; `issued` is a token secret just issued, shown this once in the connect panel."""
     events = AuditEvent.objects.filter(run_id=run.pk).order_by("-id")[:100]
+    can_operate = request.user.has_perm("runs.add_run")
     timeline = run_timeline(run)
-    return render(
-        request,
-        "runs/detail.html",
-        {
-            "run": run,
-            "config_json": json.dumps(run.config, indent=2),
-            "events": events,
-            "alerts": run.alerts.all()[:50],
-            "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
-            "checkpoints": run.checkpoints.all()[:50],
-            "launch_blocker": launch_blocker(run),
-            "needs_fit_override": not plan_fits(run.plan) and not run.plan.get("fit_override"),
-            "progress": _progress(run),
-            "versus": planned_vs_actual(run),
-            "can_operate": request.user.has_perm("runs.add_run"),
-            "can_annotate": request.user.has_perm("runs.change_run"),
-            "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
-            "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
-            "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
-            "consumed": consumed_mix(run),
-            "mix_prep": prep_of_run(run),
-            "timeline": timeline if len(timeline) > 1 or any(t.attempt.cause != "launch" for t in timeline) else [],
-            "replaced": replaced_ranges(timeline),
-        },
-    )
+    return {
+        "run": run,
+        "config_json": json.dumps(run.config, indent=2),
+        "events": events,
+        "alerts": run.alerts.all()[:50],
+        "alert_steps": [a for a in run.alerts.exclude(step=None).values_list("step", flat=True)[:200]],
+        "checkpoints": run.checkpoints.all()[:50],
+        "launch_blocker": launch_blocker(run),
+        "needs_fit_override": not plan_fits(run.plan) and not run.plan.get("fit_override"),
+        "progress": _progress(run),
+        "versus": planned_vs_actual(run),
+        "can_operate": can_operate,
+        "can_annotate": request.user.has_perm("runs.change_run"),
+        "can_launch": request.user.has_perm("runs.launch_run") and run.status == RunStatus.DRAFT,
+        "can_cancel": request.user.has_perm("runs.cancel_run") and not run.is_terminal,
+        "can_edit": request.user.has_perm("runs.change_run") and run.status == RunStatus.DRAFT,
+        "consumed": consumed_mix(run),
+        "mix_prep": prep_of_run(run),
+        "timeline": timeline if len(timeline) > 1 or any(t.attempt.cause != "launch" for t in timeline) else [],
+        "replaced": replaced_ranges(timeline),
+        "compiling": joblogs.compiling_now(run),
+        "log_streams": list(joblogs.STREAMS),
+        **(connect_context(run, issued=issued) if can_operate else {}),
+    }
 
 
 @require_POST

@@ -61,6 +61,7 @@ function liveRun(runId, charts, hooks = {}) {
       fetchJSON(`/runs/${runId}/state/`).then((st) => {
         if (setStatus(st.status) || again) hooks.refresh?.();
       }).catch(() => {});
+      if (again) hooks.reopened?.();
       await charts.catchUp(runId);
       hooks.progress?.(charts.lastStep.get(runId));
     };
@@ -71,6 +72,8 @@ function liveRun(runId, charts, hooks = {}) {
         hooks.progress?.(charts.lastStep.get(runId));
       } else if (msg.type === "run.alert") {
         showAlert(msg.alert);
+      } else if (msg.type === "run.log") {
+        hooks.log?.(msg);
       } else if (msg.type === "run.status") {
         setStatus(msg.status);
         hooks.refresh?.();
@@ -166,7 +169,8 @@ function formatLeft(seconds) {
   }
 
   const refresh = panelRefresher();
-  window.runPage = liveRun(runId, charts, {refresh, progress});
+  const logs = jobLogs(runId);
+  window.runPage = liveRun(runId, charts, {refresh, progress, log: logs.push, reopened: logs.load});
   charts.load();
 
   const xAxis = document.getElementById("x-axis"), smoothing = document.getElementById("smoothing");

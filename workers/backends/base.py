@@ -19,6 +19,8 @@ class LaunchSpec:
     accelerator: str  # "cpu" | "cuda"
     python: str  # interpreter on the nodes
     workdir: Path  # repository root on the nodes (jobs/ importable from here)
+    # Where the ranks start; None: workdir. An own script starts in its run directory, with workdir on PYTHONPATH.
+    cwd: Path | None = None
     partition: str = ""
     time_limit_min: int = 60
     hostfile: str = ""
@@ -37,6 +39,10 @@ class LaunchSpec:
     # worker's own account.
     job_uid: int | None = None
     job_gid: int | None = None
+
+    @property
+    def start_dir(self) -> Path:
+        return self.cwd or self.workdir
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,9 @@ def job_env(spec: LaunchSpec) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if spec.accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
+    if spec.cwd is not None and spec.cwd != spec.workdir:
+        # A job started elsewhere than the checkout still imports jobs/ (jobs.reporter) from it.
+        env["PYTHONPATH"] = str(spec.workdir)
     env.update(validate_env(spec.env))
     if spec.attempt_key:
         env[ATTEMPT_KEY_ENV] = spec.attempt_key

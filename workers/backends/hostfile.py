@@ -229,7 +229,7 @@ class HostfileBackend:
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-c", SUPERVISOR, str(exit_file), *argv],
-                    cwd=spec.workdir,
+                    cwd=spec.start_dir,
                     env=launcher_env,
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
@@ -280,6 +280,7 @@ class HostfileBackend:
             ("interpreter", spec.python),
             ("working directory", str(spec.workdir)),
             ("attempt key", spec.attempt_key or "-"),
+            ("start directory", str(spec.start_dir)),
         ):
             if not REMOTE_SAFE.match(value):
                 raise LaunchError(f"the {label} {value!r} cannot be passed through pdsh's remote shell unquoted")

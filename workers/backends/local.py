@@ -92,7 +92,7 @@ class LocalBackend:
             record = warm.spawn(
                 python=spec.python,
                 run_dir=spec.run_dir,
-                cwd=spec.workdir,
+                cwd=spec.start_dir,
                 env=env,
                 user=user,
                 launcher_args=commands.deepspeed_node_args(
@@ -104,7 +104,7 @@ class LocalBackend:
             argv = [spec.python, "-m", "jobs.launch.wrapper", str(spec.run_dir), "--", *launcher_argv(spec)]
             try:
                 record = spawn_group(
-                    argv, run_dir=spec.run_dir, env=env, cwd=spec.workdir, attempt_key=spec.attempt_key, user=user
+                    argv, run_dir=spec.run_dir, env=env, cwd=spec.start_dir, attempt_key=spec.attempt_key, user=user
                 )
             except OSError as exc:
                 raise LaunchError(f"Could not start the local job: {exc}") from exc

@@ -179,7 +179,8 @@ class SlurmBackend:
         cpus = spec.cpus_per_task or self.cpus_per_task or self._cpus_per_task(spec.partition, spec.gpus_per_node)
         script = self.render_script(spec, job_name=job_name, cpus_per_task=cpus)
         script_path = run_dir / "job.sbatch"
-        script_path.write_text(script)
+        # The script exports the job's environment, which may hold the run's token: readable by its owner only.
+        write_atomic(script_path, script, mode=0o600)
         submitted_at = time.time()
         result = self._run(["sbatch", "--parsable", str(script_path)], cwd=run_dir)
         if result.returncode != 0:
@@ -217,7 +218,7 @@ class SlurmBackend:
         if spec.partition and not NAME.match(spec.partition):
             raise LaunchError(f"partition {spec.partition!r} may only use letters, digits, '_', '.' and '-'")
         run_dir = Path(spec.run_dir).resolve()
-        workdir = Path(spec.workdir)
+        workdir = Path(spec.start_dir)
         for label, path in (("run directory", run_dir), ("working directory", workdir)):
             if not path.is_absolute() or not DIRECTIVE_VALUE.match(str(path)):
                 raise LaunchError(

@@ -34,6 +34,18 @@ DEFAULT_USERS = [
 ]
 
 
+def base_url(*, host: str, port: int, environ: dict[str, str] | None = None) -> str:
+    """What jobs and links use to reach this server: CP_BASE_URL when set, else the address `up` listens on (a
+    wildcard host is reached through loopback from this machine)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CP_BASE_URL"):
+        return environ["CP_BASE_URL"].rstrip("/")
+    reach = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in reach and not reach.startswith("["):
+        reach = f"[{reach}]"
+    return f"http://{reach}:{port}"
+
+
 def ensure_default_users(stdout) -> None:
     User = get_user_model()
     for username, password, role in DEFAULT_USERS:
@@ -140,6 +152,8 @@ class Command(BaseCommand):
             seed_defaults()
             ensure_default_users(self.stdout)
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            env["CP_BASE_URL"] = base_url(host=host, port=port)
+            settings.CP_BASE_URL = env["CP_BASE_URL"]
             env.update(job_users_env(self.stdout))
             children.add("the web server", web_server_argv(host=host, port=port), env)
             if not no_worker:

@@ -40,7 +40,10 @@ OP_BUILD_START = re.compile(
     r"^(?:Building extension module|Emitting ninja build file .*?/(?P<dir>[\w.-]+)/build\.ninja)"
 )
 OP_BUILD_NAME = re.compile(r"^Building extension module (?P<op>[\w.-]+?)\.*$")
-OP_BUILD_DONE = re.compile(r"^Time to load (?P<op>[\w.-]+) op: (?P<seconds>[\d.]+) seconds")
+OP_BUILD_DONE = re.compile(
+    r"^(?:Time to load (?P<op>[\w.-]+) op: (?P<seconds>[\d.]+) seconds"
+    r"|DeepSpeed deepspeed\.ops\.\w+\.(?P<built>\w+?)(?:_op)? built successfully)"
+)
 # DeepSpeed's own progress lines (engine.print_step every steps_per_print; its ThroughputTimer).
 DS_STEP = re.compile(r"\bstep=(?P<step>\d+), skipped=\d+, lr=\[(?P<lr>[^\],]+)")
 DS_THROUGHPUT = re.compile(
@@ -100,7 +103,9 @@ def scan_lines(lines: list[str]) -> list[Finding]:
 def _compile_finding(line: str) -> Finding | None:
     done = OP_BUILD_DONE.match(line)
     if done:
-        return Finding("compile", line.strip()[:500], {"op": done.group("op"), "seconds": float(done.group("seconds"))})
+        op = done.group("op") or done.group("built") or ""
+        seconds = float(done.group("seconds")) if done.group("seconds") else 0.0
+        return Finding("compile", line.strip()[:500], {"op": op, "seconds": seconds})
     if OP_BUILD_START.match(line):
         named = OP_BUILD_NAME.match(line)
         op = named.group("op") if named else (OP_BUILD_START.match(line).group("dir") or "")  # type: ignore[union-attr]

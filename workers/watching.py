@@ -28,6 +28,7 @@ from runs.services.jobs import run_finish
 from runs.services.remediation import Outcome, remediation_begin
 from runs.services.transitions import IllegalTransition, transition
 from workers.backends import JobState, get_backend
+from workers.backends.procs import building_op
 from workers.logscan import csv_monitor_records, scan_lines, step_line_records
 from workers.remediating import hang_timeout_s, stalled_for_s
 
@@ -152,13 +153,34 @@ def _compile_phase(run: Run, state: _State, finding) -> None:
     """DeepSpeed compiling an op: said on the run page while it lasts (it can take minutes with nothing else)."""
     data = finding.data or {}
     if data.get("seconds") is None:
-        if (state.data.get("compiling") or {}).get("op") == data.get("op"):
-            return
-        state.data["compiling"] = {"op": data.get("op", ""), "since": time.time()}
+        _set_compiling(run, state, data.get("op", ""))
     else:
-        state.data.pop("compiling", None)
         state.data.setdefault("compiled", {})[data.get("op", "")] = data["seconds"]
-    joblogs.broadcast_phase(run_id=run.pk, compiling=state.data.get("compiling"))
+        _set_compiling(run, state, None)
+
+
+def _set_compiling(run: Run, state: _State, op: str | None) -> None:
+    now = state.data.get("compiling")
+    if op is None:
+        if now is not None:
+            state.data.pop("compiling")
+            joblogs.broadcast_phase(run_id=run.pk, compiling=None)
+    elif now is None or (op and now.get("op") != op):
+        state.data["compiling"] = {"op": op, "since": time.time()}
+        joblogs.broadcast_phase(run_id=run.pk, compiling=state.data["compiling"])
+
+
+def _watch_builds(run: Run, run_dir: Path, state: _State) -> None:
+    """On this machine, see the job's own compiler processes: DeepSpeed builds its ops with verbose=False, so the
+    log says nothing until the op is built (on CPU, the shared-memory all-reduce: minutes on the first launch)."""
+    child = run_dir / "child.json"
+    if run.cluster.backend != "local" or not child.exists():
+        return
+    try:
+        session = int(json.loads(child.read_text())["pgid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    _set_compiling(run, state, building_op(session))
 
 
 def _check_hang(run: Run, run_dir: Path) -> None:
@@ -279,12 +301,15 @@ def _watch_pass(run: Run) -> bool:
     _ingest_metrics_file(run, run_dir, state)
     _scan_logs(run, run_dir, state)
     if not status.finished:
-        if run.status == RunStatus.RUNNING:
+        _watch_builds(run, run_dir, state)
+        # A first launch compiling ops prints nothing for minutes: that is not a hang.
+        if run.status == RunStatus.RUNNING and not state.data.get("compiling"):
             _check_hang(run, run_dir)
         state.save()
         return True
     # The job ended: take the last of its output, then settle the run.
     _ingest_metrics_file(run, run_dir, state)
+    _set_compiling(run, state, None)
     final, reason = _end_reason(status, state)
     found = None
     if final == RunStatus.FAILED:

@@ -116,3 +116,33 @@ def find_attempt_leader(run_dir: Path, attempt_key: str) -> dict | None:
         if record.get("attempt_key") == attempt_key and record.get("pid") and record.get("start_ticks") is not None:
             return record
     return None
+
+
+# What a DeepSpeed op build runs (torch.utils.cpp_extension drives ninja, which runs the compilers).
+_BUILD_TOOLS = frozenset({"ninja", "cc1plus", "c++", "g++", "gcc", "nvcc", "cicc", "ptxas", "hipcc"})
+
+
+def building_op(session: int) -> str | None:
+    """The op a process of the job's session `session` is compiling right now (ninja's working directory is
+    torch's build folder for it, ~/.cache/torch_extensions/<python>/<op>), "" when one is compiling an unknown op,
+    None when nothing is. Reads /proc, so it sees jobs on this machine only."""
+    found: str | None = None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        head, _, tail = stat.rpartition(")")
+        comm = head.partition("(")[2]
+        fields = tail.split()
+        if len(fields) < 4 or int(fields[3]) != session or comm not in _BUILD_TOOLS:
+            continue
+        if comm == "ninja":
+            try:
+                return os.path.basename(os.readlink(entry / "cwd"))
+            except OSError:
+                pass
+        found = found or ""
+    return found

@@ -51,6 +51,7 @@ def test_own_script_connect_launch_and_read_its_crash(page: Page, stack, tmp_pat
     page.select_option("#id_trainer", "own_script")
     page.fill("#id_script_path", str(script))
     page.select_option("#id_own_script__ds_config_arg", "--deepspeed_config")
+    page.fill("#id_remediation__max_attempts", "0")  # the failure itself is what the page must explain
     page.click("#submit-run")
     expect(page.locator("#run-status")).to_have_text("Draft")
 

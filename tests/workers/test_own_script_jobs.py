@@ -3,16 +3,20 @@ config in the form the script parses, the run directory as the working directory
 that works, and a crash whose exception (behind torch.distributed's "[rankN]: " prefix) names the failure."""
 
 import json
+import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from django.test import override_settings
 
 from runs.models import MetricSeries, Run, RunStatus
+from runs.services import joblogs
 from runs.services.joblogs import log_tail
 from runs.services.tokens import run_token_check
 from tests.workers.test_launch_and_watch import UNREACHABLE, _follow, _tiny
+from workers import launching, watching
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,8 +125,14 @@ def crashing_loop(tmp_path):
     return script
 
 
+@pytest.mark.timeout(1200)
 def test_a_deepspeed_loop_that_crashes_names_its_exception_and_rank(seeded, operator, runs_dir, crashing_loop):
-    run = _follow(_own(operator, crashing_loop, name="crash"))
+    # Unchanged, the loop makes DeepSpeed build its shared-memory CPU op: minutes on a machine's first run (and for
+    # each interpreter path: the include paths are part of torch's build key), seconds once cached.
+    run = _own(operator, crashing_loop, name="crash")
+    # No automatic relaunch: the failure itself is what the page must explain.
+    Run.objects.filter(pk=run.pk).update(config={**run.config, "remediation": {"max_attempts": 0}})
+    run = _follow(run, timeout=1100)
     assert run.status == RunStatus.FAILED
     assert run.failure_reason.startswith("ValueError: tokenizer returned an empty batch at step 3 (rank 0)")
     assert "the job exited with code" in run.failure_reason
@@ -156,3 +166,42 @@ def test_an_hf_trainer_script_runs_under_the_product_and_its_log_lines_are_chart
     assert series["loss"].points == 6 and series["lr"].points == 6 and series["grad_norm"].points == 6
     assert {"train_runtime", "samples_per_s", "train_loss"} <= set(series)
     assert (runs_dir / f"run-{run.pk}" / "hf-out").is_dir()  # its output_dir, relative to the run directory
+
+
+def test_the_page_is_told_while_the_job_compiles_an_op(seeded, operator, runs_dir, tmp_path):
+    """A real process named ninja working in a folder named for the op, as torch's cpp_extension runs it."""
+    script = tmp_path / "builds.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, shutil, subprocess
+        if os.environ.get("RANK", "0") == "0":
+            build = os.path.join(os.getcwd(), "torch_extensions", "fused_adam")
+            os.makedirs(build)
+            ninja = os.path.join(build, "ninja")
+            shutil.copy({shutil.which("sleep")!r}, ninja)
+            subprocess.run([ninja, "6"], cwd=build, check=True)
+            print("Time to load fused_adam op: 6.0 seconds", flush=True)
+    """)
+    )
+    run = _own(operator, script, name="compiles", ds_config_arg="env")
+    assert launching.launch_run(run.pk).startswith("submitted")
+    seen = set()
+    deadline = time.monotonic() + 240
+    while watching.watch_once(run.pk):
+        assert time.monotonic() < deadline
+        run.refresh_from_db()
+        compiling = joblogs.compiling_now(run)
+        if compiling:
+            seen.add(compiling["op"])
+            assert "compiling its fused_adam op" in _page(run)
+        time.sleep(0.3)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    assert seen == {"fused_adam"}
+    assert joblogs.compiling_now(run) is None
+
+
+def _page(run: Run) -> str:
+    from django.template.loader import render_to_string
+
+    return render_to_string("runs/_run_phase.html", {"compiling": joblogs.compiling_now(run), "run": run})

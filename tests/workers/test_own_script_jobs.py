@@ -23,7 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def runs_dir(tmp_path):
-    with override_settings(RUNS_DIR=tmp_path, CP_BASE_URL=UNREACHABLE):
+    scripts = [tmp_path, Path(__file__).resolve().parent / "scripts"]
+    with override_settings(RUNS_DIR=tmp_path, CP_BASE_URL=UNREACHABLE, SCRIPT_ROOTS=scripts):
         yield tmp_path
 
 

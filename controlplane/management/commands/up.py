@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -34,12 +35,12 @@ DEFAULT_USERS = [
 ]
 
 
-def base_url(*, host: str, port: int, environ: dict[str, str] | None = None) -> str:
+def base_url(*, host: str, port: int, environ: Mapping[str, str] | None = None) -> str:
     """What jobs and links use to reach this server: CP_BASE_URL when set, else the address `up` listens on (a
     wildcard host is reached through loopback from this machine)."""
-    environ = os.environ if environ is None else environ
-    if environ.get("CP_BASE_URL"):
-        return environ["CP_BASE_URL"].rstrip("/")
+    given = (os.environ if environ is None else environ).get("CP_BASE_URL", "")
+    if given:
+        return given.rstrip("/")
     reach = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
     if ":" in reach and not reach.startswith("["):
         reach = f"[{reach}]"

@@ -83,13 +83,21 @@ def _figures(stdout: str, wall_s: float) -> dict:
     for r in records:
         for key, value in r["values"].items():
             series.setdefault(key, []).append(value)
-    builds = {f.data["op"]: f.data["seconds"] for f in scan_lines(lines) if f.kind == "compile" and f.data["seconds"]}
+    builds = {
+        f.data["op"]: f.data["seconds"]
+        for f in scan_lines(lines)
+        if f.kind == "compile" and f.data is not None and f.data["seconds"]
+    }
+
+    def last(key: str) -> float | None:
+        return series[key][-1] if series.get(key) else None
+
     return {
         "wall_s": wall_s,
-        "train_runtime_s": (series.get("train_runtime") or [None])[-1],
-        "samples_per_s": (series.get("samples_per_s") or [None])[-1],
-        "loss_first": (series.get("loss") or [None])[0],
-        "loss_last": (series.get("loss") or [None])[-1],
+        "train_runtime_s": last("train_runtime"),
+        "samples_per_s": last("samples_per_s"),
+        "loss_first": series["loss"][0] if series.get("loss") else None,
+        "loss_last": last("loss"),
         "loss_points": len(series.get("loss", [])),
         "lr_points": len(series.get("lr", [])),
         "op_builds_s": builds,

@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from runs.models import Run, RunToken, TokenKind
 from runs.services.joblogs import LogRefused, log_tail
@@ -50,10 +50,13 @@ def run_logs(request: HttpRequest, pk: int) -> JsonResponse:
     )
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @permission_required("runs.add_run", raise_exception=True)
 def run_token_issue_view(request: HttpRequest, pk: int) -> HttpResponse:
-    """Issue an operator token and show the run page with it, once: only its digest is kept."""
+    """Issue an operator token and show the run page with it, once: only its digest is kept. A GET (the page's
+    address after the POST, opened again) goes to the run page: a token is issued only by the button."""
+    if request.method == "GET":
+        return redirect("run-detail", pk=pk)
     run = get_object_or_404(Run.objects.select_related("owner", "cluster", "recipe", "parent"), pk=pk)
     try:
         issued = run_token_issue(

@@ -133,3 +133,10 @@ def test_job_output_needs_a_login(client, run):
 )
 def test_the_base_url_follows_the_port_up_listens_on_unless_set(host, environ, expected):
     assert base_url(host=host, port=8123, environ=environ) == expected
+
+
+def test_opening_the_issue_address_again_issues_nothing(client, operator, run):
+    client.force_login(operator)
+    answer = client.get(reverse("run-token-issue", args=[run.pk]))
+    assert answer.status_code == 302 and answer["Location"] == reverse("run-detail", args=[run.pk])
+    assert not RunToken.objects.filter(run=run).exists()

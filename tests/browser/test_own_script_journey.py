@@ -71,7 +71,8 @@ def test_own_script_connect_launch_and_read_its_crash(page: Page, stack, tmp_pat
     assert _ingest(ingest_url, token) == 200
     page.screenshot(path=str(tmp_path / "connect.png"), full_page=True)
 
-    page.reload()  # the secret is not shown again
+    run_page = page.url.removesuffix("tokens/")
+    page.goto(run_page)  # the secret is not shown again
     expect(page.locator("#issued-token")).to_have_count(0)
     page.click("#connect summary")
     row = page.locator("#run-tokens tr", has_text="laptop")

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: up test lint typecheck
+.PHONY: up test lint typecheck contracts check
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -22,4 +22,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy controlplane runs workers
+	$(VENV)/bin/mypy controlplane runs workers jobs
+
+contracts: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+
+# What CI (.ci/run) runs before the tests.
+check: lint typecheck contracts

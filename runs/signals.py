@@ -65,7 +65,7 @@ def audit_admin_change(sender, instance: LogEntry, created: bool, **kwargs):
     """Every add, change and delete made through Django admin, by whom and what it changed."""
     if not created:
         return
-    model = instance.content_type.model if instance.content_type_id else ""
+    model = instance.content_type.model if instance.content_type is not None else ""
     audit_record(
         actor=instance.user,
         action=ADMIN_ACTIONS.get(instance.action_flag, "admin.other"),

@@ -42,6 +42,8 @@ CASES = [
     ("dense", "tp2_pp2"),
     ("dense", "sp2"),
     ("moe", "sp2"),
+    ("moe", "tp2_pp2"),
+    ("dense", "pp2_dp2"),
     ("dense", "tp2_pp2_dp2"),
     ("moe", "tp2_pp2_dp2"),
 ]

@@ -10,15 +10,28 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
 
 from jobs.common.failures import RANKS_DIR
 from jobs.common.run_config import parse_own_script
 from runs.models import Attempt, AttemptState, Cluster, Run, RunStatus, Trainer
 from runs.services import connect
-from runs.services.attempts import attempt_claim, attempt_current, attempt_end, attempt_live, attempt_record_job
+from runs.services.attempts import (
+    CLAIM_RENEW_S,
+    Claim,
+    attempt_claim,
+    attempt_current,
+    attempt_end,
+    attempt_live,
+    attempt_record_job,
+    attempt_renew_claim,
+)
 from runs.services.jobs import run_finish, run_record_job
 from runs.services.rundir import run_dir_path, run_dir_prepare
 from runs.services.scripts import roots_text, script_in_roots
@@ -184,16 +197,17 @@ def launch_run(run_id: int) -> str:
 
     backend = get_backend(run.cluster.backend)
     try:
-        run_dir = run_dir_path(run)
-        # The attempt's job may exist already (its launcher died before recording it): follow it, start nothing.
-        handle = backend.find(attempt.idempotency_key, run_dir)
-        if handle is None:
-            run_dir = run_dir_prepare(run=run, attempt=attempt)
-            Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
-            if run.trainer == Trainer.OWN_SCRIPT:
-                _write_ds_config(run, run_dir)
-            shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)  # the previous attempt's rank records
-            handle = backend.submit(launch_spec(run, run_dir, attempt))
+        with _claim_heartbeat(claim):
+            run_dir = run_dir_path(run)
+            # The attempt's job may exist already (its launcher died before recording it): follow it, start nothing.
+            handle = backend.find(attempt.idempotency_key, run_dir)
+            if handle is None:
+                run_dir = run_dir_prepare(run=run, attempt=attempt)
+                Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
+                if run.trainer == Trainer.OWN_SCRIPT:
+                    _write_ds_config(run, run_dir)
+                shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)  # the previous attempt's rank records
+                handle = backend.submit(launch_spec(run, run_dir, attempt))
     except (LaunchError, OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
         run_finish(run=run, status=RunStatus.FAILED, reason=f"launch failed: {exc} {detail}".strip()[:2000])
@@ -208,6 +222,32 @@ def launch_run(run_id: int) -> str:
         attempt_end(run=run, state=AttemptState.CANCELLED, summary={"reason": "cancelled during launch"})
         return f"cancelled {handle.job_id}"
     return f"{'re-attached' if found else 'submitted'} {handle.job_id}"
+
+
+@contextmanager
+def _claim_heartbeat(claim: Claim) -> Iterator[None]:
+    """Renew the claim's short lease while this launcher finds or submits the job. A launcher that dies (kill -9 of
+    its worker) stops renewing, so the reconciler re-queues the launch once the lease runs out, seconds later."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(CLAIM_RENEW_S):
+                try:
+                    if not attempt_renew_claim(claim=claim):
+                        return  # lost or recorded: nothing left to keep
+                except Exception:  # a database blip: the next beat tries again; the lease still has seconds
+                    log.warning("could not renew the launch claim of attempt %s", claim.attempt.pk, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"cp-claim-{claim.attempt.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _jsonable(detail: dict) -> dict:

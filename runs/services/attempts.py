@@ -3,8 +3,8 @@
 The rules:
 - a run has at most one live attempt (pending, claimed, submitted, running); the database enforces it;
 - a launcher starts a job only while it holds the attempt's claim (`attempt_claim`: a conditional UPDATE, so of any
-  number of racing launchers exactly one wins; the claim is a lease, so a launcher that died holding it is replaced
-  after CLAIM_LEASE_S), and only after asking the backend for a job carrying the attempt's idempotency key;
+  number of racing launchers exactly one wins; the claim is a short lease its live launcher renews, so a launcher that
+  died holding it is replaced CLAIM_LEASE_S later), and only after asking the backend for a job carrying the attempt's idempotency key;
 - the first launch is attempt 1 (`attempt_first`); a resume and every automatic relaunch are the next attempt of the
   same run (`attempt_start_next`, or `run_relaunch` which also queues it); a fork is a new run with its own attempt 1;
 - `Run.attempt` and `Run.backend_job_id` mirror the current attempt, for the code and tokens that read them.
@@ -35,9 +35,11 @@ from runs.models.attempt import (
 from runs.realtime.broadcast import broadcast_on_commit, run_group
 from runs.services.audit import audit_record
 
-# How long a launcher may hold a claim before another may take the attempt over (after checking the backend for a
-# job of it). Longer than any submit (an sbatch, a warm fork, pdsh to every host) takes.
-CLAIM_LEASE_S = 300.0
+# How long a claim lasts unless its launcher renews it (`attempt_renew_claim`, every CLAIM_RENEW_S while it finds or
+# submits the job). Short, so that a launcher killed mid-launch is replaced within seconds (the reconciler checks
+# every 5 s); a slow submit (an sbatch, pdsh to every host) keeps its claim by renewing it, not by a long lease.
+CLAIM_LEASE_S = 15.0
+CLAIM_RENEW_S = 4.0
 # A run can be queued again from these, as the next attempt (a resume, a remediation).
 RELAUNCHABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SUCCEEDED, RunStatus.REMEDIATING})
 
@@ -262,6 +264,14 @@ def attempt_claim(*, run: Run, worker: str | None = None, lease_s: float = CLAIM
         return None
     attempt.refresh_from_db()
     return Claim(attempt=attempt, worker=worker)
+
+
+def attempt_renew_claim(*, claim: Claim, lease_s: float = CLAIM_LEASE_S) -> bool:
+    """Extend the lease of a claim its holder still has; False when it was lost (cancelled, taken over, recorded)."""
+    renewed = Attempt.objects.filter(
+        pk=claim.attempt.pk, state=AttemptState.CLAIMED, claimed_by=claim.worker[:200]
+    ).update(lease_until=timezone.now() + datetime.timedelta(seconds=lease_s))
+    return bool(renewed)
 
 
 def attempt_record_job(*, claim: Claim, job_id: str, handle: dict | None = None) -> bool:

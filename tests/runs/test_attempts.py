@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from runs.models import Attempt, AttemptState, Run, RunStatus, RunToken
 from runs.services.attempts import (
@@ -70,6 +72,31 @@ def test_racing_claims_on_real_connections_have_one_winner(seeded, operator, set
     for t in threads:
         t.join()
     assert len(winners) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_live_launcher_keeps_its_short_claim_and_a_dead_one_loses_it_in_seconds(
+    seeded, operator, settings, tmp_path, monkeypatch
+):
+    import time
+
+    from workers import launching
+
+    settings.RUNS_DIR = tmp_path
+    run = run_launch(actor=operator, run=tiny_run(owner=operator))
+    monkeypatch.setattr(launching, "CLAIM_RENEW_S", 0.2)
+    claim = attempt_claim(run=run, worker="alive", lease_s=1.0)
+    assert claim is not None
+    with launching._claim_heartbeat(claim):  # a submit slower than the lease
+        time.sleep(2.0)
+        assert attempt_claim(run=run, worker="other") is None, "a renewed claim is never taken over"
+    # The launcher stopped renewing (killed): after the lease another launcher takes the attempt over.
+    claim = attempt_claim(run=run, worker="dead", lease_s=1.0)
+    assert claim is None  # still held by "alive" for its renewed lease
+    Attempt.objects.filter(pk=run.attempts.get().pk).update(lease_until=timezone.now() + timedelta(seconds=1))
+    time.sleep(1.2)
+    taken = attempt_claim(run=run, worker="other")
+    assert taken is not None and taken.worker == "other"
 
 
 def test_next_attempt_applies_changes_and_keeps_the_run(queued):

@@ -34,6 +34,7 @@ def _tiny(
     cfg = preset_config("tiny")
     cfg["training"]["token_budget"] = 2048 * steps
     cfg["training"]["checkpoint_interval"] = max(1, steps // 2)
+    cfg["remediation"].update(training.pop("remediation", {}))
     cfg["training"].update(training)
     cfg["optimizer"]["warmup_steps"] = 2
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 32}, {"start_step": steps // 2, "seq_len": 64}]
@@ -78,9 +79,13 @@ def test_reference_trainer_run_is_followed_to_success(seeded, operator, runs_dir
     assert not Alert.objects.filter(run=run).exists()
 
 
-def test_injected_oom_fails_the_run_with_an_alert(seeded, operator, runs_dir, monkeypatch):
+def test_injected_oom_fails_the_run_with_an_alert_when_the_policy_remedies_no_oom(
+    seeded, operator, runs_dir, monkeypatch
+):
+    # The tiny preset's remediation relaunches OOM runs (tests/workers/test_remediation_jobs.py covers that path);
+    # with an empty OOM ladder the watcher must still fail the run, name the OOM, and alert once.
     monkeypatch.setenv("CP_INJECT_OOM_AT_STEP", "2")
-    run = _follow(_tiny(operator, name="oom", steps=6))
+    run = _follow(_tiny(operator, name="oom", steps=6, remediation={"oom": []}))
     assert run.status == RunStatus.FAILED and "out of memory" in run.failure_reason
     assert Alert.objects.filter(run=run, kind=AlertKind.OOM).count() == 1
 

@@ -93,7 +93,8 @@ def test_a_hundred_racing_launches_start_one_job(seeded, operator, runs_dir):
 def test_a_launcher_that_died_after_submitting_is_followed_not_repeated(seeded, operator, runs_dir, record_left):
     run = _tiny(operator, name="orphan", steps=3)
     # The first launcher: claims, submits, and dies before recording the job (its lease then runs out).
-    claim = attempt_claim(run=run, worker="dead-host:1")
+    # (a long lease here, as if it were still renewing while this test submits under load)
+    claim = attempt_claim(run=run, worker="dead-host:1", lease_s=300)
     run_dir = run_dir_prepare(run=run, attempt=claim.attempt)
     Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir), status=RunStatus.LAUNCHING)
     handle = get_backend("local").submit(launching.launch_spec(run, run_dir, claim.attempt))

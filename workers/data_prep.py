@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_json
 from runs.models import Cluster, DataSource, JobPhase, PrepRun
 from runs.services.data_prep import (
     IllegalMove,
@@ -59,11 +59,6 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
 def _log_tail(job_dir: Path) -> str:
     try:
         lines = [ln.strip() for ln in (job_dir / "stderr.log").read_text(errors="replace").splitlines()]
@@ -88,7 +83,7 @@ def count_start(source_id: int) -> str:
         count_finished(source=source, status=JobPhase.FAILED, reason="the cluster chosen for counting was removed")
         return "no cluster"
     folder = Path(source.count_dir)
-    _write_json(folder / "count.json", count_spec(source))
+    write_json(folder / "count.json", count_spec(source))
     (folder / "report.json").unlink(missing_ok=True)
     (folder / "progress.json").unlink(missing_ok=True)
     backend = serving_backend(cluster.backend)
@@ -146,7 +141,7 @@ def prep_start(prep_id: int) -> str:
     if prep is None or prep.status != JobPhase.QUEUED or prep.backend_job_id:
         return "nothing to do"
     folder = Path(prep.directory)
-    _write_json(folder / "prep.json", prep.spec)
+    write_json(folder / "prep.json", prep.spec)
     backend = serving_backend(prep.cluster.backend)
     try:
         spec = _spec(cluster=prep.cluster, job_dir=_job_dir(prep), argv=["run", "--job-dir", str(folder)],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int | None = None) -> None:
@@ -32,3 +34,10 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int |
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 1) -> None:
+    """`data` as JSON text (UTF-8, a final newline) through write_atomic; the folder is made if it is missing."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")

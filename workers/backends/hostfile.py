@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_json
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import ATTEMPT_KEY_ENV, deepspeed_argv, job_env
 from workers.backends.procs import find_attempt_leader
@@ -262,7 +262,7 @@ class HostfileBackend:
             "python": spec.python,
             "workdir": str(spec.workdir),
         }
-        _write_json(run_dir / "job.json", record)
+        write_json(run_dir / "job.json", record, indent=2)
         return JobHandle(job_id=job_id, detail={"pid": proc.pid, "hosts": record["hosts"]})
 
     @staticmethod
@@ -423,10 +423,6 @@ def _reap_command(record: dict) -> list[str]:
         "jobs.launch.reap",
         record["attempt_key"],
     ]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_text(path: Path) -> str:

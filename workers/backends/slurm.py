@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_atomic, write_json
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import job_env, rank_argv
 
@@ -165,7 +165,7 @@ class SlurmBackend:
                 job_id = str(job.get("job_id"))
                 found = {"backend": self.name, "job_id": job_id, "job_name": job.get("name", ""),
                          "submitted_at": job.get("submit_time"), "attempt_key": attempt_key}  # fmt: skip
-                _write_json(Path(run_dir).resolve() / "job.json", found)
+                write_json(Path(run_dir).resolve() / "job.json", found, indent=2)
                 return JobHandle(job_id=job_id, detail={**found, "existing": True})
         return None
 
@@ -196,7 +196,7 @@ class SlurmBackend:
             "submitted_at": submitted_at,
             "attempt_key": spec.attempt_key,
         }
-        _write_json(run_dir / "job.json", record)
+        write_json(run_dir / "job.json", record, indent=2)
         return JobHandle(job_id=job_id, detail={"script": str(script_path), "job_name": job_name})
 
     def render_script(self, spec: LaunchSpec, *, job_name: str, cpus_per_task: int | None) -> str:
@@ -410,10 +410,6 @@ def _errors(stderr: str) -> str:
         if line and line not in seen:
             seen.append(line)
     return "; ".join(seen)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:

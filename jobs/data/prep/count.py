@@ -17,8 +17,8 @@ from random import Random
 
 import numpy as np
 
+from jobs.common.atomic import write_json
 from jobs.data.prep.classify import MODELS_DIR, LinearModel
-from jobs.data.prep.ledger import write_json
 from jobs.data.prep.readers import MalformedSource, SourceReader
 from jobs.data.prep.spec import SourceSpec
 from jobs.data.prep.text import normalise

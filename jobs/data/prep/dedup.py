@@ -17,8 +17,8 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from jobs.common.atomic import write_atomic
-from jobs.data.prep.ledger import Ledger, write_json
+from jobs.common.atomic import write_atomic, write_json
+from jobs.data.prep.ledger import Ledger
 from jobs.data.prep.simhash import SimHashConfig, clusters, distances, near_pairs
 
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_atomic, write_json
 from jobs.data.prep import pipeline, report
-from jobs.data.prep.ledger import write_json
 from jobs.data.prep.spec import PrepSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_atomic, write_json
 
 EXAMPLES_PER_RULE = 3
 EXAMPLE_CHARS = 400
@@ -119,12 +119,6 @@ def read_parts(folder: Path) -> list[dict]:
     if not folder.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Readers (the driver, the control plane's watcher) see the old content or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 class Progress:

@@ -18,10 +18,10 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import write_atomic, write_json
 from jobs.data.prep import rules
 from jobs.data.prep.classify import MODELS_DIR, Classifiers, LinearModel, Scores
-from jobs.data.prep.ledger import Ledger, Progress, write_json
+from jobs.data.prep.ledger import Ledger, Progress
 from jobs.data.prep.readers import MalformedSource
 from jobs.data.prep.settings import quality_level
 from jobs.data.prep.simhash import SimHashConfig, fingerprint

@@ -22,8 +22,8 @@ import sentencepiece as spm
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from jobs.common.atomic import write_atomic
-from jobs.data.prep.ledger import Ledger, write_json
+from jobs.common.atomic import write_atomic, write_json
+from jobs.data.prep.ledger import Ledger
 from jobs.data.shards import ShardWriter, dtype_for_vocab
 from jobs.data.tokenizer import TRAINER_OPTIONS, file_sha256
 

@@ -9,8 +9,8 @@ page <= 1.5 s.
 Uses PostgreSQL at 127.0.0.1:5432 (database cp_bench_dashboard, created and dropped) when it answers, else SQLite,
 in a state folder under bench/out/dashboard/ (its collected static files are kept between runs: collecting and
 compressing them takes minutes). Points are written through the metrics store in batches, as ingest writes them.
-The pages are served by the project's own web server command (`python -m controlplane.serve`) with the static files
-collected and compressed as `manage.py up` serves them, and loaded by the machine's Chromium through Playwright:
+The pages are served by the project's own web server command (`controlplane.processes.web_server_argv`) with
+the static files collected and compressed as `manage.py up` serves them, and loaded by the machine's Chromium through Playwright:
 - run page: a new browser context per load (cold cache), from navigation start until all 12 charts are drawn
   (each chart's data-points set by static/js/charts.js), and the bytes transferred (navigation + resources);
 - runs table: the server's time for the page (Django's test client in-process, so no network), several filters

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 # Prefill shapes change with every prompt length. cuDNN's attention (which PyTorch prefers on an H100/H200)
-# builds an execution plan per new shape, and 32 requests prefilled together took ~240 ms to their first token
-# on an H200 although the pass itself takes ~15 ms; the flash and memory-efficient kernels have no such step.
+# builds an execution plan per new shape, which under a burst of new prompt lengths costs more than the prefill
+# itself (bench/README.md, serve_latency); the flash and memory-efficient kernels have no such step.
 # Decode shapes are fixed per CUDA graph, so decode keeps PyTorch's choice.
 _PREFILL_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 KV_BUCKETS = (256, 1024, 4096, 16384, 65536)

@@ -155,8 +155,8 @@ _GZIP = GZipMiddleware(lambda request: HttpResponse())
 
 
 def _json(payload: dict, request: HttpRequest | None = None) -> HttpResponseBase:
-    """Chart reads compressed when the browser accepts it (a zoomed-out read of twelve series is ~400 KB of
-    digits, ~120 KB gzipped); only these JSON answers, which carry no secret a compression oracle could leak."""
+    """Chart reads compressed when the browser accepts it (a zoomed-out read of many series is mostly digits,
+    which compress well); only these JSON answers, which carry no secret a compression oracle could leak."""
     response = HttpResponse(series_json(payload), content_type="application/json")
     return _GZIP.process_response(request, response) if request is not None else response
 

@@ -538,9 +538,9 @@ class RunCharts {
     });
   }
 
-  // A full Plotly redraw of one chart costs ~15 ms of a browser's CPU here, most of it axes and tick labels that new
-  // points rarely change; ten steps a second on a few charts and pages fill a core. So live points that follow the
-  // line's last point inside the axes' current ranges are appended to the drawn SVG path itself (~3 ms), and the
+  // A full Plotly redraw of one chart spends most of its CPU on axes and tick labels that new points rarely change;
+  // ten steps a second on a few charts and pages fill a core (bench/README.md, freshness). So live points that follow
+  // the line's last point inside the axes' current ranges are appended to the drawn SVG path itself, and the
   // trace's arrays, so any later redraw (a zoom, an alert marker, a resize) draws them too. Plotly's own redraw runs
   // when a point falls outside the ranges (which then grow with room to spare), comes out of order or is missing,
   // and while the pointer is over the chart, so hover labels always see every point.

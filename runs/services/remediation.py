@@ -113,7 +113,8 @@ def _automatic(run: Run) -> list[Attempt]:
 
 
 def _tried(attempts: list[Attempt]) -> str:
-    """'attempt 2: <the remedy it was launched with>; ...' for these automatic attempts."""
+    """'attempt 2: <the remedy it was launched with> -> <how it ended>; ...' for these automatic attempts. How an
+    attempt ended is the watcher's reason, which names the culprit (e.g. "rank 1 on vm was killed by SIGKILL")."""
     numbers = {a.number for a in attempts}
     if not numbers:
         return "nothing"
@@ -121,7 +122,13 @@ def _tried(attempts: list[Attempt]) -> str:
     remedies = dict(
         Attempt.objects.filter(run_id=run_id, number__in=[n - 1 for n in numbers]).values_list("number", "exit_summary")
     )
-    out = [f"attempt {a.number}: {(remedies.get(a.number - 1) or {}).get('remedy') or a.cause}" for a in attempts]
+    out = []
+    for a in attempts:
+        text = f"attempt {a.number}: {(remedies.get(a.number - 1) or {}).get('remedy') or a.cause}"
+        ended = str((a.exit_summary or {}).get("reason") or "")
+        if ended:
+            text += f" -> {ended[:160]}"
+        out.append(text)
     return "; ".join(out)
 
 

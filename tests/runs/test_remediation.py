@@ -9,7 +9,7 @@ import pytest
 
 from runs.metrics.store import metrics_record
 from runs.metrics.supersede import metrics_supersede
-from runs.models import Attempt, AttemptState, Checkpoint, MetricSeries, Run, RunStatus
+from runs.models import Attempt, AttemptState, AuditEvent, Checkpoint, MetricSeries, Run, RunStatus
 from runs.services.attempts import attempt_claim, attempt_mark_running, attempt_record_job
 from runs.services.remediation import Outcome, remediation_begin, remediation_decide, remediation_relaunch
 from runs.services.runs import run_cancel, run_launch
@@ -83,6 +83,27 @@ def test_oom_walks_the_policy_ladder_then_stops_saying_what_was_tried(running):
         assert f"attempt {n}: {text}" in run.failure_reason
     causes = list(Attempt.objects.filter(run=run).values_list("cause", "state"))
     assert causes == [("launch", "failed"), ("oom", "failed"), ("oom", "failed"), ("oom", "failed")]
+
+
+def test_the_culprit_the_watcher_named_travels_into_the_attempt_and_the_final_reason(running):
+    run = running(remediation__max_attempts=1)
+    culprit = {"rank": 1, "host": "vm", "how": "was killed by SIGKILL", "signal": "SIGKILL", "step": 117}
+    killed = Outcome(kind="node_failure", step=117, reason="rank 1 on vm was killed by SIGKILL at step 117 (exit 1)",
+                     summary={"exit_code": 1, "culprit": culprit})  # fmt: skip
+    assert remediation_begin(run=run, outcome=killed) is not None
+    planned = AuditEvent.objects.get(object_id=str(run.pk), action="remediation.planned")
+    assert planned.message.startswith("rank 1 on vm was killed by SIGKILL") and "remediating" in planned.message
+    first = Attempt.objects.get(run=run, number=1)
+    assert first.exit_summary["culprit"] == culprit and "SIGKILL" in first.exit_summary["reason"]
+    run = _relaunch(run)
+    again = Outcome(kind="node_failure", step=130, reason="rank 0 on vm was killed by SIGKILL at step 130",
+                    summary={"culprit": {**culprit, "rank": 0}})  # fmt: skip
+    assert remediation_begin(run=run, outcome=again) is None
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert run.failure_reason.startswith("rank 0 on vm was killed by SIGKILL at step 130")
+    assert Attempt.objects.get(run=run, number=2).exit_summary["culprit"]["rank"] == 0
+    assert "attempt 2: relaunch from step_000100" in run.failure_reason
 
 
 def test_max_attempts_bounds_every_automatic_relaunch(running):

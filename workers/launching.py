@@ -202,6 +202,7 @@ def launch_run(run_id: int) -> str:
             # The attempt's job may exist already (its launcher died before recording it): follow it, start nothing.
             handle = backend.find(attempt.idempotency_key, run_dir)
             if handle is None:
+                _supersede_redone_steps(run, attempt)
                 run_dir = run_dir_prepare(run=run, attempt=attempt)
                 Run.objects.filter(pk=run.pk).update(run_dir=str(run_dir))
                 if run.trainer == Trainer.OWN_SCRIPT:
@@ -222,6 +223,21 @@ def launch_run(run_id: int) -> str:
         attempt_end(run=run, state=AttemptState.CANCELLED, summary={"reason": "cancelled during launch"})
         return f"cancelled {handle.job_id}"
     return f"{'re-attached' if found else 'submitted'} {handle.job_id}"
+
+
+def _supersede_redone_steps(run: Run, attempt: Attempt) -> None:
+    """Before a later attempt's job starts (a person's Resume or an automatic relaunch alike): store what the
+    previous attempt wrote and remove the stored points after the restored checkpoint, so the steps this attempt
+    redoes are stored from it (one continuous curve, each step once). Idempotent: a remediation has done it
+    already, and a launch that re-attaches to a found job never gets here."""
+    if attempt.number <= 1:
+        return
+    from workers.remediating import settle_metrics
+
+    superseded = settle_metrics(run, after_step=int(attempt.checkpoint_step or 0))
+    if superseded:
+        log.info("run %s attempt %s: %d stored points after step %s superseded", run.pk, attempt.number,
+                 superseded, attempt.checkpoint_step or 0)  # fmt: skip
 
 
 @contextmanager

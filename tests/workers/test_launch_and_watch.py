@@ -53,6 +53,10 @@ def _tiny(
 
 def _follow(run: Run, timeout: float = 240) -> Run:
     assert launching.launch_run(run.pk).startswith("submitted")
+    return _watch(run, timeout)
+
+
+def _watch(run: Run, timeout: float = 240) -> Run:
     deadline = time.monotonic() + timeout
     while watching.watch_once(run.pk):
         assert time.monotonic() < deadline, (run.refresh_from_db(), run.status)
@@ -88,6 +92,22 @@ def test_injected_oom_fails_the_run_with_an_alert_when_the_policy_remedies_no_oo
     run = _follow(_tiny(operator, name="oom", steps=6, remediation={"oom": []}))
     assert run.status == RunStatus.FAILED and "out of memory" in run.failure_reason
     assert Alert.objects.filter(run=run, kind=AlertKind.OOM).count() == 1
+
+
+def test_resume_by_a_person_supersedes_the_points_after_its_checkpoint(seeded, operator, runs_dir):
+    from runs.metrics.reads import series_all_points
+    from runs.services.checkpoints import checkpoint_resume
+
+    run = _follow(_tiny(operator, name="resumed", steps=6))
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    run = checkpoint_resume(checkpoint=Checkpoint.objects.get(run=run, step=3), actor=operator)
+    assert launching.launch_run(run.pk).startswith("submitted")
+    # Before the resumed job reports anything, the steps it redoes are no longer stored from attempt 1.
+    assert MetricSeries.objects.get(run=run, key="loss").last_step == 3
+    run = _watch(run)
+    assert run.status == RunStatus.SUCCEEDED, run.failure_reason
+    steps = [int(s) for s in series_all_points(run_id=run.pk, key="loss")[0]]
+    assert steps == [1, 2, 3, 4, 5, 6], "each step stored once, steps 4-6 from the resumed attempt"
 
 
 def test_own_script_loss_lines_are_watched(seeded, operator, runs_dir, tmp_path):

@@ -19,6 +19,7 @@ tests/faults/test_faults.py runs it as a subprocess).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+HANG_TIMEOUT_S = 15  # the scenarios' alerts.hang_timeout_s
 PG_BIN = Path(os.environ.get("CP_FAULTS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -142,6 +144,8 @@ class Row:
     expected_state: str = ""
     attempts: int = 0
     min_attempts: int = 1  # a remedied fault must show the relaunch
+    max_detection_s: float | None = None  # the issue's bound for this fault, where it names one
+    max_recovery_s: float | None = None
     jobs_per_attempt_ok: bool = True
     alerts_once: bool = True
     ok: bool = False
@@ -207,7 +211,7 @@ def _config(steps: int = 12, **overrides) -> dict:
     cfg["optimizer"]["warmup_steps"] = 2
     cfg["curriculum"] = [{"start_step": 0, "seq_len": 64}]
     cfg["remediation"].update(max_attempts=3, backoff_s=1.0)
-    cfg["alerts"]["hang_timeout_s"] = 15
+    cfg["alerts"]["hang_timeout_s"] = HANG_TIMEOUT_S
     for path, value in overrides.items():
         section, key = path.split(".")
         cfg[section][key] = value
@@ -295,8 +299,19 @@ def check(row: Row, run_id: int, run_dir: Path) -> Row:
         and row.jobs_per_attempt_ok
         and row.alerts_once
         and row.min_attempts <= row.attempts <= 4
+        and _within(row.detection_s, row.max_detection_s, "detection", row)
+        and _within(row.recovery_s, row.max_recovery_s, "recovery", row)
     )
     return row
+
+
+def _within(seconds: float | None, bound: float | None, what: str, row: Row) -> bool:
+    if bound is None:
+        return True
+    if seconds is None or seconds > bound:
+        row.detail += f" {what} {seconds} s over its bound {bound} s"
+        return False
+    return True
 
 
 def _first_change(run_id: int, frm: set[str], t0: float, timeout: float = 120) -> float | None:
@@ -307,13 +322,18 @@ def _first_change(run_id: int, frm: set[str], t0: float, timeout: float = 120) -
 
 
 def _attempt_running(run_id: int, number: int, t0: float, timeout: float = 180) -> float | None:
+    return _attempt_state(run_id, number, ("running",), t0, timeout)
+
+
+def _attempt_state(run_id: int, number: int, states: tuple[str, ...], t0: float, timeout: float = 180) -> float | None:
+    """Seconds from t0 until attempt `number` of the run is in one of `states`; None when it never was."""
     from runs.models import Attempt
 
     def up() -> bool:
         from django.db import close_old_connections
 
         close_old_connections()
-        return Attempt.objects.filter(run_id=run_id, number=number, state="running").exists()
+        return Attempt.objects.filter(run_id=run_id, number=number, state__in=states).exists()
 
     return round(time.monotonic() - t0, 2) if _wait(up, timeout, 0.2) else None
 
@@ -394,15 +414,40 @@ def scenario_sigstop(cp: ControlPlane) -> Row:
     cp.start_worker()
     run = launch(_config(steps=24), "SIGSTOP the trainer")
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
-    row = Row(fault="SIGSTOP the trainer (hang, timeout 15 s)", expected_state="succeeded", min_attempts=2)
+    # Detected within the hang timeout + 5 s (the issue's bound) of the job going silent.
+    row = Row(fault="SIGSTOP the trainer (hang, timeout 15 s)", expected_state="succeeded", min_attempts=2,
+              max_detection_s=HANG_TIMEOUT_S + 5)  # fmt: skip
     wait_step(run_dir, 4, 240)
-    job = json.loads((run_dir / "job.json").read_text())
-    os.killpg(job["pgid"], signal.SIGSTOP)
+    stopped = _stop_job(run.pk, run_dir)
     t0 = time.monotonic()
+    assert stopped, "nothing of the job was stopped"
     row.detection_s = _first_change(run.pk, {"running"}, t0, 120)
     row.recovery_s = _attempt_running(run.pk, 2, t0)
     row.final_state = wait_final(run.pk)
     return check(row, run.pk, run_dir)
+
+
+def _stop_job(run_id: int, run_dir: Path) -> list[int]:
+    """SIGSTOP the whole job: the session leader's group (job.json), the DeepSpeed launcher's group (child.json),
+    and every process tagged with the attempt's key (the ranks), so the training itself stops, not just its
+    launcher. Returns the pids/groups stopped."""
+    from jobs.launch.reap import tagged_pids
+    from runs.models import Attempt
+
+    stopped: list[int] = []
+    for record in ("job.json", "child.json"):
+        path = run_dir / record
+        if path.exists():
+            pgid = int(json.loads(path.read_text())["pgid"])
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGSTOP)
+                stopped.append(-pgid)
+    key = Attempt.objects.filter(run_id=run_id, number=1).values_list("idempotency_key", flat=True).first()
+    for pid in tagged_pids(key) if key else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+    return stopped
 
 
 def scenario_kill_worker_in_launch(cp: ControlPlane, repeats: int = 3) -> Row:
@@ -412,18 +457,25 @@ def scenario_kill_worker_in_launch(cp: ControlPlane, repeats: int = 3) -> Row:
     cp.kill_workers()
     run = launch(_config(steps=8), "kill -9 worker during launch")
     run_dir = Path(settings.RUNS_DIR) / f"run-{run.pk}"
-    row = Row(fault=f"kill -9 worker during launch (x{repeats})", expected_state="succeeded")
+    # The job recorded within 30 s of a worker being back (the issue's bound for a dependency's return).
+    row = Row(fault=f"kill -9 worker during launch (x{repeats})", expected_state="succeeded", max_recovery_s=30)
     for i in range(repeats):
         cp.start_worker(name=f"l{i}")
         log = cp.root / f"worker-l{i}.log"
         _wait(lambda: "ready." in log.read_text(errors="replace"), 120, 0.1)  # noqa: B023
         time.sleep(0.5 * i)  # before the claim, between claim and submit, after submit
         cp.kill_workers()
-    t0 = time.monotonic()
     cp.start_worker(name="last")
+    log = cp.root / "worker-last.log"
+    _wait(lambda: "ready." in log.read_text(errors="replace"), 120, 0.1)
+    # From the last worker being ready: a claim a killed launcher held runs out within its short lease (15 s),
+    # the reconciler re-queues the launch, and the job is followed (attempt 1 running).
+    t0 = time.monotonic()
     row.detection_s = 0.0
-    row.final_state = wait_final(run.pk, 480)  # a claim held by a killed launcher is taken over after its lease
-    row.recovery_s = round(time.monotonic() - t0, 2)
+    row.recovery_s = _attempt_state(run.pk, 1, ("submitted", "running", "succeeded"), t0, 120)
+    running = _attempt_running(run.pk, 1, t0, 120)
+    row.notes.append(f"job recorded after {row.recovery_s} s, running (DeepSpeed up) after {running} s")
+    row.final_state = wait_final(run.pk, 300)
     return check(row, run.pk, run_dir)
 
 

@@ -200,7 +200,7 @@ def launch_run(run_id: int) -> str:
         with _claim_heartbeat(claim):
             run_dir = run_dir_path(run)
             # The attempt's job may exist already (its launcher died before recording it): follow it, start nothing.
-            handle = backend.find(attempt.idempotency_key, run_dir)
+            handle = backend.find(attempt.idempotency_key, run_dir, not_before=attempt.created_at.timestamp())
             if handle is None:
                 _supersede_redone_steps(run, attempt)
                 run_dir = run_dir_prepare(run=run, attempt=attempt)
@@ -280,7 +280,8 @@ def stop_run(run_id: int) -> str:
     job_id = (attempt.backend_job_id if attempt else "") or run.backend_job_id
     run_dir = Path(run.run_dir) if run.run_dir else run_dir_path(run)
     if not job_id and attempt is not None:
-        found = backend.find(attempt.idempotency_key, run_dir)  # submitted, not yet recorded
+        # submitted, not yet recorded
+        found = backend.find(attempt.idempotency_key, run_dir, not_before=attempt.created_at.timestamp())
         job_id = found.job_id if found else ""
     if not job_id:
         return "no job to stop"

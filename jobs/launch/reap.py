@@ -17,8 +17,9 @@ import time
 ATTEMPT_KEY_ENV = "CP_ATTEMPT_KEY"
 
 
-def tagged_pids(key: str) -> list[int]:
-    """Live processes (readable by this user) whose initial environment holds CP_ATTEMPT_KEY=key exactly."""
+def tagged_pids(key: str, *, uid: int | None = None) -> list[int]:
+    """Live processes (readable by this user) whose initial environment holds CP_ATTEMPT_KEY=key exactly; with
+    `uid`, only those whose real user is uid (a job's user: the key alone is something the job could name)."""
     if not key:
         return []
     wanted = f"{ATTEMPT_KEY_ENV}={key}".encode()
@@ -32,16 +33,18 @@ def tagged_pids(key: str) -> list[int]:
                 environ = fh.read()
             with open(f"/proc/{entry}/stat", "rb") as fh:
                 state = fh.read().rsplit(b")", 1)[1].split()[0]
+            owner = os.stat(f"/proc/{entry}").st_uid
         except OSError:
             continue  # gone, or another user's
-        if state != b"Z" and wanted in environ.split(b"\0"):
+        if state != b"Z" and wanted in environ.split(b"\0") and (uid is None or owner == uid):
             found.append(int(entry))
     return found
 
 
-def reap(key: str, *, grace_s: float = 10.0, first_signal: int = signal.SIGTERM) -> int:
-    """Signal every tagged process; those left after `grace_s` get SIGKILL. Returns how many were signalled."""
-    pids = tagged_pids(key)
+def reap(key: str, *, grace_s: float = 10.0, first_signal: int = signal.SIGTERM, uid: int | None = None) -> int:
+    """Signal every tagged process (of `uid`, if given); those left after `grace_s` get SIGKILL. Returns how many
+    were signalled."""
+    pids = tagged_pids(key, uid=uid)
     for sig, wait_s in ((first_signal, grace_s), (signal.SIGKILL, 5.0)):
         for pid in pids:
             try:
@@ -49,11 +52,11 @@ def reap(key: str, *, grace_s: float = 10.0, first_signal: int = signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and tagged_pids(key):
+        while time.monotonic() < deadline and tagged_pids(key, uid=uid):
             time.sleep(0.1)
-        if not tagged_pids(key):
+        if not tagged_pids(key, uid=uid):
             break
-        pids = tagged_pids(key)
+        pids = tagged_pids(key, uid=uid)
     return len(pids)
 
 

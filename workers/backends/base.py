@@ -80,8 +80,11 @@ class Backend(Protocol):
         Idempotent per spec.attempt_key: when the backend already has a job of that attempt (running or ended),
         its handle comes back with detail["existing"] = True and nothing is started."""
 
-    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
-        """The job this backend started for the attempt, running or ended; None when it started none."""
+    def find(self, attempt_key: str, run_dir: Path, *, not_before: float = 0.0) -> JobHandle | None:
+        """The job this backend started for the attempt, running or ended; None when it started none.
+
+        not_before: when the attempt began (epoch seconds); a backend that reads a job-written record checks that
+        the process it names started after it (the local backend)."""
 
     def poll(self, job_id: str, run_dir: Path) -> JobStatus:
         """Current state; safe to call from a restarted worker (no in-memory state)."""

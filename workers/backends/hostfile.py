@@ -144,7 +144,7 @@ class HostfileBackend:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
-    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+    def find(self, attempt_key: str, run_dir: Path, *, not_before: float = 0.0) -> JobHandle | None:
         record = find_attempt_leader(Path(run_dir).resolve(), attempt_key)
         if record is None:
             return None

@@ -20,6 +20,7 @@ from workers.backends.procs import (
     spawn_group,
     start_ticks,
     stop_group,
+    verified_leader,
 )
 
 
@@ -64,9 +65,11 @@ def _job_user(spec: LaunchSpec) -> JobUser | None:
 class LocalBackend:
     name = "local"
 
-    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+    def find(self, attempt_key: str, run_dir: Path, *, not_before: float = 0.0) -> JobHandle | None:
+        """The attempt's job from its record, only if the process it names is the job's (verified_leader): the
+        record lies in the job's own folder."""
         record = find_attempt_leader(Path(run_dir), attempt_key)
-        if record is None:
+        if record is None or not verified_leader(record, Path(run_dir), attempt_key, not_before=not_before):
             return None
         return JobHandle(job_id=f"local:{record['pid']}:{record['start_ticks']}", detail={**record, "existing": True})
 
@@ -143,7 +146,12 @@ class LocalBackend:
         both (found by its CP_ATTEMPT_KEY); nothing of any other job."""
         pid, ticks = self._parse(job_id)
         (run_dir / "cancel_requested").write_text(str(time.time()))
-        stop_group(pid, pid=pid, ticks=ticks)
+        # The job id came from a record the job could write: signal its group only while that process is the job's
+        # (its user's, leading its group, carrying the attempt's key: verified_leader).
+        keys = {str(read_record(run_dir / name).get("attempt_key") or "") for name in ("job.json", "leader.json")}
+        leader = {"pid": pid, "start_ticks": ticks}
+        if alive(pid, ticks) and any(key and verified_leader(leader, run_dir, key) for key in keys):
+            stop_group(pid, pid=pid, ticks=ticks)
         child = run_dir / "child.json"
         if child.exists():
             # The job writes child.json itself: a group of another user's (the web server's) is never ours to kill.
@@ -155,4 +163,5 @@ class LocalBackend:
                     pass
         record = read_record(run_dir / "job.json")
         if record.get("pid") == pid and record.get("attempt_key"):
-            reap(record["attempt_key"], grace_s=5.0)
+            # The key is the job's word too: only processes of the run directory's owner are reaped by it.
+            reap(record["attempt_key"], grace_s=5.0, uid=run_dir.stat().st_uid)

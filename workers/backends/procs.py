@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common.atomic import write_atomic
+from jobs.launch.reap import ATTEMPT_KEY_ENV
+
+# Boot time is whole seconds and the attempt's start a database timestamp: this much earlier still counts as after.
+START_SLACK_S = 2.0
 
 
 def start_ticks(pid: int) -> int | None:
@@ -31,14 +35,74 @@ def alive(pid: int, ticks: int) -> bool:
     return start_ticks(pid) == ticks
 
 
-def owned_by(pid: int, run_dir: Path) -> bool:
-    """Whether process `pid` runs as the owner of `run_dir` (the job's user), or this worker owns both."""
+def _process_uid(pid: int) -> int | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), None)
+
+
+def started_at(ticks: int) -> float:
+    """Wall-clock time of a process start given in ticks since boot (boot time from /proc/stat's btime)."""
+    btime = next(
+        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+    )
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _carries_key(pid: int, attempt_key: str) -> bool:
+    """Whether the process was exec'd with CP_ATTEMPT_KEY=key in its environment or the key on its command line."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return False
-    real_uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
-    return real_uid == run_dir.stat().st_uid
+    return f"{ATTEMPT_KEY_ENV}={attempt_key}".encode() in environ or attempt_key.encode() in cmdline
+
+
+def _forked_by_warm_launcher(pid: int) -> bool:
+    """A job forked by the warm launcher keeps the launcher's own exec-time environment (no key in /proc): its
+    parent, a process of this worker's user running jobs.launch.warm, vouches for it instead."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        parent = int(fields[1])
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return False
+    return _process_uid(parent) == os.geteuid() and b"jobs.launch.warm" in cmdline
+
+
+def verified_leader(record: dict, run_dir: Path, attempt_key: str, *, not_before: float = 0.0) -> bool:
+    """Whether a job record (job.json or leader.json: files in a folder the job owns, so possibly forged) names a
+    process this control plane may follow and signal as the attempt's job.
+
+    A process that is gone (or whose pid now belongs to a later process) is harmless: poll reads exit.json and
+    cancel signals nothing once the start time differs. A live one must run as the run directory's owner (the job's
+    user), lead its own process group, have started after the attempt began, and carry the attempt's key (or have
+    been forked by the warm launcher): otherwise a job could make the control plane watch or kill someone else's
+    processes (the web server's, another run's) by writing their pid into its own job.json."""
+    pid, ticks = record.get("pid"), record.get("start_ticks")
+    if not isinstance(pid, int) or not isinstance(ticks, int) or pid <= 1:
+        return False
+    if not alive(pid, ticks):
+        return True
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+    except ProcessLookupError:
+        return True
+    if not owned_by(pid, run_dir):
+        return False
+    if not_before and started_at(ticks) < not_before - START_SLACK_S:
+        return False
+    return _carries_key(pid, attempt_key) or _forked_by_warm_launcher(pid)
+
+
+def owned_by(pid: int, run_dir: Path) -> bool:
+    """Whether process `pid` runs as the owner of `run_dir` (the job's user), or this worker owns both."""
+    real_uid = _process_uid(pid)
+    return real_uid is not None and real_uid == run_dir.stat().st_uid
 
 
 def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path, user: Any = None, **extra) -> dict:

@@ -145,7 +145,7 @@ class SlurmBackend:
 
     # -- submit ---------------------------------------------------------------------------------------------
 
-    def find(self, attempt_key: str, run_dir: Path) -> JobHandle | None:
+    def find(self, attempt_key: str, run_dir: Path, *, not_before: float = 0.0) -> JobHandle | None:
         """The attempt's job: from job.json in the run directory, else from the controller, which keeps the key as
         the job's comment (a worker that died between sbatch and writing job.json)."""
         if not attempt_key:

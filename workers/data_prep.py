@@ -8,11 +8,10 @@ database, so a redelivered or re-attached task is harmless.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from jobs.common.atomic import write_json
+from jobs.common.atomic import read_json, write_json
 from runs.models import Cluster, DataSource, JobPhase, PrepRun
 from runs.services.data_prep import (
     IllegalMove,
@@ -49,14 +48,6 @@ def _spec(*, cluster: Cluster, job_dir: Path, argv: list[str], name: str, hours:
         single_process=True,
         cpus_per_task=1 if cluster.backend == "slurm" else 0,
     )
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _log_tail(job_dir: Path) -> str:
@@ -110,13 +101,13 @@ def count_watch(source_id: int) -> bool:
     if source is None or source.count_status != JobPhase.RUNNING:
         return False
     folder = Path(source.count_dir)
-    progress = _read_json(folder / "progress.json")
+    progress = read_json(folder / "progress.json")
     if progress:
         count_progress(source=source, progress=progress)
     status = get_backend(source.count_backend).poll(source.count_job_id, folder / "job")
     if not status.finished:
         return True
-    report = _read_json(folder / "report.json")
+    report = read_json(folder / "report.json")
     if status.state == JobState.SUCCEEDED and report:
         count_finished(source=source, status=JobPhase.SUCCEEDED, counts=report)
     elif status.state == JobState.CANCELLED:
@@ -165,13 +156,13 @@ def prep_watch(prep_id: int) -> bool:
     if prep is None or prep.status != JobPhase.RUNNING:
         return False
     folder = Path(prep.directory)
-    progress = _read_json(folder / "progress.json")
+    progress = read_json(folder / "progress.json")
     if progress:
         prep_progress(prep=prep, progress=progress)
     status = get_backend(prep.backend).poll(prep.backend_job_id, _job_dir(prep))
     if not status.finished:
         return True
-    report = _read_json(folder / "report.json")
+    report = read_json(folder / "report.json")
     if status.state == JobState.SUCCEEDED and report:
         prep_finished(prep=prep, status=JobPhase.SUCCEEDED, report=report)
     elif status.state == JobState.CANCELLED:

@@ -6,7 +6,6 @@ Every function takes an id and re-reads the database, so a redelivered or re-att
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import read_json, write_atomic
 from runs.models import Artifact, Cluster, Deployment, DeploymentStatus, JobPhase, Run
 from runs.services.artifacts import (
     artifact_finish,
@@ -87,14 +86,6 @@ def _spec(
     )
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _log_tail(job_dir: Path) -> str:
     """The last meaningful line the job wrote to stderr, for a failure reason a person can act on."""
     try:
@@ -160,7 +151,7 @@ def quantize_watch(artifact_id: int) -> bool:
     if artifact is None or artifact.status != JobPhase.RUNNING:
         return False
     out = Path(artifact.directory)
-    progress = _read_json(out / "progress.json")
+    progress = read_json(out / "progress.json")
     if progress:
         artifact_progress(artifact=artifact, progress=progress)
     status = _poll(serving_backend(artifact.run.cluster.backend), artifact.backend_job_id, out / "job")
@@ -168,7 +159,7 @@ def quantize_watch(artifact_id: int) -> bool:
         return True
     said = (progress or {}).get("message", "") if (progress or {}).get("stage") == "failed" else ""
     phase, report, reason = _outcome(
-        status, report=_read_json(out / "report.json"), job_dir=out / "job", said=said,
+        status, report=read_json(out / "report.json"), job_dir=out / "job", said=said,
         missing="the quantize job ended without a report",
     )  # fmt: skip
     artifact_finish(artifact=artifact, status=phase, report=report, reason=reason)
@@ -215,7 +206,7 @@ def benchmark_watch(artifact_id: int) -> bool:
     if not status.finished:
         return True
     phase, report, reason = _outcome(
-        status, report=_read_json(out / "latency.json"), job_dir=out / "latency-job",
+        status, report=read_json(out / "latency.json"), job_dir=out / "latency-job",
         missing="the benchmark ended without a report",
     )  # fmt: skip
     latency_finish(artifact=artifact, status=phase, report=report, reason=reason)
@@ -266,7 +257,7 @@ def deploy_start(deployment_id: int) -> str:
 
 
 def _endpoint_url(state: Path) -> str | None:
-    info = _read_json(state / "endpoint.json")
+    info = read_json(state / "endpoint.json")
     if not info or not info.get("port"):
         return None
     # The server names a host clients can reach, also when it listens on every interface (a Slurm node).

@@ -1,4 +1,5 @@
-"""Write a file so that a reader sees the old content or the new one, never a part, even after a crash."""
+"""Write a file so that a reader sees the old content or the new one, never a part, even after a crash; and read
+such a JSON file back without trusting that it is there or well formed."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> dict | None:
+    """The JSON object a file holds, or None when it is missing, unreadable, not JSON or not an object: what a
+    watcher reads from a job's folder may not have been written yet, or may come from a job that died early."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

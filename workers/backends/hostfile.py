@@ -26,7 +26,6 @@ How DeepSpeed's runner (0.19) treats the hostfile, and what this backend does ab
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -36,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.common.atomic import write_json
+from jobs.common.atomic import read_json, write_json
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import ATTEMPT_KEY_ENV, deepspeed_argv, job_env
 from workers.backends.procs import find_attempt_leader
@@ -305,7 +304,7 @@ class HostfileBackend:
         alive = self._alive(pid, ticks, boot)
         # Read after the liveness check: the supervisor writes the record before it exits, so a job that ended
         # in between is seen as ended, never as lost.
-        ended = _read_json(run_dir / "exit.json")
+        ended = read_json(run_dir / "exit.json") or {}
         cancelled = _read_text(run_dir / "cancel_requested") == job_id
         # Records of another launch from the same run directory (a relaunch) say nothing about this one.
         if "returncode" in ended and ended.get("pid", pid) == pid:
@@ -330,7 +329,7 @@ class HostfileBackend:
         match = re.fullmatch(r"hostfile:(\d+):(\d+)", job_id)
         if not match:
             raise ValueError(f"not a hostfile job id: {job_id!r}")
-        record = _read_json(run_dir / "job.json")
+        record = read_json(run_dir / "job.json") or {}
         boot = record.get("boot_id", "") if record.get("job_id") == job_id else ""
         return int(match.group(1)), int(match.group(2)), boot
 
@@ -371,7 +370,7 @@ class HostfileBackend:
         if leader is not None and leader[2] != ticks:
             return  # the pid and its group id now belong to another process
         status = self.poll(job_id, run_dir)
-        record = _read_json(run_dir / "job.json")
+        record = read_json(run_dir / "job.json") or {}
         remote = bool(record.get("remote")) and record.get("job_id") == job_id
         if status.finished and not group_members(pid, ticks) and not remote:
             return
@@ -430,11 +429,3 @@ def _read_text(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from jobs.common.atomic import write_atomic, write_json
+from jobs.common.atomic import read_json, write_atomic, write_json
 from workers.backends.base import JobHandle, JobState, JobStatus, LaunchError, LaunchSpec
 from workers.backends.commands import job_env, rank_argv
 
@@ -150,7 +150,7 @@ class SlurmBackend:
         the job's comment (a worker that died between sbatch and writing job.json)."""
         if not attempt_key:
             return None
-        record = _read_json(Path(run_dir).resolve() / "job.json")
+        record = read_json(Path(run_dir).resolve() / "job.json") or {}
         if record.get("attempt_key") == attempt_key and JOB_ID.match(str(record.get("job_id", ""))):
             return JobHandle(job_id=record["job_id"], detail={**record, "existing": True})
         result = self._run(["squeue", "--json", "-t", "all"])
@@ -343,7 +343,7 @@ class SlurmBackend:
         path = self.jobcomp_path()
         if path is None or not path.is_file():
             return None
-        submission = _read_json(Path(run_dir) / "job.json")
+        submission = read_json(Path(run_dir) / "job.json") or {}
         submitted_at = submission.get("submitted_at") if submission.get("job_id") == job_id else None
         job_name = submission.get("job_name") if submission.get("job_id") == job_id else None
         found = None
@@ -410,11 +410,3 @@ def _errors(stderr: str) -> str:
         if line and line not in seen:
             seen.append(line)
     return "; ".join(seen)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from jobs.common.atomic import write_atomic
+from jobs.common.atomic import read_json, write_atomic, write_json
 
 
 def _mode(path) -> int:
@@ -73,3 +73,14 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
         assert target.read_bytes() in versions
         reads += 1
     thread.join()
+
+
+def test_read_json_gives_the_object_or_none_for_missing_partial_or_other_content(tmp_path):
+    path = tmp_path / "progress.json"
+    assert read_json(path) is None  # not written yet
+    write_json(path, {"done": 3})
+    assert read_json(path) == {"done": 3}
+    path.write_text('{"done": ')  # a writer that was not atomic, or a job that died mid-write
+    assert read_json(path) is None
+    path.write_text("[1, 2]")
+    assert read_json(path) is None

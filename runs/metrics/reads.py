@@ -37,16 +37,61 @@ class _Block:
 def series_read(
     *, run_id: int, keys: list[str], lo: int | None = None, hi: int | None = None, max_points: int = 1500
 ) -> dict:
-    """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape."""
+    """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape.
+
+    The blocks of all the keys are found in one query, and the rollups and points the reads take whole in one more
+    each: a chart page's keys cost a few round trips, not a few per block."""
     found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
+    blocks = _overlapping_blocks_many(list(found.values()), lo, hi)
+    pre = _prefetch(blocks, lo, hi, max_points)
     out = {
-        key: read_series(series_id=found[key], lo=lo, hi=hi, max_points=max_points)
+        key: _read(blocks.get(found[key], []), lo, hi, max_points, pre)
         if key in found
         else _full(np.empty(0, np.int64), np.empty(0))
         for key in keys
     }
     last_step = Run.objects.filter(pk=run_id).values_list("last_step", flat=True).first()
     return {"keys": out, "last_step": last_step}
+
+
+@dataclass
+class _Prefetched:
+    """Whole fine rollups and whole points of blocks, read together for several series."""
+
+    rollups: dict[int, np.ndarray]
+    points: dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def _prefetch(by_series: dict[int, list[_Block]], lo: int | None, hi: int | None, max_points: int) -> _Prefetched:
+    """Reads, in one query each, what `_read` takes whole: the points of blocks without rollups or inside a range
+    that fits a chart, and the fine rollups of blocks inside an envelope's range whose buckets they suit."""
+    rollup_ids: list[int] = []
+    point_ids: list[int] = []
+    for blocks in by_series.values():
+        if not blocks:
+            continue
+        slo = min(b.lo for b in blocks) if lo is None else lo
+        shi = max(b.hi for b in blocks) if hi is None else hi
+        full = sum(_points_bound(b, slo, shi) for b in blocks) <= max_points
+        width = max(1, -(-(shi - slo + 1) // max_points))
+        for b in blocks:
+            inside = b.lo >= slo and b.hi <= shi
+            if b.coarse is None or (full and inside) or (not full and b.coarse.size == 0):
+                point_ids.append(b.id)
+            elif not full and inside:
+                span_per_point = (b.hi - b.lo + 1) / b.n
+                if span_per_point * ru.ROLLUP_COARSE * 4 > width >= span_per_point * ru.ROLLUP_FINE * 4:
+                    rollup_ids.append(b.id)
+    rollups: dict[int, np.ndarray] = {}
+    if rollup_ids:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id, rollup FROM runs_metricblock WHERE id IN ({_marks(rollup_ids)})", rollup_ids)
+            rollups = {bid: ru.unpack_rollup(bytes(r)) for bid, r in cursor.fetchall() if r is not None}
+    return _Prefetched(rollups, _points_by_id(point_ids) if point_ids else {})
+
+
+def _marks(ids: list[int]) -> str:
+    return ", ".join(["%s"] * len(ids))
 
 
 def _full(steps: np.ndarray, values: np.ndarray) -> dict:
@@ -65,19 +110,22 @@ def read_series(*, series_id: int, lo: int | None, hi: int | None, max_points: i
 
     Numpy arrays in the answer are meant for orjson with OPT_SERIALIZE_NUMPY (NaN becomes null).
     """
-    blocks = _overlapping_blocks(series_id, lo, hi)
+    return _read(_overlapping_blocks(series_id, lo, hi), lo, hi, max_points, None)
+
+
+def _read(blocks: list[_Block], lo: int | None, hi: int | None, max_points: int, pre: _Prefetched | None) -> dict:
     if not blocks:
         return _full(np.empty(0, np.int64), np.empty(0))
     lo = min(b.lo for b in blocks) if lo is None else lo
     hi = max(b.hi for b in blocks) if hi is None else hi
     if sum(_points_bound(b, lo, hi) for b in blocks) <= max_points:
-        steps, values = _raw_points(blocks, lo, hi)
+        steps, values = _raw_points(blocks, lo, hi, pre)
         return _full(steps, values)
     width = max(1, -(-(hi - lo + 1) // max_points))
     parts: list[np.ndarray] = []
     raw_parts: list[tuple[np.ndarray, np.ndarray]] = []
     for block in blocks:
-        _envelope_rows(block, lo, hi, width, parts, raw_parts)
+        _envelope_rows(block, lo, hi, width, parts, raw_parts, pre)
     raw_steps = np.concatenate([p[0] for p in raw_parts]) if raw_parts else np.empty(0, np.int64)
     raw_values = np.concatenate([p[1] for p in raw_parts]) if raw_parts else np.empty(0)
     inside = (raw_steps >= lo) & (raw_steps <= hi)
@@ -99,8 +147,17 @@ def read_series(*, series_id: int, lo: int | None, hi: int | None, max_points: i
 
 
 def _overlapping_blocks(series_id: int, lo: int | None, hi: int | None) -> list[_Block]:
-    sql = "SELECT id, step_lo, step_hi, n, rollup_coarse FROM runs_metricblock WHERE series_id = %s"
-    params: list[Any] = [series_id]
+    return _overlapping_blocks_many([series_id], lo, hi).get(series_id, [])
+
+
+def _overlapping_blocks_many(series_ids: list[int], lo: int | None, hi: int | None) -> dict[int, list[_Block]]:
+    if not series_ids:
+        return {}
+    sql = (
+        "SELECT series_id, id, step_lo, step_hi, n, rollup_coarse FROM runs_metricblock"
+        f" WHERE series_id IN ({_marks(series_ids)})"
+    )
+    params: list[Any] = list(series_ids)
     if lo is not None:
         sql += " AND step_hi >= %s"
         params.append(lo)
@@ -109,10 +166,11 @@ def _overlapping_blocks(series_id: int, lo: int | None, hi: int | None) -> list[
         params.append(hi)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [
-            _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None)
-            for bid, blo, bhi, n, coarse in cursor.fetchall()
-        ]
+        out: dict[int, list[_Block]] = {}
+        for sid, bid, blo, bhi, n, coarse in cursor.fetchall():
+            block = _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None)
+            out.setdefault(sid, []).append(block)
+        return out
 
 
 def _chunk_range(rows: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
@@ -144,19 +202,26 @@ def _slice_points(block_id: int, start: int, stop: int) -> tuple[np.ndarray, np.
     return ru.unpack_steps(bytes(row[0])).copy(), ru.unpack_values(bytes(row[1])).copy()
 
 
-def _whole_points(block_ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    if not block_ids:
-        return []
+def _points_by_id(block_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     values_col = connection.ops.quote_name("values")
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT steps, {values_col} FROM runs_metricblock WHERE id IN ({', '.join(['%s'] * len(block_ids))})",
-            block_ids,
+            f"SELECT id, steps, {values_col} FROM runs_metricblock WHERE id IN ({_marks(block_ids)})", block_ids
         )
-        return [(ru.unpack_steps(bytes(s)), ru.unpack_values(bytes(v))) for s, v in cursor.fetchall()]
+        return {bid: (ru.unpack_steps(bytes(s)), ru.unpack_values(bytes(v))) for bid, s, v in cursor.fetchall()}
 
 
-def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _whole_points(block_ids: list[int], pre: _Prefetched | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    have = [pre.points[b] for b in block_ids if b in pre.points] if pre else []
+    missing = [b for b in block_ids if not pre or b not in pre.points]
+    if missing:
+        have.extend(_points_by_id(missing).values())
+    return have
+
+
+def _raw_points(
+    blocks: list[_Block], lo: int, hi: int, pre: _Prefetched | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     whole, parts = [], []
     for block in blocks:
         if (block.lo >= lo and block.hi <= hi) or block.coarse is None:
@@ -165,7 +230,7 @@ def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.
             first, last = _chunk_range(block.coarse, lo, hi)
             if last > first:
                 parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
-    parts.extend(_whole_points(whole))
+    parts.extend(_whole_points(whole, pre))
     if not parts:
         return np.empty(0, np.int64), np.empty(0)
     steps = np.concatenate([p[0] for p in parts])
@@ -176,7 +241,9 @@ def _raw_points(blocks: list[_Block], lo: int, hi: int) -> tuple[np.ndarray, np.
     return steps[order], values[order]
 
 
-def _fine_rows(block_id: int, first: int, last: int) -> np.ndarray:
+def _fine_rows(block_id: int, first: int, last: int, pre: _Prefetched | None = None) -> np.ndarray:
+    if pre and block_id in pre.rollups:
+        return pre.rollups[block_id][first:last]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT substr(rollup, %s, %s) FROM runs_metricblock WHERE id = %s",
@@ -186,12 +253,14 @@ def _fine_rows(block_id: int, first: int, last: int) -> np.ndarray:
     return ru.unpack_rollup(bytes(row[0])) if row and row[0] is not None else ru.unpack_rollup(b"")
 
 
-def _envelope_rows(block: _Block, lo: int, hi: int, width: int, parts: list, raw_parts: list) -> None:
+def _envelope_rows(
+    block: _Block, lo: int, hi: int, width: int, parts: list, raw_parts: list, pre: _Prefetched | None
+) -> None:
     """Add the block's contribution: rollup rows where chunks are at most a quarter of a bucket wide, raw
     points elsewhere and for the chunks that straddle lo or hi."""
     coarse = block.coarse
     if coarse is None or coarse.size == 0:
-        raw_parts.extend(_whole_points([block.id]))
+        raw_parts.extend(_whole_points([block.id], pre))
         return
     span_per_point = (block.hi - block.lo + 1) / block.n
     first, last = _chunk_range(coarse, lo, hi)
@@ -202,7 +271,7 @@ def _envelope_rows(block: _Block, lo: int, hi: int, width: int, parts: list, raw
     elif span_per_point * ru.ROLLUP_FINE * 4 <= width:
         per = ru.ROLLUP_COARSE // ru.ROLLUP_FINE
         fine_first, fine_last = first * per, min(-(-block.n // ru.ROLLUP_FINE), last * per)
-        fine = _fine_rows(block.id, fine_first, fine_last)
+        fine = _fine_rows(block.id, fine_first, fine_last, pre)
         a, b = _chunk_range(fine, lo, hi)
         rows, chunk, offset = fine[a:b], ru.ROLLUP_FINE, fine_first + a
     else:

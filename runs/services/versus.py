@@ -7,8 +7,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from runs.metrics.reads import read_series
-from runs.models import MetricSeries, Run
+from runs.metrics.reads import series_read
+from runs.models import Run
 
 
 @dataclass(frozen=True)
@@ -26,25 +26,24 @@ class Versus:
         return self.actual / self.planned
 
 
-def _mean_of(run_id: int, key: str) -> float | None:
-    series = MetricSeries.objects.filter(run_id=run_id, key=key).values_list("id", flat=True).first()
-    if series is None:
-        return None
-    read = read_series(series_id=series, lo=None, hi=None, max_points=200)
-    values = read["last"] if read["mode"] == "envelope" else read["values"]
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+def _reads(run_id: int) -> dict[str, dict]:
+    """The three series the comparison needs, read together (one query for their blocks, one for their rollups)."""
+    return series_read(run_id=run_id, keys=["tokens_per_s", "mfu", "mem_gb"], max_points=200)["keys"]
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _mean_of(read: dict) -> float | None:
+    finite = _finite(read["last"] if read["mode"] == "envelope" else read["values"])
     # The first points include start-up (compilation, warm caches): the steady state is what the plan describes.
     steady = finite[len(finite) // 10 :] if len(finite) >= 10 else finite
     return statistics.median(steady) if steady else None
 
 
-def _max_of(run_id: int, key: str) -> float | None:
-    row = MetricSeries.objects.filter(run_id=run_id, key=key).values_list("id", flat=True).first()
-    if row is None:
-        return None
-    read = read_series(series_id=row, lo=None, hi=None, max_points=200)
-    values = read["max"] if read["mode"] == "envelope" else read["values"]
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+def _max_of(read: dict) -> float | None:
+    finite = _finite(read["max"] if read["mode"] == "envelope" else read["values"])
     return max(finite) if finite else None
 
 
@@ -60,10 +59,11 @@ def planned_vs_actual(run: Run) -> dict[str, Any]:
     done = (run.last_step or 0) + 1 if run.last_step is not None else 0
     # Time the whole budget would take at the pace measured so far.
     projected = elapsed * total / done if elapsed and total and done else None
+    reads = _reads(run.pk)
     rows = [
-        Versus("Tokens/s", compute.get("tokens_per_s"), _mean_of(run.pk, "tokens_per_s"), "tokens/s", True),
-        Versus("MFU", compute.get("mfu"), _mean_of(run.pk, "mfu"), "", True),
-        Versus("Memory per device", memory.get("total"), _max_of(run.pk, "mem_gb"), "GiB", False),
+        Versus("Tokens/s", compute.get("tokens_per_s"), _mean_of(reads["tokens_per_s"]), "tokens/s", True),
+        Versus("MFU", compute.get("mfu"), _mean_of(reads["mfu"]), "", True),
+        Versus("Memory per device", memory.get("total"), _max_of(reads["mem_gb"]), "GiB", False),
         Versus("Time to budget", compute.get("time_to_budget_s"), projected, "s", False),
     ]
     return {

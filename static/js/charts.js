@@ -106,6 +106,13 @@ class RunCharts {
     this.clock = new Map(); // run -> {steps: [], times: []}: wall time of steps, for the time axis
   }
 
+  // A page that follows the run over a socket says so before load(): the first reads wait (a moment at most) for
+  // the socket to open, so that they cover what it does not push and its catch-up has nothing to read again.
+  expectSocket(waitMs = 1500) {
+    const opened = new Promise((resolve) => { this.socketOpened = resolve; });
+    this.socketReady = Promise.race([opened, new Promise((resolve) => setTimeout(resolve, waitMs))]);
+  }
+
   label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
 
   // --- x-axis: step, tokens or wall time -------------------------------------------------------------------------
@@ -216,7 +223,9 @@ class RunCharts {
 
   async loadCharts() {
     const byGroup = new Map();
+    const epoch = this.epoch || 0;
     const infos = await Promise.all(this.runIds.map((run) => fetchJSON(`/api/v1/runs/${run}/keys/`)));
+    this.keysEpoch = epoch;
     this.runIds.forEach((run, i) => {
       const keys = (infos[i].keys || []).map((k) => (typeof k === "string" ? k : k.key))
         .filter((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)));
@@ -248,6 +257,7 @@ class RunCharts {
       details.innerHTML = `<summary>${s.title} <span class="muted">(${members.length})</span></summary><div class="charts"></div>`;
       this.container.appendChild(details);
       sections.set(s.id, details);
+      // Setting `open` above queues a toggle event too: the charts the build reads are skipped by drawSection.
       details.addEventListener("toggle", () => { if (details.open) this.drawSection(s.id); });
     }
     for (const {group, items} of groups) {
@@ -287,7 +297,7 @@ class RunCharts {
   }
 
   async drawSection(sectionId) {
-    await this.readAndDraw([...this.charts.values()].filter((c) => c.group.section === sectionId && !c.drawn));
+    await this.readAndDraw([...this.charts.values()].filter((c) => c.group.section === sectionId && !c.drawn && !c.reading));
   }
 
   pointsFor(chart) {
@@ -309,6 +319,9 @@ class RunCharts {
     // after the server read) are drawn again after it.
     const live = new Map(list.map((chart) => [chart, new Map()]));
     for (const [chart, kept] of live) (chart.live ||= new Set()).add(kept);
+    for (const chart of list) chart.reading = (chart.reading || 0) + 1;
+    if (lo == null && this.socketReady) await this.socketReady;
+    const epoch = this.epoch || 0; // the socket opens counted when the reads are sent (see catchUp)
     const reads = [];
     for (const [run, keys] of wanted) {
       for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
@@ -324,12 +337,14 @@ class RunCharts {
         if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
         chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
         chart.range = lo != null ? [lo, hi] : null;
+        chart.readEpoch = lo == null ? epoch : -1;
         chart.live.delete(live.get(chart));
         await this.render(chart);
         this.replay(chart, live.get(chart));
       }
     } finally {
       for (const [chart, kept] of live) chart.live.delete(kept);
+      for (const chart of list) chart.reading -= 1;
     }
   }
 
@@ -619,13 +634,21 @@ class RunCharts {
   // socket joined the run's group were never pushed to it. The charts are read again in full: a read from the last
   // step drawn would miss what a push that overtook it (the first after a reconnect, while the reporter was still
   // sending its backlog) made look drawn already.
+  // Reads sent after the socket opened need no second one (the server joins the group before it accepts, so what
+  // was stored after such a read was pushed): the first open, during the page's own build, costs no read.
   async catchUp(runId) {
+    const opened = this.epoch = (this.epoch || 0) + 1;
+    this.socketOpened?.();
     await this.loader; // a build under way
     if (!this.charts.size) { await this.load(); return; }
-    const unknown = await this.hasNewKeys(runId);
-    if (unknown) { await this.load(); return; }
+    if (!((this.keysEpoch ?? 0) >= opened)) {
+      const unknown = await this.hasNewKeys(runId);
+      if (unknown) { await this.load(); return; }
+    }
+    const list = [...this.charts.values()].filter((c) => c.drawn && !c.zoomed && c.items.some((i) => i.run === runId) &&
+      !((c.readEpoch ?? 0) >= opened));
+    if (!list.length) return;
     if (this.xMode === "time") await this.loadClock(runId);
-    const list = [...this.charts.values()].filter((c) => c.drawn && !c.zoomed && c.items.some((i) => i.run === runId));
     await this.readAndDraw(list);
   }
 

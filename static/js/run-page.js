@@ -170,6 +170,7 @@ function formatLeft(seconds) {
 
   const refresh = panelRefresher();
   const logs = jobLogs(runId);
+  charts.expectSocket();
   window.runPage = liveRun(runId, charts, {refresh, progress, log: logs.push, reopened: logs.load});
   charts.load();
 

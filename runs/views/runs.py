@@ -69,7 +69,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
             min(100.0, 100.0 * (run.last_step + 1) / total) if total and run.last_step is not None else None
         )
         run.duration = ((run.finished_at or now) - run.started_at) if run.started_at else None
-    owners = get_user_model().objects.filter(runs__isnull=False).distinct().order_by("username")
+    owners = get_user_model().objects.filter(pk__in=Run.objects.values("owner_id")).order_by("username")
     params = request.GET.copy()
     params.pop("page", None)
     params.pop("sort", None)

@@ -90,8 +90,10 @@ class TrainTokenizer(PipelineStep):
         }
         for _ in range(4):
             try:
+                # The size goes in the same dict: TRAINER_OPTIONS names one too, and a keyword given twice is a
+                # TypeError, not the RuntimeError the retries below expect.
                 spm.SentencePieceTrainer.train(
-                    input=str(text_file), model_prefix=str(prefix), **options, vocab_size=vocab
+                    input=str(text_file), model_prefix=str(prefix), **{**options, "vocab_size": vocab}
                 )
                 break
             except RuntimeError as exc:

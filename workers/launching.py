@@ -208,6 +208,9 @@ def launch_run(run_id: int) -> str:
                 if run.trainer == Trainer.OWN_SCRIPT:
                     _write_ds_config(run, run_dir)
                 shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)  # the previous attempt's rank records
+                if not attempt_renew_claim(claim=claim):
+                    # This launcher was stopped past its lease and another took the attempt over: submit nothing.
+                    return "claim lost before submitting"
                 handle = backend.submit(launch_spec(run, run_dir, attempt))
     except (LaunchError, OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""

@@ -372,8 +372,9 @@ TOKEN_GRACE_S = _env_int("CP_TOKEN_GRACE_S", 60)
 OPERATOR_TOKEN_TTL_S = _env_int("CP_OPERATOR_TOKEN_TTL_S", 30 * 24 * 3600)
 
 
-# Jobs on the local backend run as their own unprivileged user: run N as uid START+N of CP_JOB_UIDS ("START-END",
-# group START), with an allow-listed environment and a run directory only it can read (workers.backends.jobuser).
+# Jobs on the local backend run as their own unprivileged user: run N (and its quantize, benchmark and server jobs)
+# as uid START+N of CP_JOB_UIDS ("START-END", group START; END itself runs the count and data-prep jobs), with an
+# allow-listed environment and a run directory only it can read (workers.backends.jobuser).
 # Off ("" or "off"): jobs run as the control plane's own account (a single-user install); `manage.py up` as root turns
 # it on. CP_JOB_PYTHON: the interpreter jobs run with when the control plane's is not reachable by those users.
 def _job_uids() -> tuple[int, int] | None:

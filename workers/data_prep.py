@@ -26,11 +26,24 @@ from runs.services.data_prep import (
 from runs.services.deployments import serving_backend
 from workers.backends import JobState, LaunchSpec, get_backend
 from workers.backends.base import LaunchError
+from workers.backends.jobuser import JobUser, data_user, give_data_dir
+from workers.launching import job_python
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _spec(*, cluster: Cluster, job_dir: Path, argv: list[str], name: str, hours: int) -> LaunchSpec:
+def _user(backend: str, folder: Path) -> JobUser | None:
+    """The data user (jobuser.data_user) for a job on this machine, its folder handed over; None on Slurm or when
+    jobs run as the control plane's account."""
+    user = data_user() if backend == "local" else None
+    if user is not None:
+        give_data_dir(folder, user)
+    return user
+
+
+def _spec(
+    *, cluster: Cluster, job_dir: Path, argv: list[str], name: str, hours: int, user: JobUser | None = None
+) -> LaunchSpec:
     return LaunchSpec(
         run_id=0,
         run_dir=job_dir,
@@ -39,7 +52,7 @@ def _spec(*, cluster: Cluster, job_dir: Path, argv: list[str], name: str, hours:
         nodes=1,
         gpus_per_node=1,
         accelerator="cpu",
-        python=sys.executable,
+        python=job_python() if cluster.backend != "slurm" else sys.executable,
         workdir=REPO_ROOT,
         partition=cluster.partition,
         time_limit_min=hours * 60,
@@ -47,6 +60,9 @@ def _spec(*, cluster: Cluster, job_dir: Path, argv: list[str], name: str, hours:
         job_name=name,
         single_process=True,
         cpus_per_task=1 if cluster.backend == "slurm" else 0,
+        job_uid=user.uid if user else None,
+        job_gid=user.gid if user else None,
+        job_umask=user.umask if user else 0o077,
     )
 
 
@@ -79,9 +95,9 @@ def count_start(source_id: int) -> str:
     (folder / "progress.json").unlink(missing_ok=True)
     backend = serving_backend(cluster.backend)
     try:
-        spec = _spec(cluster=cluster, job_dir=folder / "job", argv=["count", "--job-dir", str(folder)],
-                     name=f"cp-count-{source.pk}", hours=24)  # fmt: skip
         (folder / "job").mkdir(parents=True, exist_ok=True)
+        spec = _spec(cluster=cluster, job_dir=folder / "job", argv=["count", "--job-dir", str(folder)],
+                     name=f"cp-count-{source.pk}", hours=24, user=_user(backend, folder))  # fmt: skip
         job_id = get_backend(backend).submit(spec).job_id
     except (LaunchError, OSError) as exc:
         count_finished(source=source, status=JobPhase.FAILED, reason=f"could not start the count job: {exc}")
@@ -135,9 +151,9 @@ def prep_start(prep_id: int) -> str:
     write_json(folder / "prep.json", prep.spec)
     backend = serving_backend(prep.cluster.backend)
     try:
-        spec = _spec(cluster=prep.cluster, job_dir=_job_dir(prep), argv=["run", "--job-dir", str(folder)],
-                     name=f"cp-prep-{prep.pk}", hours=48)  # fmt: skip
         _job_dir(prep).mkdir(parents=True, exist_ok=True)
+        spec = _spec(cluster=prep.cluster, job_dir=_job_dir(prep), argv=["run", "--job-dir", str(folder)],
+                     name=f"cp-prep-{prep.pk}", hours=48, user=_user(backend, folder))  # fmt: skip
         job_id = get_backend(backend).submit(spec).job_id
     except (LaunchError, OSError) as exc:
         prep_finished(prep=prep, status=JobPhase.FAILED, reason=f"could not start the prep job: {exc}")

@@ -39,6 +39,7 @@ class LaunchSpec:
     # worker's own account.
     job_uid: int | None = None
     job_gid: int | None = None
+    job_umask: int = 0o077
 
     @property
     def start_dir(self) -> Path:

@@ -27,6 +27,7 @@ from workers.backends.base import LaunchError
 class JobUser:
     uid: int
     gid: int
+    umask: int = 0o077  # a run's files are its own; a data job's are readable by the jobs' group (data_user)
 
 
 def job_user(run_id: int) -> JobUser | None:
@@ -35,11 +36,55 @@ def job_user(run_id: int) -> JobUser | None:
         return None
     start, end = settings.JOB_UIDS
     uid = start + run_id
-    if run_id < 1 or uid > end:
+    if run_id < 1 or uid >= end:
         raise LaunchError(
-            f"run {run_id} has no user in CP_JOB_UIDS={start}-{end}: widen the range so that START+{run_id} fits."
+            f"run {run_id} has no user in CP_JOB_UIDS={start}-{end}: widen the range so that START+{run_id} fits "
+            "below END (END itself runs the data jobs)."
         )
     return JobUser(uid=uid, gid=start)
+
+
+def data_user() -> JobUser | None:
+    """The user count and prep jobs run as: END of CP_JOB_UIDS, which no run gets; None when JOB_UIDS is off.
+
+    One fixed user, not one per prep: what a prep writes (shards, tokenizer) is read by every run that trains on the
+    recipe, as the jobs' group, so its files are group-readable (umask 027) and its folders 0750; a per-prep user
+    would isolate preps from each other, which read and write nothing of each other's. What matters is that these
+    jobs, which parse files an operator registered with third-party readers, never run as the control plane and
+    reach nothing of var/ or of the runs (0700, their own users')."""
+    if settings.JOB_UIDS is None:
+        return None
+    start, end = settings.JOB_UIDS
+    return JobUser(uid=end, gid=start, umask=0o027)
+
+
+def _open_parents(folder: Path, user: JobUser) -> None:
+    """The control plane's folders above `folder`, inside var/ or the prep folder: pass-through for the jobs' group."""
+    tops = {Path(settings.VAR_DIR).resolve(), Path(settings.PREP_DIR).resolve()}
+    for parent in folder.resolve().parents:
+        inside = any(parent == top or top in parent.parents for top in tops)
+        if inside and parent.stat().st_uid == os.geteuid():
+            open_to_jobs(parent, user)
+
+
+def give_data_dir(folder: Path, user: JobUser) -> None:
+    """A count or prep folder (and what the control plane wrote in it) to the data user, readable by the jobs'
+    group (runs read a prep's shards); the folders above it opened for passing through."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), user.uid, user.gid, follow_symlinks=False)
+    os.chown(folder, user.uid, user.gid)
+    folder.chmod(0o750)
+    _open_parents(folder, user)
+    for root in settings.DATA_ROOTS:
+        # The operator's data folders inside var/ (var/data by default): the jobs' group may read them.
+        root = Path(root).resolve()
+        if root.is_dir() and Path(settings.VAR_DIR).resolve() in root.parents and root.stat().st_uid == os.geteuid():
+            os.chown(root, -1, user.gid)
+            root.chmod(0o750)
+            _open_parents(root, user)
+    check_reachable(folder, user, bits=7, what="its data folder")
 
 
 def _may(st: os.stat_result, user: JobUser, bits: int) -> bool:

@@ -53,7 +53,8 @@ def _job_user(spec: LaunchSpec) -> JobUser | None:
     """The job's user with its run directory handed over and its interpreter and script checked, or None."""
     if spec.job_uid is None:
         return None
-    user = JobUser(uid=spec.job_uid, gid=spec.job_gid if spec.job_gid is not None else spec.job_uid)
+    gid = spec.job_gid if spec.job_gid is not None else spec.job_uid
+    user = JobUser(uid=spec.job_uid, gid=gid, umask=spec.job_umask)
     give_run_dir(spec.run_dir, user)
     check_reachable(Path(spec.python), user, bits=5, what="the interpreter")
     check_reachable(spec.workdir, user, bits=5, what="the repository")

@@ -108,13 +108,14 @@ def owned_by(pid: int, run_dir: Path) -> bool:
 def spawn_group(argv: list[str], *, run_dir: Path, env: dict[str, str], cwd: Path, user: Any = None, **extra) -> dict:
     """Start argv as a new session (its own process group) with logs in run_dir; return the job record.
 
-    `user` (a JobUser): the job runs as that user and group with no supplementary groups, files private (umask 077).
+    `user` (a JobUser): the job runs as that user and group with no supplementary groups, with its umask (077: files
+    private).
     """
     stdout = open(run_dir / "stdout.log", "ab")
     stderr = open(run_dir / "stderr.log", "ab")
     drop: dict[str, Any] = {}
     if user is not None:
-        drop = {"user": user.uid, "group": user.gid, "extra_groups": [], "umask": 0o077}
+        drop = {"user": user.uid, "group": user.gid, "extra_groups": [], "umask": user.umask}
     try:
         proc = subprocess.Popen(
             argv,

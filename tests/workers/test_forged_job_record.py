@@ -46,14 +46,18 @@ def _still_alive(proc: subprocess.Popen) -> bool:
 
 def test_a_forged_record_of_a_process_without_the_attempts_key_is_not_followed_or_killed(tmp_path):
     victim = _victim()
+    another = _victim(env_key="another-attempts-key")
     try:
-        job_id = _forge(tmp_path, victim)
+        _forge(tmp_path, victim)
         backend = LocalBackend()
         assert backend.find(KEY, tmp_path) is None
-        backend.cancel(job_id, tmp_path)
-        assert _still_alive(victim)
+        job_id = _forge(tmp_path, another)
+        assert backend.find(KEY, tmp_path) is None
+        backend.cancel(job_id, tmp_path)  # the record names KEY: a process of another attempt is not stopped
+        assert _still_alive(another)
     finally:
         victim.kill()
+        another.kill()
 
 
 def test_a_forged_record_of_a_process_started_before_the_attempt_is_not_followed(tmp_path):

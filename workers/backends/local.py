@@ -15,6 +15,7 @@ from workers.backends.jobuser import JobUser, check_reachable, give_run_dir
 from workers.backends.procs import (
     alive,
     find_attempt_leader,
+    may_signal,
     owned_by,
     read_record,
     spawn_group,
@@ -147,11 +148,10 @@ class LocalBackend:
         both (found by its CP_ATTEMPT_KEY); nothing of any other job."""
         pid, ticks = self._parse(job_id)
         (run_dir / "cancel_requested").write_text(str(time.time()))
-        # The job id came from a record the job could write: signal its group only while that process is the job's
-        # (its user's, leading its group, carrying the attempt's key: verified_leader).
+        # The job id is recorded from this control plane's own submit or a verified record (find); signal its group
+        # only while that process is still the job's (may_signal).
         keys = {str(read_record(run_dir / name).get("attempt_key") or "") for name in ("job.json", "leader.json")}
-        leader = {"pid": pid, "start_ticks": ticks}
-        if alive(pid, ticks) and any(key and verified_leader(leader, run_dir, key) for key in keys):
+        if alive(pid, ticks) and may_signal(pid, run_dir, keys):
             stop_group(pid, pid=pid, ticks=ticks)
         child = run_dir / "child.json"
         if child.exists():

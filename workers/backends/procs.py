@@ -61,6 +61,29 @@ def _carries_key(pid: int, attempt_key: str) -> bool:
     return f"{ATTEMPT_KEY_ENV}={attempt_key}".encode() in environ or attempt_key.encode() in cmdline
 
 
+def carried_key(pid: int) -> str | None:
+    """The CP_ATTEMPT_KEY the process was exec'd with, or None (a job without an attempt, a warm-forked leader)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{ATTEMPT_KEY_ENV}=".encode()
+    return next((item[len(prefix) :].decode(errors="replace") for item in environ if item.startswith(prefix)), None)
+
+
+def may_signal(pid: int, run_dir: Path, keys: set[str]) -> bool:
+    """Whether cancel may signal the group of the job's leader `pid` (its id recorded by this control plane): it
+    runs as the run directory's owner, leads its group, and carries no attempt key or one the job's records name
+    (a job id of one attempt never stops a process of another's)."""
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+    except ProcessLookupError:
+        return False
+    carried = carried_key(pid)
+    return owned_by(pid, run_dir) and (carried is None or carried in keys)
+
+
 def _forked_by_warm_launcher(pid: int) -> bool:
     """A job forked by the warm launcher keeps the launcher's own exec-time environment (no key in /proc): its
     parent, a process of this worker's user running jobs.launch.warm, vouches for it instead."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.common.run_config import ConfigError, parse_own_script
+from jobs.common.run_config import ConfigError, parse_own_script, parse_run_config
 from runs.planning.capabilities import check_trainer_can_run
 from runs.planning.fields import (
     MISSING,
@@ -62,7 +62,25 @@ def validate_config(
     _check_own_script(r)
     if trainer == "reference":
         check_trainer_can_run(r, capabilities=capabilities)
+        _check_with_job_loader(r)
     return r.issues
+
+
+def job_field(name: str) -> str:
+    """The control plane's name of a field the job's loader names: "curriculum[1].seq_len" -> "curriculum.1.seq_len"."""
+    return "config" if name == "run.json" else name.replace("[", ".").replace("]", "")
+
+
+def _check_with_job_loader(r: ConfigReader) -> None:
+    """The job's own loader (jobs.common.run_config) over the config, so that the form, the API and the job cannot
+    disagree: whatever it refuses is an issue here too, under the same field. The checks above give the fuller
+    messages (and every issue at once); this adds what only the loader knows, e.g. a rule added to the schema."""
+    try:
+        parse_run_config(r.cfg)
+    except ConfigError as exc:
+        field = job_field(exc.field)
+        if not any(issue.field == field for issue in r.issues):
+            r.add(field, f"{field}: {exc.message}; correct it as docs/run-config.md describes.")
 
 
 # --- data, alerts, remediation -----------------------------------------------------------------------------------

@@ -123,7 +123,8 @@ def _check_data(r: ConfigReader, *, model: dict[str, Any], trainer: str) -> None
                 f"data.recipe.sources.{i}.name {src_name!r} appears twice in the recipe; merge the two entries "
                 "into one weight.",
             )
-        seen.add(src_name)
+        else:
+            seen.add(src_name)
         weight = r.number(f"data.recipe.sources.{i}.weight")
         if weight is None:
             weights_ok = False

@@ -81,3 +81,10 @@ def test_the_loader_refuses_a_schedule_the_schema_does_not_list():
     issues = validate_config(cfg, trainer="reference")
     assert [i.field for i in issues] == ["optimizer.schedule"]
     assert "cosine, constant" in issues[0].message
+
+
+def test_a_recipe_source_named_by_a_list_is_an_issue_not_an_error():
+    cfg = preset_config("r1_guide")
+    cfg["data"]["recipe"]["sources"][0]["name"] = []
+    issues = validate_config(cfg, trainer="reference")
+    assert "data.recipe.sources.0.name" in {i.field for i in issues}

@@ -153,6 +153,9 @@ def test_every_field_is_in_the_documented_example_or_listed_as_optional():
     relaunch = json.loads(
         "{" + text.split("## What a relaunch changes", 1)[1].split("```json\n", 1)[1].split("```", 1)[0] + "}"
     )
+    own_script = json.loads(
+        "{" + text.split("may add an `own_script` section", 1)[1].split("```json\n", 1)[1].split("```", 1)[0] + "}"
+    )
     for name in FIELDS:
         section, _, key = name.partition(".")
         if section == "curriculum[]":
@@ -161,5 +164,7 @@ def test_every_field_is_in_the_documented_example_or_listed_as_optional():
             assert "precision" in example
         elif section == "relaunch":
             assert key in relaunch["relaunch"], name
+        elif section == "own_script":
+            assert key in own_script["own_script"], name
         else:
             assert key in example[section] or f"`{key}`" in optional, name

@@ -104,13 +104,20 @@ def test_the_service_refuses_a_plan_that_does_not_fit(seeded, operator):
         tiny_run(owner=operator, **TOO_BIG)
 
 
-def test_a_refused_fork_keeps_its_reason_in_a_list_the_live_plan_never_clears(client, seeded, operator, tmp_path):
+def test_a_refused_fork_keeps_its_reason_in_a_list_the_live_plan_never_clears(
+    client, seeded, operator, settings, tmp_path
+):
     from runs.models import Checkpoint
 
     client.force_login(operator)
+    from runs.services.rundir import run_dir_path
+
+    settings.RUNS_DIR = tmp_path / "runs"
     run = tiny_run(owner=operator)
-    (tmp_path / "ckpt").mkdir()
-    checkpoint = Checkpoint.objects.create(run=run, step=4, tag="step_000004", path=str(tmp_path / "ckpt"))
+    # Checkpoint files must lie inside their run's directory to be resumable at all.
+    folder = run_dir_path(run) / "checkpoints" / "step_000004"
+    folder.mkdir(parents=True)
+    checkpoint = Checkpoint.objects.create(run=run, step=4, tag="step_000004", path=str(folder))
     data = _form_data(parent=str(run.pk), checkpoint=str(checkpoint.pk), model__num_layers=3)
     page = client.post(reverse("run-new"), data).content.decode()
     assert 'id="server-errors"' in page

@@ -4,4 +4,5 @@
 - ``failures``: exit codes and the failures a job reports by name.
 - ``hardware``: peak TFLOP/s and memory per accelerator, for the planner's estimates and the trainer's MFU.
 - ``atomic``: write a file so that readers see the old content or the new one, never a part.
+- ``tmpdir``: a temporary folder short enough for the Unix sockets of multiprocessing.
 """

@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prep: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
+        from jobs.common.tmpdir import ensure_socket_safe_tmpdir
         from jobs.data.prep.driver import run
+
+        ensure_socket_safe_tmpdir()  # the stage pools listen on Unix sockets under it
 
         return run(spec)  # type: ignore[arg-type]
     from jobs.data.prep.count import run as count_run

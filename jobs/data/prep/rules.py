@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jobs.data.prep.text import Tokens, codepoints, shingle_hashes, tokenize
+from jobs.data.prep.text import SHINGLE_MULTIPLIER, Tokens, codepoints, tokenize
 
 FAMILIES = ("gopher", "c4", "fineweb")
 TERMINAL = tuple(".!?。！？…\"'”’»)")
@@ -98,38 +98,64 @@ def _duplicates(parts: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _top_ngram_chars(tokens: Tokens, n: int, spaced: bool) -> int:
+class _Runs:
+    """Hashes of a document's runs of n tokens (shingle_hashes(hashes, n, mix=False)) for the n the rules ask, each
+    built from two shorter ones already at hand: h(i, a + b) = h(i, a) * P**b + h(i + a, b). The rules ask for
+    up to nine lengths per document, and building each from the tokens would take n array passes."""
+
+    __slots__ = ("by_n", "size")
+
+    def __init__(self, hashes: np.ndarray):
+        self.by_n = {1: hashes}
+        self.size = hashes.shape[0]
+
+    def get(self, n: int) -> np.ndarray:
+        runs = self.by_n.get(n)
+        if runs is None:
+            m = max(k for k in self.by_n if k < n)
+            rest = self.get(n - m)
+            count = self.size - n + 1
+            runs = self.by_n[m][:count] * _POWERS[n - m] + rest[m : m + count]
+            self.by_n[n] = runs
+        return runs
+
+
+# P**k modulo 2**64, P the multiplier of text.shingle_hashes.
+_POWERS = [np.uint64(pow(int(SHINGLE_MULTIPLIER), k, 1 << 64)) for k in range(64)]
+
+
+def _top_ngram_chars(tokens: Tokens, runs: _Runs, n: int, spaced: bool) -> int:
     """Characters of the most frequent n-gram times its count (0 when no n-gram repeats)."""
     count = len(tokens) - n + 1
     if count <= 1:
         return 0
-    sh = shingle_hashes(tokens.hashes, n, mix=False)
+    sh = runs.get(n)
     ordered = np.sort(sh)
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    if starts.shape[0] == count:
+    edges = np.flatnonzero(ordered[1:] != ordered[:-1])
+    if edges.shape[0] == count - 1:
         return 0
-    runs = np.diff(np.append(starts, count))
-    top = int(np.argmax(runs))
-    first = int(np.argmax(sh == ordered[starts[top]]))
+    bounds = np.concatenate(([-1], edges, [count - 1]))
+    lengths = bounds[1:] - bounds[:-1]
+    top = int(np.argmax(lengths))
+    first = int(np.argmax(sh == ordered[bounds[top] + 1]))
     width = int(tokens.lengths[first : first + n].sum()) + ((n - 1) if spaced else 0)
-    return width * int(runs[top])
+    return width * int(lengths[top])
 
 
-def _repeated_ngram_chars(tokens: Tokens, n: int) -> int:
+def _repeated_ngram_chars(tokens: Tokens, runs: _Runs, n: int) -> int:
     """Characters covered by n-grams that repeat an earlier one."""
     count = len(tokens) - n + 1
     if count <= 1:
         return 0
-    sh = shingle_hashes(tokens.hashes, n, mix=False)
+    sh = runs.get(n)
     order = np.argsort(sh, kind="stable")
     ordered = sh[order]
-    later = np.concatenate(([False], ordered[1:] == ordered[:-1]))
+    later = ordered[1:] == ordered[:-1]
     if not later.any():
         return 0
-    starts = order[later]
-    cover = np.zeros(len(tokens) + 1, dtype=np.int32)
-    np.add.at(cover, starts, 1)
-    np.add.at(cover, starts + n, -1)
+    starts = order[1:][later]
+    size = len(tokens) + 1
+    cover = np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size)
     covered = np.cumsum(cover[:-1]) > 0
     return int(tokens.lengths[covered].sum())
 
@@ -168,8 +194,9 @@ def _gopher_repetition(text: str, tokens: Tokens, r: LanguageRules, spaced: bool
             return "gopher:dup_lines"
         if chars / length > r.dup_line_char_frac:
             return "gopher:dup_line_chars"
+    runs = _Runs(tokens.hashes)
     for n, frac in r.top_ngrams:
-        top = _top_ngram_chars(tokens, n, spaced)
+        top = _top_ngram_chars(tokens, runs, n, spaced)
         if top / length > frac:
             return "gopher:top_ngram"
         if top == 0:
@@ -178,7 +205,7 @@ def _gopher_repetition(text: str, tokens: Tokens, r: LanguageRules, spaced: bool
     # under the smallest threshold, the longer n need no look.
     floor = min(frac for _, frac in r.dup_ngrams)
     for i, (n, frac) in enumerate(r.dup_ngrams):
-        repeated = _repeated_ngram_chars(tokens, n) / length
+        repeated = _repeated_ngram_chars(tokens, runs, n) / length
         if repeated > frac:
             return "gopher:dup_ngrams"
         if i == 0 and repeated <= floor:

@@ -60,13 +60,13 @@ class WordLists:
         starts = np.flatnonzero(self._firsts[at] == hashes)
         if not starts.shape[0]:
             return None
-        # Only runs that begin with a term's first token can be a term.
+        # Only runs that begin with a term's first token can be a term: the run hashes of the whole document, one
+        # array pass per term length, read at those starts.
         for n, terms in self._terms.items():
             fit = starts[starts + n <= hashes.shape[0]]
             if not fit.shape[0]:
                 continue
-            runs = {int(shingle_hashes(hashes[i : i + n], n, mix=False)[0]) for i in fit.tolist()}
-            hit = terms.keys() & runs
+            hit = terms.keys() & set(shingle_hashes(hashes, n, mix=False)[fit].tolist())
             if hit:
                 term = terms[min(hit)]
                 return term, self.dimension[term]

@@ -30,22 +30,27 @@ class FeatureSpec:
     ngrams: tuple[int, ...] = (1, 2, 3, 4)
     buckets_log2: int = 18
 
-    def indices_at(self, cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bucket of every character n-gram (n in `ngrams`) of the lower-cased text's code points, and where each
-        n-gram starts. Polynomial hashes grow one character at a time; multiply-shift picks the bucket."""
-        idx, pos = [], []
+    def buckets(self, cps: np.ndarray) -> list[np.ndarray]:
+        """Bucket of every character n-gram of the lower-cased text's code points, one array per n in `ngrams`
+        (ascending), the n-gram starting at position i at index i. Polynomial hashes grow one character at a
+        time; multiply-shift picks the bucket."""
+        out = []
         shift = np.uint64(64 - self.buckets_log2)
         h = cps.astype(np.uint64)
-        with np.errstate(over="ignore"):
-            for n in range(1, max(self.ngrams) + 1):
-                if n > 1:
-                    h = h[:-1] * _POLY + cps[n - 1 :]
-                if n in self.ngrams and h.shape[0]:
-                    idx.append((h * _BUCKET[n % len(_BUCKET)]) >> shift)
-                    pos.append(np.arange(h.shape[0]))
-        if not idx:
+        for n in range(1, max(self.ngrams) + 1):
+            if n > 1:
+                h = h[:-1] * _POLY + cps[n - 1 :]
+            if n in self.ngrams and h.shape[0]:
+                # Below 2**buckets_log2, so the view as signed indices is exact (and needs no copy).
+                out.append(((h * _BUCKET[n % len(_BUCKET)]) >> shift).view(np.int64))
+        return out
+
+    def indices_at(self, cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All of buckets() in one array, and where each n-gram starts."""
+        blocks = self.buckets(cps)
+        if not blocks:
             return np.empty(0, np.intp), np.empty(0, np.intp)
-        return np.concatenate(idx).astype(np.intp), np.concatenate(pos)
+        return np.concatenate(blocks).astype(np.intp), np.concatenate([np.arange(b.shape[0]) for b in blocks])
 
     def indices(self, lower_text: str) -> np.ndarray:
         return self.indices_at(codepoints(lower_text))[0]
@@ -180,29 +185,42 @@ class Classifiers:
 
     def score(self, lower_cps: np.ndarray, sentence_end: np.ndarray) -> Scores:
         """Scores of one document from its lower-cased code points; `sentence_end` (a bool per code point) cuts it
-        into the sentences toxicity is scored on."""
-        # Sentence of each position: the number of sentence ends before it (an n-gram belongs to the sentence it
-        # starts in).
-        before = np.cumsum(sentence_end) - sentence_end
-        sentences = int(before[-1]) + 1 if before.shape[0] else 1
+        into the sentences toxicity is scored on (an n-gram belongs to the sentence it starts in)."""
+        length = lower_cps.shape[0]
+        # First position of each sentence: the start, and the position after each sentence end.
+        starts = np.flatnonzero(sentence_end[:-1]) + 1
+        starts = np.concatenate(([0], starts)) if length else np.zeros(1, np.int64)
         if not self.shared:
-            return self._score_apart(lower_cps, before, sentences)
-        idx, pos = self.language.spec.indices_at(lower_cps)
-        if idx.shape[0] == 0:
+            return self._score_apart(lower_cps, starts)
+        blocks = self.language.spec.buckets(lower_cps)
+        if not blocks:
             z = self._bias
             return Scores(_softmax(z[self._lang]), _sigmoid(z[self._quality]), _sigmoid(z[self._toxic]))
-        rows = np.take(self._matrix, idx, axis=0)
-        z = np.ones(idx.shape[0], np.float32) @ rows / np.sqrt(idx.shape[0]) + self._bias
-        toxic = _segment_max(rows[:, self._toxic], before[pos], sentences, self._bias[self._toxic])
+        # Each n's rows added at the position its n-gram starts: per position, the sum over the n-grams starting
+        # there, whose sums over the document and over each sentence are the models' inputs.
+        at = np.take(self._matrix, blocks[0], axis=0)
+        counts = np.ones(length, np.float32) if blocks[0].shape[0] == length else np.zeros(length, np.float32)
+        if blocks[0].shape[0] != length:
+            counts[: blocks[0].shape[0]] += 1
+        for block in blocks[1:]:
+            at[: block.shape[0]] += np.take(self._matrix, block, axis=0)
+            counts[: block.shape[0]] += 1
+        total = sum(b.shape[0] for b in blocks)
+        z = np.ones(at.shape[0], np.float32) @ at / np.sqrt(total) + self._bias
+        sums = np.add.reduceat(at[:, self._toxic], starts)
+        per_sentence = np.add.reduceat(counts, starts)
+        used = per_sentence > 0
+        toxic = _sigmoid((sums[used] / np.sqrt(per_sentence[used])).max() + self._bias[self._toxic])
         return Scores(_softmax(z[self._lang]), _sigmoid(z[self._quality]), toxic)
 
-    def _score_apart(self, lower_cps: np.ndarray, before: np.ndarray, sentences: int) -> Scores:
+    def _score_apart(self, lower_cps: np.ndarray, starts: np.ndarray) -> Scores:
         out = []
         for model in (self.language, self.quality):
             idx, _ = model.spec.indices_at(lower_cps)
             out.append(model.probabilities(idx))
         idx, pos = self.toxicity.spec.indices_at(lower_cps)
-        toxic = _segment_max(self.toxicity.weights[idx, 0], before[pos], sentences, self.toxicity.bias[0])
+        sentence = np.searchsorted(starts, pos, side="right") - 1
+        toxic = _segment_max(self.toxicity.weights[idx, 0], sentence, starts.shape[0], self.toxicity.bias[0])
         return Scores(out[0], float(out[1][0]), toxic)
 
 

@@ -32,7 +32,7 @@ from jobs.data.prep.steps import (
     Signatures,
     StageEnd,
     ToxicityFilter,
-    document_record,
+    WriteDocs,
 )
 from jobs.data.prep.tokens import Mix, Tokenize, TrainTokenizer
 
@@ -95,9 +95,7 @@ def build(spec: PrepSpec) -> list[Stage]:
                 QualityFilter(ledger, analyser, s),
                 ToxicityFilter(ledger, analyser, s),
                 Sequence(),
-                JsonlWriter(
-                    str(work / "docs"), output_filename="${rank}.jsonl", compression=None, adapter=document_record
-                ),
+                WriteDocs(str(work / "docs")),
                 Signatures(ledger, analyser, str(work / "sigs"), simhash),
                 StageEnd(ledger, "filter", str(work), ensure_files=("docs/{rank:05d}.jsonl",)),
             ],

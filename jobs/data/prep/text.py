@@ -146,19 +146,18 @@ def tokenize(cps: np.ndarray) -> Tokens:
     han = cls == _HAN
     # A token starts at a word character whose predecessor is not one, and at every Han character (and at the
     # character after one).
-    prev_word = np.concatenate(([False], word[:-1]))
-    prev_han = np.concatenate(([False], han[:-1]))
-    start = word & (~prev_word | han | prev_han)
+    start = word.copy()
+    start[1:] &= ~word[:-1] | han[1:] | han[:-1]
     idx = np.flatnonzero(word)
-    if idx.shape[0] == 0:
+    m = idx.shape[0]
+    if m == 0:
         return _NO_TOKENS
-    token_of = np.cumsum(start)[idx] - 1  # token number of each word character
-    first = np.flatnonzero(np.concatenate(([True], token_of[1:] != token_of[:-1])))
-    pos = np.arange(idx.shape[0]) - np.repeat(first, np.diff(np.append(first, idx.shape[0])))
-    with np.errstate(over="ignore"):
-        contrib = mix64(cps[idx].astype(np.uint64) + pos.astype(np.uint64) * _K)
-        hashes = mix64(np.add.reduceat(contrib, first))
-    lengths = np.diff(np.append(first, idx.shape[0]))
+    first = np.flatnonzero(start[idx])  # index in idx of each token's first character
+    bounds = np.concatenate((first, [m]))
+    lengths = bounds[1:] - bounds[:-1]
+    pos = np.arange(m, dtype=np.uint64) - np.repeat(first.astype(np.uint64), lengths)  # place within its token
+    contrib = mix64(cps[idx].astype(np.uint64) + pos * _K)
+    hashes = mix64(np.add.reduceat(contrib, first))
     letters = np.add.reduceat(cls[idx] != _DIGIT, first)
     return Tokens(hashes, lengths, letters == 0, int(np.count_nonzero(han)))
 

@@ -21,8 +21,10 @@ junk, 3 % documents with a toxic line and 1 % in the wrong language; JSONL, 4 fi
    has no language check without fastText's downloaded model, and no toxicity or quality classifier without a
    model: those are ours only.
 3. Near-duplicate recall and precision: planted near copies whose original reached deduplication, against what
-   SimHash (ours, after our filters and exact dedup) and MinHash (stock, after the stock filters and exact dedup)
-   removed. A removed document counts as correct when it belongs to a planted group that another member of
+   SimHash (ours, after our filters and exact dedup) and MinHash removed (after the stock filters and exact dedup:
+   datatrove's MinHash stages with its defaults, 14 buckets x 8 hashes, in the stock chain, and again with the
+   recipe's defaults, which is what our job's MinHash runs). A pair is found when the copy or its original was
+   removed; a removed document counts as correct when it belongs to a planted group that another member of
    reached the same stage.
 """
 
@@ -96,13 +98,15 @@ def groups(docs: list[planted.Planted]) -> list[int]:
 
 
 def near_scores(docs, group, reached: set[int], removed: set[int]) -> dict:
-    """Recall over planted near copies that reached deduplication with their original; precision over what the
-    method removed (correct when another member of its group reached the stage too)."""
+    """Recall over planted near copies that reached deduplication with their original: found when the copy or
+    its original was removed (datatrove's MinHash keeps the lowest task and document number of a cluster, which
+    with several tasks can be the copy); precision over what the method removed (correct when another member of
+    its group reached the stage too)."""
     members: dict[int, list[int]] = defaultdict(list)
     for i in reached:
         members[group[i]].append(i)
     planted_near = [i for i in reached if docs[i].kind == "near" and docs[i].of in reached]
-    found = sum(1 for i in planted_near if i in removed)
+    found = sum(1 for i in planted_near if i in removed or docs[i].of in removed)
     correct = sum(1 for i in removed if len(members[group[i]]) > 1)
     return {
         "planted": len(planted_near),
@@ -281,11 +285,51 @@ def run_stock(work: Path, docs, workers: int) -> dict:
                 found.add(int(json.loads(line)["metadata"]["bench_index"]))
         return found
 
+    ours_minhash = run_minhash(runs, workers)
     return {
         "timings": timings,
         "unique": ids_in(runs / "unique"),
         "removed_near": ids_in(runs / "mh_removed"),
+        "ours_minhash": {"removed": ids_in(runs / "ours_mh_removed"), **ours_minhash},
     }
+
+
+def run_minhash(runs: Path, workers: int) -> dict:
+    """datatrove's MinHash stages with the recipe's default settings (what our job's MinHash runs) over the same
+    deduplicated documents as the stock chain's; not part of the stock chain's timings."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from jobs.data.prep.pipeline import minhash_config
+    from jobs.data.prep.settings import validate
+
+    config = minhash_config(validate({"dedup": {"near": "minhash"}}))
+    stages = [
+        (workers, [JsonlReader(str(runs / "unique"), compression=None),
+                   MinhashDedupSignature(str(runs / "ours_mh_sigs"), config=config, language="cmn")]),
+        (config.num_buckets, [MinhashDedupBuckets(str(runs / "ours_mh_sigs"), str(runs / "ours_mh_buckets"),
+                                                  config=config)]),
+        (1, [MinhashDedupCluster(str(runs / "ours_mh_buckets"), str(runs / "ours_mh_clusters"), config=config)]),
+        (workers, [JsonlReader(str(runs / "unique"), compression=None),
+                   MinhashDedupFilter(str(runs / "ours_mh_clusters"),
+                                      exclusion_writer=JsonlWriter(str(runs / "ours_mh_removed"), compression=None))]),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    for i, (tasks, pipeline) in enumerate(stages):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks),
+                              logging_dir=str(runs / "logs" / "ours_minhash" / str(i))).run()  # fmt: skip
+    seconds = time.perf_counter() - t0
+    log(f"  MinHash with the recipe's defaults ({config.num_buckets} x {config.hashes_per_bucket}, "
+        f"{config.n_grams}-grams): {seconds:.1f} s")  # fmt: skip
+    return {"seconds": seconds, "buckets": config.num_buckets, "hashes": config.hashes_per_bucket,
+            "ngrams": config.n_grams}  # fmt: skip
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -331,23 +375,28 @@ def main(argv: list[str] | None = None) -> int:
 
     stock = None
     minhash = None
+    ours_minhash = None
     if not args.skip_stock:
         log("stock datatrove steps ...")
         stock = run_stock(work, docs, args.workers)
         minhash = near_scores(docs, group, stock["unique"], stock["removed_near"])
+        ours_minhash = near_scores(docs, group, stock["unique"], stock["ours_minhash"]["removed"])
 
     # -- print
     s = report["settings"]["dedup"]["simhash"]
     print()
     print(f"Near-duplicate detection ({n:,} documents; planted near copies whose original reached dedup)")
-    print(f"  {'method':52s} {'recall':>8s} {'precision':>10s} {'found':>8s} {'planted':>8s} {'removed':>8s}")
+    print(f"  {'method':56s} {'recall':>8s} {'precision':>10s} {'found':>8s} {'planted':>8s} {'removed':>8s}")
     rows = [(f"SimHash (ours: {s['bits']} bits, {s['shingle']}-token shingles, <= {s['max_distance']} bits)", simhash)]
-    if minhash:
-        rows.append(("MinHash (datatrove: 14 buckets x 8 hashes, 5-grams)", minhash))
+    if minhash and ours_minhash and stock:
+        m = stock["ours_minhash"]
+        rows.append((f"MinHash (recipe: {m['buckets']} buckets x {m['hashes']} hashes, {m['ngrams']}-grams)",
+                     ours_minhash))  # fmt: skip
+        rows.append(("MinHash (datatrove's defaults: 14 x 8, 5-grams)", minhash))
     for name, r in rows:
         recall = f"{r['recall']:.3f}" if r["recall"] is not None else "-"
         precision = f"{r['precision']:.3f}" if r["precision"] is not None else "-"
-        print(f"  {name:52s} {recall:>8s} {precision:>10s} {r['found']:>8,} {r['planted']:>8,} {r['removed']:>8,}")
+        print(f"  {name:56s} {recall:>8s} {precision:>10s} {r['found']:>8,} {r['planted']:>8,} {r['removed']:>8,}")
     print()
     print(f"Throughput on {args.workers} workers (documents of the corpus per second of wall time)")
     ours_stages = [(k, v) for k, v in stage_s.items() if k != "tokenizer"]
@@ -378,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         if step in step_docs and secs > 0:
             print(f"  {step:14s} {step_docs[step] / secs:10,.0f} docs/s  ({secs:7.1f} s for {step_docs[step]:,})")
     if args.json:
-        result = {"docs": n, "workers": args.workers, "simhash": simhash, "minhash": minhash,
+        result = {"docs": n, "workers": args.workers, "simhash": simhash, "minhash": ours_minhash,
+                  "minhash_datatrove_defaults": minhash,
                   "ours_stage_seconds": stage_s, "ours_step_seconds": report["timings"]["step_seconds"],
                   "stock_seconds": stock["timings"] if stock else None, "ours_total_seconds": ours_total}  # fmt: skip
         args.json.write_text(json.dumps(result, indent=1))

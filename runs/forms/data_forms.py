@@ -69,6 +69,7 @@ SETTING_FIELDS = {
     "p_min_confidence": "language.min_confidence",
     "p_near": "dedup.near",
     "p_simhash_max_distance": "dedup.simhash.max_distance",
+    "p_minhash_ngrams": "dedup.minhash.ngrams",
     "p_minhash_buckets": "dedup.minhash.buckets",
     "p_minhash_hashes": "dedup.minhash.hashes_per_bucket",
     "p_quality_rules": "quality.rules",
@@ -110,6 +111,7 @@ def add_setting_fields(form: forms.Form, current: dict) -> None:
         label="Near duplicates",
     )
     f["p_simhash_max_distance"] = forms.IntegerField(min_value=0, max_value=85, label="SimHash: most differing bits")
+    f["p_minhash_ngrams"] = forms.IntegerField(min_value=1, max_value=10, label="MinHash: words per shingle")
     f["p_minhash_buckets"] = forms.IntegerField(min_value=1, max_value=64, label="MinHash: buckets")
     f["p_minhash_hashes"] = forms.IntegerField(min_value=1, max_value=32, label="MinHash: hashes per bucket")
     f["p_quality_rules"] = forms.MultipleChoiceField(

@@ -107,8 +107,9 @@ def test_the_recipe_form_edits_preparation_settings_into_a_new_version(client, o
     page = client.get(f"/recipes/{recipe.pk}/edit/").content.decode()
     assert 'name="p_near"' in page and 'name="p_min_level"' in page
     form = {"w_zh": "45", "w_en": "35", "w_other": "20", "notes": "", "p_language_check": "on",
-            "p_min_confidence": "0.5", "p_near": "minhash", "p_simhash_max_distance": "19", "p_minhash_buckets": "14",
-            "p_minhash_hashes": "8", "p_quality_rules": ["gopher", "fineweb"], "p_min_level": "4",
+            "p_min_confidence": "0.5", "p_near": "minhash", "p_simhash_max_distance": "19", "p_minhash_ngrams": "5",
+            "p_minhash_buckets": "14", "p_minhash_hashes": "8", "p_quality_rules": ["gopher", "fineweb"],
+            "p_min_level": "4",
             "p_toxicity_words": "on", "p_max_toxicity": "0.8", "p_tokenizer_mode": "train", "p_vocab_size": "128000",
             "p_tokenizer_path": "", "p_mix_mode": "trim"}  # fmt: skip
     response = client.post(f"/recipes/{recipe.pk}/edit/", {**form, "p_tokenizer_mode": "reuse"})

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench" / "out" / "dashboard"
-DB = "cp_bench_dashboard"
+DB = os.environ.get("CP_BENCH_DB", "cp_bench_dashboard")  # overridable so two checkouts can measure at once
 RUN_PAGE_KEYS = [
     "loss", "lr", "grad_norm", "aux_loss", "tokens_per_s", "mfu", "step_time_s", "mem_gb",
     "sys/cpu_pct", "sys/mem_gb", "sys/gpu0/util_pct", "sys/gpu0/temp_c",

@@ -123,30 +123,34 @@ def envelope(rows: np.ndarray, *, lo: int, hi: int, buckets: int) -> Envelope:
     last_step = np.full(nb, -1, dtype=np.int64)
     last = np.full(nb, np.nan)
     if rows.size:
-        s0, s1 = rows[:, S0], rows[:, S1]
+        # Steps as integers once per column: floor division of float64 columns cost more than the rest together.
+        s0 = rows[:, S0].astype(np.int64)
+        s1 = rows[:, S1].astype(np.int64)
 
-        def bucket_of(steps: np.ndarray) -> np.ndarray:
-            return ((steps - lo) // width).astype(np.int64)
+        def place(steps: np.ndarray, also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            """Which steps lie within [lo, hi] (and `also`), and their buckets."""
+            ok = (steps >= lo) & (steps <= hi)
+            if also is not None:
+                ok &= also
+            return ok, (steps[ok] - lo) // width
 
-        def inside(steps: np.ndarray) -> np.ndarray:
-            return (steps >= lo) & (steps <= hi)
-
-        ok = inside(rows[:, MN_STEP]) & np.isfinite(rows[:, MN])
-        np.minimum.at(mn, bucket_of(rows[ok, MN_STEP]), rows[ok, MN])
-        ok = inside(rows[:, MX_STEP]) & np.isfinite(rows[:, MX])
-        np.maximum.at(mx, bucket_of(rows[ok, MX_STEP]), rows[ok, MX])
-        for edge in (s0, s1):
-            ok = inside(edge)
-            filled[bucket_of(edge[ok])] = True
+        values = rows[:, MN]
+        ok, b = place(rows[:, MN_STEP].astype(np.int64), np.isfinite(values))
+        np.minimum.at(mn, b, values[ok])
+        values = rows[:, MX]
+        ok, b = place(rows[:, MX_STEP].astype(np.int64), np.isfinite(values))
+        np.maximum.at(mx, b, values[ok])
         flagged = rows[:, BAD] > 0
-        for edge in (s0, s1):
-            ok = flagged & inside(edge)
-            bad[bucket_of(edge[ok])] = True
-        ok = inside(s1)
-        b = bucket_of(s1[ok])
-        np.maximum.at(last_step, b, s1[ok].astype(np.int64))
-        winner = s1[ok].astype(np.int64) == last_step[b]
-        last[b[winner]] = rows[ok, LAST][winner]
+        ok0, b0 = place(s0)
+        filled[b0] = True
+        bad[b0[flagged[ok0]]] = True
+        ok1, b1 = place(s1)
+        filled[b1] = True
+        bad[b1[flagged[ok1]]] = True
+        ends = s1[ok1]
+        np.maximum.at(last_step, b1, ends)
+        winner = ends == last_step[b1]
+        last[b1[winner]] = rows[ok1, LAST][winner]
     keep = np.flatnonzero(filled)
     mn, mx = mn[keep], mx[keep]
     mn[~np.isfinite(mn)] = np.nan

@@ -15,7 +15,11 @@ the static files collected and compressed as `manage.py up` serves them, and loa
   (each chart's data-points set by static/js/charts.js), and the bytes transferred (navigation + resources);
 - runs table: the server's time for the page (Django's test client in-process, so no network), several filters
   and sorts, median of --repeat;
-- compare page: 8 runs overlaid, from navigation start until every overlay chart is drawn.
+- compare page: 8 runs overlaid, from navigation start until every overlay chart is drawn;
+- a run of 200 metric keys (--wide-steps steps each; no goal of its own, printed beside the others): from
+  navigation start until the charts of the open sections are drawn (a section of more charts than charts.js's
+  OPEN_SECTION_MAX starts closed), then from opening its 192-chart section (scrolled to) until the charts in the
+  window are drawn (the others are drawn as they are scrolled near).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ RUN_PAGE_KEYS = [
     "sys/cpu_pct", "sys/mem_gb", "sys/gpu0/util_pct", "sys/gpu0/temp_c",
 ]  # fmt: skip
 COMPARE_KEYS = ["loss", "lr", "grad_norm", "tokens_per_s"]
+WIDE_KEYS = RUN_PAGE_KEYS[:8] + [f"layer_{i:03d}/grad_norm" for i in range(192)]
 USER, PASSWORD = "dash-bench", "dash-bench-pass-1"
 
 
@@ -132,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--compare-runs", type=int, default=8)
+    parser.add_argument("--wide-steps", type=int, default=20_000, help="steps of the 200-key run")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--port", type=int, default=8653)
     args = parser.parse_args()
@@ -191,12 +197,14 @@ def main() -> None:
             run = tiny_run(owner=user, name=f"dash-bench-compare-{i}")
             write_series(run, COMPARE_KEYS, args.steps, seed=1 + i)
             compared.append(run)
+        wide_run = tiny_run(owner=user, name="dash-bench-200-keys")
+        write_series(wide_run, WIDE_KEYS, args.wide_steps, seed=99)
         wrote = time.perf_counter() - started
         make_table_runs(page_run, args.runs)
         print(
             f"database: {'PostgreSQL' if use_pg else 'SQLite'}; wrote {args.steps:,} steps x {len(RUN_PAGE_KEYS)} keys "
-            f"+ {args.compare_runs - 1} runs x {args.steps:,} steps x {len(COMPARE_KEYS)} keys in {wrote:.0f} s; "
-            f"{args.runs:,} more runs for the table",
+            f"+ {args.compare_runs - 1} runs x {args.steps:,} steps x {len(COMPARE_KEYS)} keys "
+            f"+ {args.wide_steps:,} steps x {len(WIDE_KEYS)} keys in {wrote:.0f} s; {args.runs:,} more runs for the table",
             flush=True,
         )
 
@@ -236,7 +244,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        measure_pages(args, base, page_run.pk, [r.pk for r in compared])
+        measure_pages(args, base, page_run.pk, [r.pk for r in compared], wide_run.pk)
     finally:
         if web is not None:
             os.killpg(web.pid, signal.SIGTERM)
@@ -246,11 +254,16 @@ def main() -> None:
 
 DRAWN = """(n) => { const charts = [...document.querySelectorAll('.chart[id^="chart-"]')];
   return charts.length >= n && charts.every((c) => c.dataset.points && Number(c.dataset.points) > 0); }"""
+OPEN_DRAWN = """(n) => { const charts = [...document.querySelectorAll('details.chart-group[open] .chart[id^="chart-"]')];
+  return charts.length >= n && charts.every((c) => c.dataset.points && Number(c.dataset.points) > 0); }"""
+IN_VIEW_DRAWN = """(id) => { const charts = [...document.querySelectorAll(`#${id} .chart[id^="chart-"]`)].filter((c) => {
+    const r = c.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight; });
+  return charts.length > 0 && charts.every((c) => c.dataset.points && Number(c.dataset.points) > 0); }"""
 TRANSFER = """() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))
   .reduce((n, e) => n + (e.transferSize || 0), 0)"""
 
 
-def measure_pages(args, base: str, run_id: int, compared: list[int]) -> None:
+def measure_pages(args, base: str, run_id: int, compared: list[int], wide_id: int) -> None:
     from playwright.sync_api import sync_playwright
 
     from tests.chromium import CHROMIUM_ARGS, chromium_path
@@ -294,6 +307,32 @@ def measure_pages(args, base: str, run_id: int, compared: list[int]) -> None:
             ms = statistics.median(x[0] for x in loads)
             kb = statistics.median(x[1] for x in loads) / 1024
             print(f"  {label:<44} drawn {ms:7.0f} ms (goal {goal_ms}), transfer {kb:7.0f} KB, {loads[0][2]} charts")
+
+        def wide() -> tuple[float, float, int]:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            context.add_cookies(cookies)
+            page = context.new_page()
+            page.goto(f"{base}/runs/{wide_id}/", wait_until="commit")
+            page.wait_for_function(OPEN_DRAWN, arg=8, timeout=60_000, polling="raf")
+            shown_ms = page.evaluate("() => performance.now()")
+            section = page.evaluate("() => document.querySelector('details.chart-group:not([open])').id")
+            started = page.evaluate(
+                f"""() => {{ const s = document.getElementById('{section}'); s.open = true; s.scrollIntoView();
+                return performance.now(); }}"""
+            )
+            page.wait_for_function(IN_VIEW_DRAWN, arg=section, timeout=120_000, polling="raf")
+            opened_ms = page.evaluate("() => performance.now()") - started
+            n = page.locator(f"#{section} .chart").count()
+            context.close()
+            return shown_ms, opened_ms, n
+
+        loads = [wide() for _ in range(args.repeat + 1)][1:]
+        shown = statistics.median(x[0] for x in loads)
+        opened = statistics.median(x[1] for x in loads)
+        print(
+            f"  {f'run page, {len(WIDE_KEYS)} keys x {args.wide_steps:,} steps':<44} open sections drawn {shown:7.0f} ms; "
+            f"opening the closed section ({loads[0][2]} charts) until those in the window are drawn {opened:7.0f} ms"
+        )
         browser.close()
 
 

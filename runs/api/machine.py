@@ -129,7 +129,7 @@ class SeriesOut(Schema):
     keys: dict[str, dict[str, Any]] = Field(
         description="Key -> {mode: full, steps, values, nonfinite, nonfinite_kinds} when the window holds at most "
         "max_points points, else {mode: envelope, bucket, steps, min, max, last, nonfinite}; NaN and infinities "
-        "are null, listed in nonfinite."
+        "are null, listed in nonfinite. Each has the series' version: the read holds every point written up to it."
     )
     last_step: int | None
 
@@ -139,6 +139,7 @@ class KeyOut(Schema):
     points: int
     last_step: int | None
     last_value: float | None
+    version: int = Field(description="Bumped by every write to the series (compare with a read's version).")
 
 
 class KeysOut(Schema):

@@ -18,12 +18,27 @@ from runs.models import MetricSeries, Run
 
 
 def series_keys(*, run_id: int) -> list[dict]:
+    """Each key's point count, last point and version (bumped by every write to the series: a page that read a
+    series at one version has every point stored until another)."""
     return [
-        {"key": key, "points": points, "last_step": last_step, "last_value": last_value}
-        for key, points, last_step, last_value in MetricSeries.objects.filter(run_id=run_id)
+        {"key": key, "points": points, "last_step": last_step, "last_value": last_value, "version": version}
+        for key, points, last_step, last_value, version in MetricSeries.objects.filter(run_id=run_id)
         .order_by("key")
-        .values_list("key", "points", "last_step", "last_value")
+        .values_list("key", "points", "last_step", "last_value", "version")
     ]
+
+
+def series_versions(*, run_id: int) -> dict[str, int]:
+    """Each key's version (see series_keys)."""
+    return dict(MetricSeries.objects.filter(run_id=run_id).values_list("key", "version"))
+
+
+def runs_keys(*, run_ids: list[int]) -> dict[int, list[str]]:
+    """Each run's metric keys, in key order (one query for all the runs)."""
+    out: dict[int, list[str]] = {run_id: [] for run_id in run_ids}
+    for run_id, key in MetricSeries.objects.filter(run_id__in=run_ids).order_by("key").values_list("run_id", "key"):
+        out[run_id].append(key)
+    return out
 
 
 @dataclass
@@ -41,14 +56,22 @@ def series_read(
     """{"keys": {key: series}, "last_step": N} — see `read_series` for one series' shape.
 
     The blocks of all the keys are found in one query, and the rollups and points the reads take whole in one more
-    each: a chart page's keys cost a few round trips, not a few per block."""
-    found = dict(MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list("key", "id"))
-    blocks = _overlapping_blocks_many(list(found.values()), lo, hi)
+    each: a chart page's keys cost a few round trips, not a few per block.
+
+    Each series carries the version its row had before its blocks were read: the read holds at least every point
+    written up to that version (series_keys says when there is a newer one)."""
+    found = {
+        key: (sid, version)
+        for key, sid, version in MetricSeries.objects.filter(run_id=run_id, key__in=keys).values_list(
+            "key", "id", "version"
+        )
+    }
+    blocks = _overlapping_blocks_many([sid for sid, _ in found.values()], lo, hi)
     pre = _prefetch(blocks, lo, hi, max_points)
     out = {
-        key: _read(blocks.get(found[key], []), lo, hi, max_points, pre)
+        key: {**_read(blocks.get(found[key][0], []), lo, hi, max_points, pre), "version": found[key][1]}
         if key in found
-        else _full(np.empty(0, np.int64), np.empty(0))
+        else {**_full(np.empty(0, np.int64), np.empty(0)), "version": 0}
         for key in keys
     }
     last_step = Run.objects.filter(pk=run_id).values_list("last_step", flat=True).first()
@@ -138,11 +161,11 @@ def _read(blocks: list[_Block], lo: int | None, hi: int | None, max_points: int,
     raw_steps = np.concatenate([p[0] for p in raw_parts]) if raw_parts else np.empty(0, np.int64)
     raw_values = np.concatenate([p[1] for p in raw_parts]) if raw_parts else np.empty(0)
     inside = (raw_steps >= lo) & (raw_steps <= hi)
-    raw_steps, raw_values = raw_steps[inside], raw_values[inside]
+    order = np.argsort(raw_steps[inside], kind="stable")
+    raw_steps, raw_values = raw_steps[inside][order], raw_values[inside][order]
     if not parts and raw_steps.size <= max_points:
-        order = np.argsort(raw_steps, kind="stable")
-        return _full(raw_steps[order], raw_values[order])
-    parts.append(ru.points_as_rows(raw_steps, raw_values))
+        return _full(raw_steps, raw_values)
+    parts.append(ru.points_bucketed(raw_steps, raw_values, lo=lo, width=width))
     env = ru.envelope(np.concatenate(parts), lo=lo, hi=hi, buckets=max_points)
     return {
         "mode": "envelope",

@@ -102,6 +102,39 @@ def points_as_rows(steps: np.ndarray, values: np.ndarray) -> np.ndarray:
     return rows
 
 
+def points_bucketed(steps: np.ndarray, values: np.ndarray, *, lo: int, width: int) -> np.ndarray:
+    """Raw points (sorted by step) as one summary row per bucket of `width` steps from `lo` that holds any: the
+    envelope of these rows is exactly the envelope of the points, at a row per bucket instead of a row per point
+    (unmerged blocks of many points, a 1 M-step chart's tail, cost a few hundred rows)."""
+    n = steps.size
+    if n == 0:
+        return points_as_rows(steps, values)
+    bucket = (steps - lo) // width
+    starts = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
+    ends = np.concatenate([starts[1:], [n]]) - 1
+    finite = np.isfinite(values)
+    lo_vals = np.where(finite, values, np.inf)
+    hi_vals = np.where(finite, values, -np.inf)
+    segment = np.repeat(np.arange(starts.size), np.diff(np.concatenate([starts, [n]])))
+
+    def first_index_of(vals: np.ndarray, per_segment: np.ndarray) -> np.ndarray:
+        hit = np.flatnonzero(vals == per_segment[segment])
+        return hit[np.unique(segment[hit], return_index=True)[1]]
+
+    mn = np.minimum.reduceat(lo_vals, starts)
+    mx = np.maximum.reduceat(hi_vals, starts)
+    out = np.empty((starts.size, ROLLUP_COLS), dtype="<f8")
+    out[:, S0] = steps[starts]
+    out[:, S1] = steps[ends]
+    out[:, LAST] = values[ends]
+    out[:, BAD] = np.add.reduceat((~finite).astype(np.int64), starts)
+    out[:, MN_STEP] = steps[first_index_of(lo_vals, mn)]
+    out[:, MX_STEP] = steps[first_index_of(hi_vals, mx)]
+    out[:, MN] = np.where(np.isfinite(mn), mn, np.nan)
+    out[:, MX] = np.where(np.isfinite(mx), mx, np.nan)
+    return out
+
+
 @dataclass
 class Envelope:
     steps: np.ndarray  # bucket start steps (non-empty buckets only)

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from runs.forms import RunForm
 from runs.forms.run_form import format_curriculum
+from runs.metrics.reads import runs_keys, series_keys, series_versions
 from runs.models import AuditEvent, Checkpoint, Cluster, Run, RunStatus, Trainer
 from runs.planning.presets import PRESETS
 from runs.services import joblogs
@@ -347,6 +348,8 @@ def detail_context(request: HttpRequest, run: Run, *, issued: str = "") -> dict:
     timeline = run_timeline(run)
     return {
         "run": run,
+        # The charts' keys with the page, so that its scripts read the series at once (no keys request first).
+        "metric_keys": [k["key"] for k in series_keys(run_id=run.pk)],
         "config_json": json.dumps(run.config, indent=2),
         "events": events,
         "alerts": run.alerts.all()[:50],
@@ -438,6 +441,7 @@ def run_compare(request: HttpRequest) -> HttpResponse:
                 "names": [f"#{r.pk} {r.name}" for r in runs],
                 "coordinates": coordinates,
                 "tokens_per_step": {r.pk: r.plan.get("tokens_per_step") for r in runs},
+                "keys": runs_keys(run_ids=[r.pk for r in runs]),
             },
         },
     )
@@ -446,7 +450,8 @@ def run_compare(request: HttpRequest) -> HttpResponse:
 @require_GET
 @permission_required("runs.view_run", raise_exception=True)
 def run_state(request: HttpRequest, pk: int) -> JsonResponse:
-    """What a page re-reads after its websocket (re)connects, so no status change is missed."""
+    """What a page re-reads after its websocket (re)connects, so no status change is missed, with its series'
+    versions, so that its charts are read again only if a point was stored meanwhile."""
     run = get_object_or_404(Run, pk=pk)
     return JsonResponse(
         {
@@ -455,5 +460,6 @@ def run_state(request: HttpRequest, pk: int) -> JsonResponse:
             "status_label": run.get_status_display(),
             "failure_reason": run.failure_reason,
             "backend_job_id": run.backend_job_id,
+            "versions": series_versions(run_id=run.pk),
         }
     )

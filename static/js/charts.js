@@ -40,6 +40,13 @@ function groupOf(key) {
     {id: "other:" + key, title: key, section: key.startsWith("sys/") ? "system" : "other", match: (k) => k === key};
 }
 
+// The run page's scripts start reading before plotly.js is evaluated (it comes after them, so that the read and
+// the evaluation overlap): drawing waits for it.
+function plotlyLoaded() {
+  if (window.Plotly || document.readyState !== "loading") return Promise.resolve();
+  return new Promise((resolve) => document.addEventListener("DOMContentLoaded", resolve, {once: true}));
+}
+
 async function fetchJSON(url) {
   const resp = await fetch(url, {headers: {Accept: "application/json"}});
   if (!resp.ok) throw new Error(`${url}: ${resp.status}`);
@@ -51,6 +58,13 @@ function seriesURL(runId, keys, lo, hi, maxPoints) {
   if (lo != null) q.set("lo", Math.max(0, Math.floor(lo)));
   if (hi != null) q.set("hi", Math.max(0, Math.ceil(hi)));
   return `/api/v1/runs/${runId}/series/?${q}`;
+}
+
+function overlayURL(runIds, keys, lo, hi, maxPoints) {
+  const q = new URLSearchParams({runs: runIds.join(","), keys: keys.join(","), max_points: maxPoints});
+  if (lo != null) q.set("lo", Math.max(0, Math.floor(lo)));
+  if (hi != null) q.set("hi", Math.max(0, Math.ceil(hi)));
+  return `/api/v1/series/?${q}`;
 }
 
 function chunks(list, size) {
@@ -94,6 +108,7 @@ class RunCharts {
     this.overlay = runIds.length > 1;
     this.onlyKeys = opts.keys || null;
     this.tokensPerStep = opts.tokensPerStep || null; // run -> tokens per step, or one number for all
+    this.initialKeys = opts.initialKeys || null; // run -> keys the page was rendered with (the first build's)
     this.charts = new Map(); // group id -> {div, group, items: [{run, key, lineIndex, ...}], zoomed}
     this.lastStep = new Map(); // run -> last step seen
     this.alertSteps = [];
@@ -104,13 +119,6 @@ class RunCharts {
     this.smoothing = 0;
     this.logY = false;
     this.clock = new Map(); // run -> {steps: [], times: []}: wall time of steps, for the time axis
-  }
-
-  // A page that follows the run over a socket says so before load(): the first reads wait (a moment at most) for
-  // the socket to open, so that they cover what it does not push and its catch-up has nothing to read again.
-  expectSocket(waitMs = 1500) {
-    const opened = new Promise((resolve) => { this.socketOpened = resolve; });
-    this.socketReady = Promise.race([opened, new Promise((resolve) => setTimeout(resolve, waitMs))]);
   }
 
   label(run, key) { return this.overlay ? `#${run} ${key}` : key; }
@@ -223,9 +231,10 @@ class RunCharts {
 
   async loadCharts() {
     const byGroup = new Map();
-    const epoch = this.epoch || 0;
-    const infos = await Promise.all(this.runIds.map((run) => fetchJSON(`/api/v1/runs/${run}/keys/`)));
-    this.keysEpoch = epoch;
+    const initial = this.initialKeys;
+    this.initialKeys = null; // a later build (new keys, a new attempt) asks the server
+    const infos = initial ? this.runIds.map((run) => ({keys: initial[run] || []}))
+      : await Promise.all(this.runIds.map((run) => fetchJSON(`/api/v1/runs/${run}/keys/`)));
     this.runIds.forEach((run, i) => {
       const keys = (infos[i].keys || []).map((k) => (typeof k === "string" ? k : k.key))
         .filter((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)));
@@ -236,6 +245,7 @@ class RunCharts {
       }
     });
     this.charts.clear();
+    this.nearWindow?.disconnect(); // the charts it watched are replaced
     const order = (id) => { const i = CHART_GROUPS.findIndex((g) => g.id === id); return i < 0 ? 999 : i; };
     const groups = [...byGroup.values()].sort((a, b) => order(a.group.id) - order(b.group.id) || a.group.id.localeCompare(b.group.id));
     if (!groups.length) {
@@ -273,7 +283,7 @@ class RunCharts {
       this.charts.set(group.id, {div, group, items, zoomed: false, drawn: false});
     }
     const open = [...this.charts.values()].filter((c) => sections.get(c.group.section).open);
-    await this.readAndDraw(open);
+    await this.drawCharts(open);
     return true;
   }
 
@@ -297,7 +307,35 @@ class RunCharts {
   }
 
   async drawSection(sectionId) {
-    await this.readAndDraw([...this.charts.values()].filter((c) => c.group.section === sectionId && !c.drawn && !c.reading));
+    await this.drawCharts([...this.charts.values()].filter((c) => c.group.section === sectionId && !c.drawn && !c.reading));
+  }
+
+  // Charts of an open section are read and drawn at once, unless the section holds more than OPEN_SECTION_MAX (a run
+  // of hundreds of keys): those are read and drawn as they come near the window, a few reads for what is in view,
+  // where all of them took seconds of Plotly's time before the first screenful was usable.
+  async drawCharts(list) {
+    const count = new Map();
+    for (const c of this.charts.values()) count.set(c.group.section, (count.get(c.group.section) || 0) + 1);
+    const lazy = list.filter((c) => count.get(c.group.section) > OPEN_SECTION_MAX);
+    if (lazy.length) {
+      if (!this.nearWindow) {
+        this.nearWindow = new IntersectionObserver((entries) => this.cameNear(entries), {rootMargin: "400px 0px"});
+      }
+      for (const chart of lazy) this.nearWindow.observe(chart.div);
+    }
+    await this.readAndDraw(list.filter((c) => !lazy.includes(c)));
+  }
+
+  async cameNear(entries) {
+    const byDiv = new Map([...this.charts.values()].map((c) => [c.div, c]));
+    const list = [];
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      this.nearWindow.unobserve(entry.target);
+      const chart = byDiv.get(entry.target);
+      if (chart && !chart.drawn && !chart.reading) list.push(chart);
+    }
+    await this.readAndDraw(list);
   }
 
   pointsFor(chart) {
@@ -320,15 +358,27 @@ class RunCharts {
     const live = new Map(list.map((chart) => [chart, new Map()]));
     for (const [chart, kept] of live) (chart.live ||= new Set()).add(kept);
     for (const chart of list) chart.reading = (chart.reading || 0) + 1;
-    if (lo == null && this.socketReady) await this.socketReady;
-    const epoch = this.epoch || 0; // the socket opens counted when the reads are sent (see catchUp)
     const reads = [];
-    for (const [run, keys] of wanted) {
-      for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
-        reads.push(fetchJSON(seriesURL(run, part, lo, hi, maxPoints)).then((data) => {
-          this.lastStep.set(run, Math.max(this.lastStep.get(run) ?? -1, data.last_step ?? -1));
-          for (const [key, s] of Object.entries(data.keys)) results.set(`${run} ${key}`, s);
-        }));
+    const answered = (run, data) => {
+      this.lastStep.set(run, Math.max(this.lastStep.get(run) ?? -1, data.last_step ?? -1));
+      for (const [key, s] of Object.entries(data.keys)) if (wanted.get(run).includes(key)) results.set(`${run} ${key}`, s);
+    };
+    if (wanted.size > 1) {
+      // Overlaid runs: their keys read together, several runs a request (one round trip, where a request per run
+      // queued behind each other in the server).
+      const keys = [...new Set([...wanted.values()].flat())];
+      for (const runs of chunks([...wanted.keys()], OVERLAY_RUNS_PER_READ)) {
+        for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
+          reads.push(fetchJSON(overlayURL(runs, part, lo, hi, maxPoints)).then((data) => {
+            for (const run of runs) answered(run, data.runs[String(run)]);
+          }));
+        }
+      }
+    } else {
+      for (const [run, keys] of wanted) {
+        for (const part of chunks(keys, MAX_KEYS_PER_READ)) {
+          reads.push(fetchJSON(seriesURL(run, part, lo, hi, maxPoints)).then((data) => answered(run, data)));
+        }
       }
     }
     try {
@@ -337,7 +387,6 @@ class RunCharts {
         if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
         chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
         chart.range = lo != null ? [lo, hi] : null;
-        chart.readEpoch = lo == null ? epoch : -1;
         chart.live.delete(live.get(chart));
         await this.render(chart);
         this.replay(chart, live.get(chart));
@@ -367,16 +416,27 @@ class RunCharts {
     await this.readAndDraw([chart], lo, hi);
   }
 
-  // Traces for one series: an envelope (max, then min filled up to it) plus the line of last values.
+  // Traces for one series: an envelope (the band from min to max, one filled shape per run of buckets that have
+  // both) plus the line of last values. One trace for the band, where a max line filled down to a min line took
+  // two: Plotly's time grows with traces, and an overlay of 8 runs draws 16 instead of 24 per chart.
   tracesFor(item, s, color, yaxis) {
     const name = this.label(item.run, item.key);
     const nul = (v) => (v == null ? null : v);
     const x = s.steps.map((step) => this.xOf(item.run, step));
     const common = {x, mode: "lines", yaxis};
     if (s.mode === "envelope") {
+      const bx = [], by = [];
+      for (let a = 0; a < x.length;) {
+        if (s.min[a] == null || s.max[a] == null) { a++; continue; }
+        let b = a;
+        while (b + 1 < x.length && s.min[b + 1] != null && s.max[b + 1] != null) b++;
+        for (let i = a; i <= b; i++) { bx.push(x[i]); by.push(s.max[i]); }
+        for (let i = b; i >= a; i--) { bx.push(x[i]); by.push(s.min[i]); }
+        bx.push(null); by.push(null); // the shapes' gaps: "toself" closes each shape on its own
+        a = b + 1;
+      }
       return [
-        {...common, y: s.max.map(nul), line: {width: 0, color}, hoverinfo: "skip", showlegend: false, name: name + " max"},
-        {...common, y: s.min.map(nul), line: {width: 0, color}, fill: "tonexty", fillcolor: color + "33", hoverinfo: "skip", showlegend: false, name: name + " min"},
+        {x: bx, y: by, mode: "lines", yaxis, line: {width: 0, color}, fill: "toself", fillcolor: color + "33", hoverinfo: "skip", showlegend: false, name: name + " range"},
         {...common, y: smooth(s.last.map(nul), this.smoothing), line: {width: 1.5, color}, name},
       ];
     }
@@ -385,6 +445,7 @@ class RunCharts {
 
   // Draws the chart from its cache: the last read plus the live points accepted since (queue() adds them to it).
   async render(chart) {
+    if (!window.Plotly) await plotlyLoaded();
     chart.pending = null; // queued live points are in the cache
     chart.stale = false;
     const traces = [];
@@ -630,33 +691,30 @@ class RunCharts {
     }
   }
 
-  // Once the run's socket is open (first or again): points stored after the page read its history and before the
-  // socket joined the run's group were never pushed to it. The charts are read again in full: a read from the last
-  // step drawn would miss what a push that overtook it (the first after a reconnect, while the reporter was still
-  // sending its backlog) made look drawn already.
-  // Reads sent after the socket opened need no second one (the server joins the group before it accepts, so what
-  // was stored after such a read was pushed): the first open, during the page's own build, costs no read.
-  async catchUp(runId) {
-    const opened = this.epoch = (this.epoch || 0) + 1;
-    this.socketOpened?.();
+  // Once the run's socket is open (first or again): points stored after the page read its charts and before the
+  // socket joined the run's group were never pushed to it. Every write bumps its series' version, and each read
+  // says the version it holds every point of: the charts with a series written since are read again in full (a
+  // read from the last step drawn would miss what a push that overtook it, the first after a reconnect while the
+  // reporter was still sending its backlog, made look drawn already). The page's first reads need not wait for the
+  // socket, and cost no second read when nothing was written meanwhile.
+  // `known`: the series' versions ({key: version}) read after the socket opened, if the caller has them.
+  async catchUp(runId, known = null) {
     await this.loader; // a build under way
     if (!this.charts.size) { await this.load(); return; }
-    if (!((this.keysEpoch ?? 0) >= opened)) {
-      const unknown = await this.hasNewKeys(runId);
-      if (unknown) { await this.load(); return; }
-    }
-    const list = [...this.charts.values()].filter((c) => c.drawn && !c.zoomed && c.items.some((i) => i.run === runId) &&
-      !((c.readEpoch ?? 0) >= opened));
+    const given = await known;
+    const versions = given ? new Map(Object.entries(given))
+      : new Map(((await fetchJSON(`/api/v1/runs/${runId}/keys/`)).keys || []).map((k) => [k.key, k.version]));
+    if (this.hasNewKeys(runId, versions)) { await this.load(); return; }
+    const list = [...this.charts.values()].filter((c) => c.drawn && !c.zoomed &&
+      c.items.some((item, n) => item.run === runId && versions.get(item.key) !== c.cache?.[n]?.version));
     if (!list.length) return;
     if (this.xMode === "time") await this.loadClock(runId);
     await this.readAndDraw(list);
   }
 
-  async hasNewKeys(runId) {
-    const info = await fetchJSON(`/api/v1/runs/${runId}/keys/`);
+  hasNewKeys(runId, versions) {
     const have = new Set([...this.charts.values()].flatMap((c) => c.items.filter((i) => i.run === runId).map((i) => i.key)));
-    return (info.keys || []).map((k) => (typeof k === "string" ? k : k.key))
-      .some((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)) && !have.has(k));
+    return [...versions.keys()].some((k) => !AXIS_KEYS.has(k) && (!this.onlyKeys || this.onlyKeys.includes(k)) && !have.has(k));
   }
 
   // Dark mode follows the system setting: charts take the page's colours again when it changes.

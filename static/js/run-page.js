@@ -58,11 +58,13 @@ function liveRun(runId, charts, hooks = {}) {
       // Whatever changed while there was no socket (or before the first one) is read back now.
       const again = everOpen;
       everOpen = true;
-      fetchJSON(`/runs/${runId}/state/`).then((st) => {
+      const state = fetchJSON(`/runs/${runId}/state/`);
+      state.then((st) => {
         if (setStatus(st.status) || again) hooks.refresh?.();
       }).catch(() => {});
       if (again) hooks.reopened?.();
-      await charts.catchUp(runId);
+      // The state carries the series' versions: the catch-up needs no request of its own.
+      await charts.catchUp(runId, state.then((st) => st.versions).catch(() => null));
       hooks.progress?.(charts.lastStep.get(runId));
     };
     ws.onmessage = async (ev) => {
@@ -147,7 +149,9 @@ function formatLeft(seconds) {
   if (!root) return;
   const runId = Number(root.dataset.run);
   const tokensPerStep = Number(root.dataset.tokensPerStep) || null;
-  const charts = window.charts = new RunCharts(document.getElementById("charts"), [runId], {tokensPerStep});
+  const rendered = document.getElementById("metric-keys");
+  const initialKeys = rendered ? {[runId]: JSON.parse(rendered.textContent)} : null;
+  const charts = window.charts = new RunCharts(document.getElementById("charts"), [runId], {tokensPerStep, initialKeys});
   charts.alertSteps = JSON.parse(document.getElementById("alert-steps").textContent);
   charts.replaced = JSON.parse(document.getElementById("replaced-ranges")?.textContent || "[]");
 
@@ -170,7 +174,6 @@ function formatLeft(seconds) {
 
   const refresh = panelRefresher();
   const logs = jobLogs(runId);
-  charts.expectSocket();
   window.runPage = liveRun(runId, charts, {refresh, progress, log: logs.push, reopened: logs.load});
   charts.load();
 

@@ -116,6 +116,24 @@ def test_envelope_from_rollups_equals_envelope_from_points():
     assert set(exact.nonfinite) <= set(summary.nonfinite)
 
 
+def test_envelope_of_raw_points_summarised_per_bucket_equals_envelope_of_the_points():
+    rng = np.random.default_rng(4)
+    steps = np.sort(rng.choice(10**6, 50_000, replace=False)).astype(np.int64)
+    values = rng.standard_normal(steps.size)
+    values[rng.choice(steps.size, 30, replace=False)] = 100.0
+    values[rng.choice(steps.size, 5, replace=False)] = np.nan
+    values[7] = np.inf
+    for lo, hi, buckets in ((0, 10**6 - 1, 500), (123_456, 654_321, 777), (int(steps[10]), int(steps[40]), 1000)):
+        inside = (steps >= lo) & (steps <= hi)
+        width = max(1, -(-(hi - lo + 1) // buckets))
+        exact = ru.envelope(ru.points_as_rows(steps[inside], values[inside]), lo=lo, hi=hi, buckets=buckets)
+        rows = ru.points_bucketed(steps[inside], values[inside], lo=lo, width=width)
+        summary = ru.envelope(rows, lo=lo, hi=hi, buckets=buckets)
+        assert rows.shape[0] == exact.steps.size  # a row per bucket that holds points
+        for field in ("steps", "min", "max", "last", "nonfinite"):
+            assert np.array_equal(getattr(exact, field), getattr(summary, field), equal_nan=True), field
+
+
 def test_zoomed_out_read_is_an_envelope_with_every_spike(run):
     n = 60_000
     rng = np.random.default_rng(5)

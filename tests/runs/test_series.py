@@ -90,3 +90,20 @@ def test_overlay_answers_each_run_on_one_grid(run, viewer_client, operator):
     assert body["runs"][str(other.pk)]["keys"]["loss"]["steps"] == list(range(10))
     assert viewer_client.get("/api/v1/series/?runs=&keys=loss").status_code == 400
     assert viewer_client.get(f"/api/v1/series/?runs={other.pk + 50}&keys=loss").status_code == 404
+
+
+def test_a_read_says_the_version_it_holds_and_the_run_state_says_the_current_one(run, viewer_client):
+    _, read = get(viewer_client, f"/api/v1/runs/{run.pk}/series/?keys=loss,lr,nosuchkey&max_points=100")
+    _, state = get(viewer_client, f"/runs/{run.pk}/state/")
+    _, keys = get(viewer_client, f"/api/v1/runs/{run.pk}/keys/")
+    assert state["versions"] == {"loss": read["keys"]["loss"]["version"], "lr": read["keys"]["lr"]["version"]}
+    assert {k["key"]: k["version"] for k in keys["keys"]} == state["versions"]
+    assert read["keys"]["nosuchkey"]["version"] == 0
+    metrics_record(run=run, records=[{"kind": "metrics", "step": 3001, "values": {"loss": 1.0}}])
+    _, after = get(viewer_client, f"/runs/{run.pk}/state/")
+    assert after["versions"]["loss"] > state["versions"]["loss"] and after["versions"]["lr"] == state["versions"]["lr"]
+
+
+def test_the_run_page_names_its_metric_keys_for_its_charts(run, viewer_client):
+    page = viewer_client.get(f"/runs/{run.pk}/").content.decode()
+    assert '<script id="metric-keys" type="application/json">["loss", "lr"]</script>' in page

@@ -3,7 +3,7 @@
     python bench/data_prep.py                   # 200,000 documents: the figures (tens of minutes on 2 cores)
     python bench/data_prep.py --docs 20000      # a quick run
     options: --workers 2  --work DIR (keeps the corpus and outputs; default a temporary folder)
-             --skip-stock  --json PATH (also write the figures as JSON)
+             --skip-stock  --skip-minhash  --json PATH (also write the figures as JSON)
 
 The corpus (jobs.data.prep.planted): zh 45 % / en 35 % / other 20 % (fr, de, es, it, ru) documents of 80-400 words
 or 200-1,200 Chinese characters, with 5 % exact copies, 5 % near copies (1-5 words or 2-10 characters edited), 5 %
@@ -21,11 +21,12 @@ junk, 3 % documents with a toxic line and 1 % in the wrong language; JSONL, 4 fi
    has no language check without fastText's downloaded model, and no toxicity or quality classifier without a
    model: those are ours only.
 3. Near-duplicate recall and precision: planted near copies whose original reached deduplication, against what
-   SimHash (ours, after our filters and exact dedup) and MinHash removed (after the stock filters and exact dedup:
-   datatrove's MinHash stages with its defaults, 14 buckets x 8 hashes, in the stock chain, and again with the
-   recipe's defaults, which is what our job's MinHash runs). A pair is found when the copy or its original was
-   removed; a removed document counts as correct when it belongs to a planted group that another member of
-   reached the same stage.
+   SimHash removed (ours, after our filters and exact dedup), what MinHash with the recipe's defaults removed from
+   the same documents (datatrove's MinHash stages, as our job runs them with `dedup.near` "minhash"), and what the
+   stock chain's MinHash removed (datatrove's defaults, after the stock filters and exact dedup). A pair is found
+   when the copy or its original was removed (datatrove keeps the lowest task and document number of a cluster,
+   which with several tasks is sometimes the copy); a removed document counts as correct when it belongs to a
+   planted group that another member of reached the same stage.
 """
 
 from __future__ import annotations
@@ -278,25 +279,25 @@ def run_stock(work: Path, docs, workers: int) -> dict:
         timings.append((name, time.perf_counter() - t0))
         log(f"  stock {name}: {timings[-1][1]:.1f} s")
 
-    def ids_in(folder: Path) -> set[int]:
-        found = set()
-        for path in folder.glob("*.jsonl"):
-            for line in path.open():
-                found.add(int(json.loads(line)["metadata"]["bench_index"]))
-        return found
-
-    ours_minhash = run_minhash(runs, workers)
     return {
         "timings": timings,
         "unique": ids_in(runs / "unique"),
         "removed_near": ids_in(runs / "mh_removed"),
-        "ours_minhash": {"removed": ids_in(runs / "ours_mh_removed"), **ours_minhash},
     }
 
 
-def run_minhash(runs: Path, workers: int) -> dict:
-    """datatrove's MinHash stages with the recipe's default settings (what our job's MinHash runs) over the same
-    deduplicated documents as the stock chain's; not part of the stock chain's timings."""
+def ids_in(folder: Path) -> set[int]:
+    found = set()
+    for path in folder.glob("*.jsonl"):
+        for line in path.open():
+            found.add(int(json.loads(line)["metadata"]["bench_index"]))
+    return found
+
+
+def run_minhash(work: Path, index_of: dict[str, int], reached: set[int], workers: int) -> dict:
+    """datatrove's MinHash stages with the recipe's default settings (what our job runs with `dedup.near`
+    "minhash") over the documents that reached our SimHash (our job's kept documents less exact duplicates), so
+    that both methods are scored on the same documents."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
         MinhashDedupBuckets,
@@ -310,26 +311,36 @@ def run_minhash(runs: Path, workers: int) -> dict:
     from jobs.data.prep.pipeline import minhash_config
     from jobs.data.prep.settings import validate
 
+    runs = work / "minhash"
+    shutil.rmtree(runs, ignore_errors=True)
+    (runs / "input").mkdir(parents=True)
+    for path in sorted((work / "ours" / "work" / "docs").glob("*.jsonl")):
+        with path.open() as src, (runs / "input" / path.name).open("w") as out:
+            for line in src:
+                row = json.loads(line)
+                index = index_of[row["id"]]
+                if index in reached:
+                    out.write(json.dumps({"text": row["text"], "id": row["id"],
+                                          "metadata": {"bench_index": index}}, ensure_ascii=False) + "\n")  # fmt: skip
     config = minhash_config(validate({"dedup": {"near": "minhash"}}))
     stages = [
-        (workers, [JsonlReader(str(runs / "unique"), compression=None),
-                   MinhashDedupSignature(str(runs / "ours_mh_sigs"), config=config, language="cmn")]),
-        (config.num_buckets, [MinhashDedupBuckets(str(runs / "ours_mh_sigs"), str(runs / "ours_mh_buckets"),
-                                                  config=config)]),
-        (1, [MinhashDedupCluster(str(runs / "ours_mh_buckets"), str(runs / "ours_mh_clusters"), config=config)]),
-        (workers, [JsonlReader(str(runs / "unique"), compression=None),
-                   MinhashDedupFilter(str(runs / "ours_mh_clusters"),
-                                      exclusion_writer=JsonlWriter(str(runs / "ours_mh_removed"), compression=None))]),
+        (workers, [JsonlReader(str(runs / "input"), compression=None),
+                   MinhashDedupSignature(str(runs / "sigs"), config=config, language="cmn")]),
+        (config.num_buckets, [MinhashDedupBuckets(str(runs / "sigs"), str(runs / "buckets"), config=config)]),
+        (1, [MinhashDedupCluster(str(runs / "buckets"), str(runs / "clusters"), config=config)]),
+        (workers, [JsonlReader(str(runs / "input"), compression=None),
+                   MinhashDedupFilter(str(runs / "clusters"),
+                                      exclusion_writer=JsonlWriter(str(runs / "removed"), compression=None))]),
     ]  # fmt: skip
     t0 = time.perf_counter()
     for i, (tasks, pipeline) in enumerate(stages):
         LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks),
-                              logging_dir=str(runs / "logs" / "ours_minhash" / str(i))).run()  # fmt: skip
+                              logging_dir=str(runs / "logs" / str(i))).run()  # fmt: skip
     seconds = time.perf_counter() - t0
     log(f"  MinHash with the recipe's defaults ({config.num_buckets} x {config.hashes_per_bucket}, "
         f"{config.n_grams}-grams): {seconds:.1f} s")  # fmt: skip
-    return {"seconds": seconds, "buckets": config.num_buckets, "hashes": config.hashes_per_bucket,
-            "ngrams": config.n_grams}  # fmt: skip
+    return {"removed": ids_in(runs / "removed"), "seconds": seconds, "buckets": config.num_buckets,
+            "hashes": config.hashes_per_bucket, "ngrams": config.n_grams}  # fmt: skip
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -345,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--skip-minhash", action="store_true", help="no MinHash with the recipe's defaults")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -373,30 +385,34 @@ def main(argv: list[str] | None = None) -> int:
     reached_ours = set(range(n)) - dropped_before_dedup - ours["removed"].get("dedup:exact", set())
     simhash = near_scores(docs, group, reached_ours, ours["removed"].get("dedup:simhash", set()))
 
+    mh = None
+    ours_minhash = None
+    if not args.skip_minhash:
+        log("MinHash with the recipe's defaults over the documents that reached SimHash ...")
+        mh = run_minhash(work, index_of, reached_ours, args.workers)
+        ours_minhash = near_scores(docs, group, reached_ours, mh["removed"])
     stock = None
     minhash = None
-    ours_minhash = None
     if not args.skip_stock:
         log("stock datatrove steps ...")
         stock = run_stock(work, docs, args.workers)
         minhash = near_scores(docs, group, stock["unique"], stock["removed_near"])
-        ours_minhash = near_scores(docs, group, stock["unique"], stock["ours_minhash"]["removed"])
 
     # -- print
     s = report["settings"]["dedup"]["simhash"]
     print()
     print(f"Near-duplicate detection ({n:,} documents; planted near copies whose original reached dedup)")
-    print(f"  {'method':56s} {'recall':>8s} {'precision':>10s} {'found':>8s} {'planted':>8s} {'removed':>8s}")
+    print(f"  {'method':60s} {'recall':>8s} {'precision':>10s} {'found':>8s} {'planted':>8s} {'removed':>8s}")
     rows = [(f"SimHash (ours: {s['bits']} bits, {s['shingle']}-token shingles, <= {s['max_distance']} bits)", simhash)]
-    if minhash and ours_minhash and stock:
-        m = stock["ours_minhash"]
-        rows.append((f"MinHash (recipe: {m['buckets']} buckets x {m['hashes']} hashes, {m['ngrams']}-grams)",
+    if mh and ours_minhash:
+        rows.append((f"MinHash (recipe: {mh['buckets']} buckets x {mh['hashes']} hashes, {mh['ngrams']}-grams)",
                      ours_minhash))  # fmt: skip
-        rows.append(("MinHash (datatrove's defaults: 14 x 8, 5-grams)", minhash))
+    if minhash:
+        rows.append(("MinHash (stock chain: 14 x 8, 5-grams; after stock filters)", minhash))
     for name, r in rows:
         recall = f"{r['recall']:.3f}" if r["recall"] is not None else "-"
         precision = f"{r['precision']:.3f}" if r["precision"] is not None else "-"
-        print(f"  {name:56s} {recall:>8s} {precision:>10s} {r['found']:>8,} {r['planted']:>8,} {r['removed']:>8,}")
+        print(f"  {name:60s} {recall:>8s} {precision:>10s} {r['found']:>8,} {r['planted']:>8,} {r['removed']:>8,}")
     print()
     print(f"Throughput on {args.workers} workers (documents of the corpus per second of wall time)")
     ours_stages = [(k, v) for k, v in stage_s.items() if k != "tokenizer"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.prep.settings import LANGUAGE_TAGS
-from jobs.data.prep.text import Tokens, codepoints, shingle_hashes, tokenize
+from jobs.data.prep.text import SHINGLE_MULTIPLIER, Tokens, codepoints, shingle_hashes, tokenize
 
 WORDLISTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prep" / "wordlists"
 
@@ -60,13 +60,16 @@ class WordLists:
         starts = np.flatnonzero(self._firsts[at] == hashes)
         if not starts.shape[0]:
             return None
-        # Only runs that begin with a term's first token can be a term: the run hashes of the whole document, one
-        # array pass per term length, read at those starts.
+        # Only runs that begin with a term's first token can be a term: their hashes (shingle_hashes' polynomial,
+        # computed at those few starts only).
         for n, terms in self._terms.items():
             fit = starts[starts + n <= hashes.shape[0]]
             if not fit.shape[0]:
                 continue
-            hit = terms.keys() & set(shingle_hashes(hashes, n, mix=False)[fit].tolist())
+            runs = hashes[fit]
+            for k in range(1, n):
+                runs = runs * SHINGLE_MULTIPLIER + hashes[fit + k]
+            hit = terms.keys() & set(runs.tolist())
             if hit:
                 term = terms[min(hit)]
                 return term, self.dimension[term]

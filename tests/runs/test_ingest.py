@@ -593,6 +593,7 @@ def test_endpoint_compacts_the_series_of_several_answers_in_one_transaction(seed
         return real(series_ids)
 
     monkeypatch.setattr(metrics_ingest, "metrics_compact_due", recording)
+    stores = _count_store_calls(monkeypatch)
     body = json.dumps({"records": [metrics(s, mfu=0.5) for s in range(4500, 4800)]}).encode()
     answers = _asgi_posts_at_once(endpoint, [(run.pk, body, token) for run, token in zip(runs, tokens, strict=True)])
     assert [status for status, _ in answers] == [200, 200]
@@ -600,7 +601,12 @@ def test_endpoint_compacts_the_series_of_several_answers_in_one_transaction(seed
     deadline = time.monotonic() + 10
     while MetricBlock.objects.filter(series__in=series).count() > 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert calls == [series]  # asked for by two answers, merged together
+    # Posted together, the two answers almost always share one transaction, and then one compaction serves both.
+    # On a busy machine the second can arrive after the first's commit began: then each is compacted after its own.
+    if stores == [2]:
+        assert calls == [series]
+    else:
+        assert stores == [1, 1] and sorted(calls) == [[pk] for pk in series]
     assert MetricBlock.objects.filter(series__in=series, tier=1).count() == 2
     for run in runs:
         steps = series_read(run_id=run.pk, keys=["mfu"], max_points=10_000)["keys"]["mfu"]["steps"]

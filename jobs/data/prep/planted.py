@@ -50,8 +50,9 @@ def corpus(n_docs: int, seed: int = 0, rates: dict[str, float] | None = None,
             clean_of[source].append(len(docs))
             docs.append(Planted(source, language, samples.clean_document(language, rng), "clean"))
         elif kind == "exact":
-            original = docs[rng.choice(clean_of[source])]
-            docs.append(Planted(source, original.language, original.text, "exact", of=docs.index(original)))
+            i = rng.choice(clean_of[source])
+            original = docs[i]
+            docs.append(Planted(source, original.language, original.text, "exact", of=i))
         elif kind == "near":
             i = rng.choice(clean_of[source])
             original = docs[i]

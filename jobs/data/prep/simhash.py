@@ -96,19 +96,22 @@ def near_pairs(prints: np.ndarray, config: SimHashConfig) -> tuple[np.ndarray, n
                 if not same.any():
                     break
             left = np.flatnonzero(same)
-            found_i.append(order[left])
-            found_j.append(order[left + gap])
-    if not found_i:
-        empty = np.empty(0, np.int64)
-        return empty, empty, np.empty(0, np.int32)
-    i = np.concatenate(found_i)
-    j = np.concatenate(found_j)
+            i, j = order[left], order[left + gap]
+            # Candidates are checked as they come: most are chance collisions of the sampled bits (about n**2 / 2
+            # / 2**key_bits per table, millions at a few hundred thousand documents), which would otherwise all
+            # be gathered and deduplicated first.
+            near = distances(prints[i], prints[j]) <= config.max_distance
+            found_i.append(i[near])
+            found_j.append(j[near])
+    i = np.concatenate(found_i) if found_i else np.empty(0, np.int64)
+    j = np.concatenate(found_j) if found_j else np.empty(0, np.int64)
+    if not i.shape[0]:
+        return i, j, np.empty(0, np.int32)
     lo, hi = np.minimum(i, j), np.maximum(i, j)
-    pair = np.unique(lo.astype(np.int64) * n + hi)
+    pair = np.sort(lo.astype(np.int64) * n + hi)
+    pair = pair[np.concatenate(([True], pair[1:] != pair[:-1]))]
     lo, hi = pair // n, pair % n
-    dist = distances(prints[lo], prints[hi])
-    keep = dist <= config.max_distance
-    return lo[keep], hi[keep], dist[keep]
+    return lo, hi, distances(prints[lo], prints[hi])
 
 
 def clusters(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ FINAL_TIER = 99
 
 
 class MergedBlock(NamedTuple):
-    """A block a merge writes: the ingest block's columns and its two rollups."""
+    """A block a merge writes: the ingest block's columns and its three rollups."""
 
     series_id: int
     step_lo: int
@@ -56,6 +56,7 @@ class MergedBlock(NamedTuple):
     nonfinite: int
     tier: int
     rollup: bytes
+    rollup_mid: bytes
     rollup_coarse: bytes
 
 
@@ -170,8 +171,8 @@ class _Merges:
             part = self.pieces[start : start + 100]
             self.cursor.execute(
                 "INSERT INTO runs_metricblock (series_id, step_lo, step_hi, n, vmin, vmax, steps, "
-                f"{self.values_col}, nonfinite, tier, rollup, rollup_coarse) VALUES "
-                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(part)),
+                f"{self.values_col}, nonfinite, tier, rollup, rollup_mid, rollup_coarse) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(part)),
                 [v for block in part for v in block],
             )
         for start in range(0, len(self.old_ids), 500):
@@ -207,5 +208,6 @@ def _block_row(series_id: int, steps: np.ndarray, values: np.ndarray, tier: int)
         bad,
         tier,
         ru.pack_rollup(ru.rollup(steps, values, ru.ROLLUP_FINE)),
+        ru.pack_rollup(ru.rollup(steps, values, ru.ROLLUP_MID)),
         ru.pack_rollup(ru.rollup(steps, values, ru.ROLLUP_COARSE)),
     )

@@ -48,6 +48,20 @@ class _Block:
     hi: int
     n: int
     coarse: np.ndarray | None  # rollup rows, compacted blocks only
+    has_mid: bool = False  # blocks merged before ROLLUP_MID existed have no such rollup
+
+
+# Rollup columns from the coarsest: a read takes the coarsest whose chunks are at most a quarter of a bucket wide.
+_LEVELS = (("rollup_coarse", ru.ROLLUP_COARSE), ("rollup_mid", ru.ROLLUP_MID), ("rollup", ru.ROLLUP_FINE))
+
+
+def _level(block: _Block, width: int) -> tuple[str, int] | None:
+    """The rollup column and chunk size that suit buckets of `width` steps in this block, or None (raw points)."""
+    span_per_point = (block.hi - block.lo + 1) / block.n
+    for column, chunk in _LEVELS:
+        if (column != "rollup_mid" or block.has_mid) and span_per_point * chunk * 4 <= width:
+            return column, chunk
+    return None
 
 
 def series_read(
@@ -80,16 +94,16 @@ def series_read(
 
 @dataclass
 class _Prefetched:
-    """Whole fine rollups and whole points of blocks, read together for several series."""
+    """Whole mid or fine rollups and whole points of blocks, read together for several series."""
 
-    rollups: dict[int, np.ndarray]
+    rollups: dict[tuple[str, int], np.ndarray]  # by (column, block id)
     points: dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def _prefetch(by_series: dict[int, list[_Block]], lo: int | None, hi: int | None, max_points: int) -> _Prefetched:
     """Reads, in one query each, what `_read` takes whole: the points of blocks without rollups or inside a range
-    that fits a chart, and the fine rollups of blocks inside an envelope's range whose buckets they suit."""
-    rollup_ids: list[int] = []
+    that fits a chart, and the mid or fine rollups of blocks inside an envelope's range whose buckets they suit."""
+    rollup_ids: dict[str, list[int]] = {"rollup_mid": [], "rollup": []}
     point_ids: list[int] = []
     for blocks in by_series.values():
         if not blocks:
@@ -103,14 +117,15 @@ def _prefetch(by_series: dict[int, list[_Block]], lo: int | None, hi: int | None
             if b.coarse is None or (full and inside) or (not full and b.coarse.size == 0):
                 point_ids.append(b.id)
             elif not full and inside:
-                span_per_point = (b.hi - b.lo + 1) / b.n
-                if span_per_point * ru.ROLLUP_COARSE * 4 > width >= span_per_point * ru.ROLLUP_FINE * 4:
-                    rollup_ids.append(b.id)
-    rollups: dict[int, np.ndarray] = {}
-    if rollup_ids:
-        where, params = id_in("id", rollup_ids)
-        rows = _fetch(f"SELECT id, rollup FROM runs_metricblock WHERE {where}", params)
-        rollups = {bid: ru.unpack_rollup(bytes(r)) for bid, r in rows if r is not None}
+                level = _level(b, width)
+                if level is not None and level[0] in rollup_ids:
+                    rollup_ids[level[0]].append(b.id)
+    rollups: dict[tuple[str, int], np.ndarray] = {}
+    for column, ids in rollup_ids.items():
+        if ids:
+            where, params = id_in("id", ids)
+            rows = _fetch(f"SELECT id, {column} FROM runs_metricblock WHERE {where}", params)
+            rollups.update({(column, bid): ru.unpack_rollup(bytes(r)) for bid, r in rows if r is not None})
     return _Prefetched(rollups, _points_by_id(point_ids) if point_ids else {})
 
 
@@ -186,7 +201,10 @@ def _overlapping_blocks_many(series_ids: list[int], lo: int | None, hi: int | No
     if not series_ids:
         return {}
     where, ids = id_in("series_id", series_ids)
-    sql = f"SELECT series_id, id, step_lo, step_hi, n, rollup_coarse FROM runs_metricblock WHERE {where}"
+    sql = (
+        "SELECT series_id, id, step_lo, step_hi, n, rollup_coarse, rollup_mid IS NOT NULL FROM runs_metricblock "
+        f"WHERE {where}"
+    )
     params: list[Any] = list(ids)
     if lo is not None:
         sql += " AND step_hi >= %s"
@@ -195,8 +213,8 @@ def _overlapping_blocks_many(series_ids: list[int], lo: int | None, hi: int | No
         sql += " AND step_lo <= %s"
         params.append(hi)
     out: dict[int, list[_Block]] = {}
-    for sid, bid, blo, bhi, n, coarse in _fetch(sql, params):
-        block = _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None)
+    for sid, bid, blo, bhi, n, coarse, has_mid in _fetch(sql, params):
+        block = _Block(bid, blo, bhi, n, ru.unpack_rollup(bytes(coarse)) if coarse is not None else None, has_mid)
         out.setdefault(sid, []).append(block)
     return out
 
@@ -266,11 +284,12 @@ def _raw_points(
     return steps[order], values[order]
 
 
-def _fine_rows(block_id: int, first: int, last: int, pre: _Prefetched | None = None) -> np.ndarray:
-    if pre and block_id in pre.rollups:
-        return pre.rollups[block_id][first:last]
+def _rollup_rows(block_id: int, column: str, first: int, last: int, pre: _Prefetched | None = None) -> np.ndarray:
+    """Rows [first, last) of a block's mid or fine rollup (`column`, one of _LEVELS' names)."""
+    if pre and (column, block_id) in pre.rollups:
+        return pre.rollups[(column, block_id)][first:last]
     rows = _fetch(
-        "SELECT substr(rollup, %s, %s) FROM runs_metricblock WHERE id = %s",
+        f"SELECT substr({column}, %s, %s) FROM runs_metricblock WHERE id = %s",
         [first * ru.ROLLUP_ROW_BYTES + 1, (last - first) * ru.ROLLUP_ROW_BYTES, block_id],
     )
     row = rows[0] if rows else None
@@ -286,21 +305,22 @@ def _envelope_rows(
     if coarse is None or coarse.size == 0:
         raw_parts.extend(_whole_points([block.id], pre))
         return
-    span_per_point = (block.hi - block.lo + 1) / block.n
     first, last = _chunk_range(coarse, lo, hi)
     if last <= first:
         return
-    if span_per_point * ru.ROLLUP_COARSE * 4 <= width:
-        rows, chunk, offset = coarse[first:last], ru.ROLLUP_COARSE, first
-    elif span_per_point * ru.ROLLUP_FINE * 4 <= width:
-        per = ru.ROLLUP_COARSE // ru.ROLLUP_FINE
-        fine_first, fine_last = first * per, min(-(-block.n // ru.ROLLUP_FINE), last * per)
-        fine = _fine_rows(block.id, fine_first, fine_last, pre)
-        a, b = _chunk_range(fine, lo, hi)
-        rows, chunk, offset = fine[a:b], ru.ROLLUP_FINE, fine_first + a
-    else:
+    level = _level(block, width)
+    if level is None:
         raw_parts.append(_slice_points(block.id, first * ru.ROLLUP_COARSE, min(block.n, last * ru.ROLLUP_COARSE)))
         return
+    column, chunk = level
+    if column == "rollup_coarse":
+        rows, offset = coarse[first:last], first
+    else:
+        per = ru.ROLLUP_COARSE // chunk
+        level_first, level_last = first * per, min(-(-block.n // chunk), last * per)
+        level_rows = _rollup_rows(block.id, column, level_first, level_last, pre)
+        a, b = _chunk_range(level_rows, lo, hi)
+        rows, offset = level_rows[a:b], level_first + a
     straddle = (rows[:, ru.S0] < lo) | (rows[:, ru.S1] > hi)
     parts.append(rows[~straddle])
     for i in np.flatnonzero(straddle):

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ROLLUP_FINE = 64
+# A zoomed-out chart of 1 M steps at one bucket per pixel has buckets of ~1,000-2,000 steps: too narrow for coarse
+# chunks, and 4 times as many rows to read in fine ones as in these.
+ROLLUP_MID = 256
 ROLLUP_COARSE = 4096
 # Rollup columns, all stored as float64 (steps below 2**53 are exact).
 S0, S1, MN, MN_STEP, MX, MX_STEP, LAST, BAD = range(8)

@@ -51,7 +51,7 @@ def _trim(series: MetricSeries, after_step: int) -> int:
         block.step_hi, block.n, block.vmin, block.vmax = row.step_hi, row.n, row.vmin, row.vmax
         block.steps, block.values, block.nonfinite = row.steps, row.values, row.nonfinite
         if block.tier:
-            block.rollup, block.rollup_coarse = row.rollup, row.rollup_coarse
+            block.rollup, block.rollup_mid, block.rollup_coarse = row.rollup, row.rollup_mid, row.rollup_coarse
         block.save()
     last = MetricBlock.objects.filter(series_id=series.pk).order_by("-step_hi").first()
     last_value = None

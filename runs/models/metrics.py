@@ -54,6 +54,9 @@ class MetricBlock(models.Model):
     tier = models.PositiveSmallIntegerField(default=0)
     nonfinite = models.PositiveIntegerField(default=0)
     rollup = models.BinaryField(null=True, help_text="Chunk summaries of ROLLUP_FINE points (compacted blocks).")
+    rollup_mid = models.BinaryField(
+        null=True, help_text="Chunk summaries of ROLLUP_MID points (blocks merged before it existed have none)."
+    )
     rollup_coarse = models.BinaryField(null=True, help_text="Chunk summaries of ROLLUP_COARSE points.")
 
     class Meta:

@@ -156,6 +156,29 @@ def test_zoomed_out_read_is_an_envelope_with_every_spike(run):
     assert edge["mode"] == "envelope" and edge["steps"][0] == spike_steps[3] and edge["max"][0] == np.float32(53.0)
 
 
+def test_a_chart_of_buckets_a_thousand_steps_wide_reads_mid_rollups_and_keeps_every_spike(run):
+    from runs.metrics import reads
+
+    n = 160_000
+    rng = np.random.default_rng(6)
+    values = 2.0 + 0.01 * rng.standard_normal(n)
+    spike_steps = sorted(rng.choice(n, 20, replace=False).tolist())
+    values[spike_steps] = 50.0 + np.arange(20)
+    write(run, range(n), values, key="mfu", batch=5000)
+    for series in MetricSeries.objects.filter(run=run):
+        metrics_compact(series_id=series.pk)
+    series_id = MetricSeries.objects.get(run=run, key="mfu").pk
+    merged = [b for b in reads._overlapping_blocks(series_id, None, None) if b.coarse is not None]
+    width = -(-n // 120)
+    assert merged and all(reads._level(b, width) == ("rollup_mid", ru.ROLLUP_MID) for b in merged)
+    env = read(run, key="mfu", max_points=120)
+    assert env["mode"] == "envelope" and env["bucket"] == width
+    for i, step in enumerate(spike_steps):
+        bucket = np.flatnonzero(env["steps"] == step - step % width)[0]
+        assert env["max"][bucket] >= np.float32(50.0 + i)  # two spikes may share a bucket
+    assert float(env["min"].min()) > 1.9 and not np.isnan(env["min"]).any() and len(env["steps"]) == 120
+
+
 def test_nonfinite_points_flag_their_buckets(run):
     values = np.ones(5000)
     values[1234] = np.nan
@@ -179,9 +202,15 @@ def test_block_arrays_are_lz4_compressed_where_postgresql_has_lz4():
             pytest.skip("this PostgreSQL has no lz4")
         cursor.execute(
             "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = 'runs_metricblock'::regclass "
-            "AND attname IN ('steps', 'values', 'rollup', 'rollup_coarse')"
+            "AND attname IN ('steps', 'values', 'rollup', 'rollup_mid', 'rollup_coarse')"
         )
-        assert dict(cursor.fetchall()) == {"steps": "l", "values": "l", "rollup": "l", "rollup_coarse": "l"}
+        assert dict(cursor.fetchall()) == {
+            "steps": "l",
+            "values": "l",
+            "rollup": "l",
+            "rollup_mid": "l",
+            "rollup_coarse": "l",
+        }
 
 
 def test_ingest_connections_plan_their_row_lookups_by_index_and_only_outside_a_transaction():

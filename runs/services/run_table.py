@@ -11,6 +11,7 @@ from django.db.models import (
     F,
     FilteredRelation,
     FloatField,
+    Func,
     Min,
     OuterRef,
     Q,
@@ -71,13 +72,14 @@ class TableQuery:
 
 
 def _best_metric() -> Subquery:
-    blocks = (
-        MetricBlock.objects.filter(series__run=OuterRef("pk"), series__key=METRIC)
-        .values("series")
-        .annotate(best=Min("vmin"))
-        .values("best")[:1]
+    """The lowest value of the run's metric: the minimum over its series' blocks, that series found by its (run, key)
+    index. A plain aggregate, not one grouped by series: a grouped one let the planner, on statistics not yet
+    refreshed after many runs were added, walk every series row in id order for each run (13 s for 3,333 runs)."""
+    series = MetricSeries.objects.filter(run_id=OuterRef(OuterRef("pk")), key=METRIC).values("id")[:1]
+    blocks = MetricBlock.objects.filter(series_id=Subquery(series)).annotate(
+        best=Func(F("vmin"), function="MIN", output_field=FloatField())
     )
-    return Subquery(blocks, output_field=FloatField())
+    return Subquery(blocks.values("best"), output_field=FloatField())
 
 
 def table_queryset(query: TableQuery) -> QuerySet[Run]:

@@ -172,10 +172,11 @@ function formatLeft(seconds) {
     }
   }
 
+  // The charts' read first: the server answers requests of one page in turn, and this one is the longest.
+  charts.load();
   const refresh = panelRefresher();
   const logs = jobLogs(runId);
   window.runPage = liveRun(runId, charts, {refresh, progress, log: logs.push, reopened: logs.load});
-  charts.load();
 
   const xAxis = document.getElementById("x-axis"), smoothing = document.getElementById("smoothing");
   const smoothingValue = document.getElementById("smoothing-value"), logScale = document.getElementById("log-scale");

@@ -381,8 +381,12 @@ class RunCharts {
         }
       }
     }
+    const done = {value: false};
+    const framing = this.frame(list, done);
     try {
       await Promise.all(reads);
+      done.value = true;
+      await framing;
       for (const chart of list) {
         if (this.charts.get(chart.group.id) !== chart) continue; // rebuilt meanwhile
         chart.cache = chart.items.map((item) => results.get(`${item.run} ${item.key}`));
@@ -462,6 +466,32 @@ class RunCharts {
       item.mode = s.mode;
       traces.push(...tr);
     });
+    await Plotly.react(chart.div, traces, this.layoutOf(chart), PLOT_CONFIG);
+    chart.div.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
+    if (!chart.drawn) {
+      chart.drawn = true;
+      chart.div.on("plotly_relayout", (ev) => this.relayout(chart.group.id, ev));
+      chart.div.addEventListener("pointerenter", () => this.hover(this.charts.get(chart.group.id), true));
+      chart.div.addEventListener("pointerleave", () => this.hover(this.charts.get(chart.group.id), false));
+    }
+  }
+
+  // While the server answers a chart's first read: its frame (axes, title, mode bar) drawn without traces, so that
+  // drawing the answer costs only what the data changes, and Plotly's code is warm by then. Stops when the answer
+  // has come (`done`): the charts not framed yet are drawn whole.
+  async frame(list, done) {
+    await plotlyLoaded();
+    for (const chart of list) {
+      if (done.value) return;
+      if (chart.drawn || chart.framed || this.charts.get(chart.group.id) !== chart) continue;
+      chart.framed = true;
+      await Plotly.newPlot(chart.div, [], this.layoutOf(chart), PLOT_CONFIG);
+      await new Promise((resolve) => setTimeout(resolve)); // the answer's handler may run between two frames
+    }
+  }
+
+  layoutOf(chart) {
+    const units = [...new Set(chart.items.map((i) => UNITS[i.key] || ""))];
     const theme = themeColors();
     const axis = {gridcolor: theme.line, zerolinecolor: theme.line, linecolor: theme.line};
     const [lo, hi] = chart.range || [null, null];
@@ -478,14 +508,7 @@ class RunCharts {
     if (units.length > 1) {
       layout.yaxis2 = {...axis, overlaying: "y", side: "right", type: this.logY ? "log" : "linear", title: {text: units.slice(1).join(", ")}, showgrid: false};
     }
-    await Plotly.react(chart.div, traces, layout, PLOT_CONFIG);
-    chart.div.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
-    if (!chart.drawn) {
-      chart.drawn = true;
-      chart.div.on("plotly_relayout", (ev) => this.relayout(chart.group.id, ev));
-      chart.div.addEventListener("pointerenter", () => this.hover(this.charts.get(chart.group.id), true));
-      chart.div.addEventListener("pointerleave", () => this.hover(this.charts.get(chart.group.id), false));
-    }
+    return layout;
   }
 
   async relayout(groupId, ev) {

@@ -34,6 +34,82 @@ _BATCH = 256
 _NUMPY = {"uint16": np.uint16, "uint32": np.uint32}
 
 
+class WordCache:
+    """SentencePiece encoding through a cache of space-separated words, for models where that is exact.
+
+    Why: SentencePiece's BPE costs ~0.9 us per English word (~220 us for a 250-word document) however often the
+    word recurs, and text repeats its words (Zipf): looking each word up costs a few tenths of that. It is exact
+    for models that split on spaces before BPE and have no normalisation (the job's own, jobs.data.tokenizer):
+    such a model never merges across a space and strips repeated spaces, so a text's ids are the concatenation
+    of its words' ids. Checked on the bench's 18,218 kept documents and 40,000 random strings of spaces, tabs,
+    newlines, CJK and symbols; a text holding U+2581 (SentencePiece's own space mark) goes to SentencePiece
+    whole. Words longer than MAX_WORD (most Chinese text has no spaces) go to SentencePiece too, uncached."""
+
+    MAX_WORD = 40
+    MAX_ENTRIES = 500_000
+
+    def __init__(self, sp: spm.SentencePieceProcessor, model_path: str):
+        self.sp = sp
+        self.enabled = _splits_on_spaces(model_path)
+        self._ids: dict[str, list[int]] = {}
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if not self.enabled:
+            return self.sp.encode(texts)
+        out: list[list[int] | None] = []
+        whole: list[int] = []  # texts encoded by SentencePiece as they are
+        words_of: list[list[str]] = []
+        missing: set[str] = set()
+        for i, text in enumerate(texts):
+            words = text.split(" ")
+            if "\u2581" in text or any(len(w) > self.MAX_WORD for w in words):
+                whole.append(i)
+                words_of.append([])
+                out.append(None)
+                continue
+            words_of.append(words)
+            out.append([])
+            missing.update(w for w in words if w and w not in self._ids)
+        fresh = list(missing)
+        if fresh:
+            encoded = dict(zip(fresh, self.sp.encode(fresh), strict=True))
+            if len(self._ids) < self.MAX_ENTRIES:
+                self._ids.update(encoded)
+        else:
+            encoded = {}
+        for i, words in enumerate(words_of):
+            ids = out[i]
+            if ids is None:
+                continue
+            for word in words:
+                if word:
+                    known = self._ids.get(word)
+                    ids.extend(encoded[word] if known is None else known)
+        if whole:
+            for i, ids in zip(whole, self.sp.encode([texts[i] for i in whole]), strict=True):
+                out[i] = ids
+        return out  # type: ignore[return-value]
+
+
+def _splits_on_spaces(model_path: str) -> bool:
+    """Whether a text's encoding is its space-separated words' encodings in a row (see WordCache)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf code, no stubs
+    model.ParseFromString(Path(model_path).read_bytes())
+    norm, trainer = model.normalizer_spec, model.trainer_spec
+    return (
+        trainer.ModelType.Name(trainer.model_type) == "BPE"
+        and norm.name == "identity"
+        and not norm.precompiled_charsmap
+        and norm.add_dummy_prefix
+        and norm.remove_extra_whitespaces
+        and norm.escape_whitespaces
+        and trainer.split_by_whitespace
+        and not trainer.treat_whitespace_as_suffix
+    )
+
+
 def scaled_vocab(requested: int, characters: int) -> int:
     by_data = 1 << max(9, (max(1, characters // CHARS_PER_PIECE)).bit_length() - 1)
     return min(requested, by_data)
@@ -143,6 +219,7 @@ class Tokenize(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         sp = spm.SentencePieceProcessor(model_file=self.tokenizer_path)
+        cache = WordCache(sp, self.tokenizer_path)
         dtype = _NUMPY[dtype_for_vocab(sp.vocab_size())]
         eos = sp.eos_id()
         files: dict[str, tuple] = {}
@@ -150,7 +227,7 @@ class Tokenize(PipelineStep):
 
         def flush() -> None:
             t0 = time.perf_counter()
-            encoded = sp.encode([d.text for d in batch])
+            encoded = cache.encode([d.text for d in batch])
             for doc, ids in zip(batch, encoded, strict=True):
                 source = doc.metadata["source"]
                 if source not in files:

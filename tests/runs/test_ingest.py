@@ -417,9 +417,12 @@ async def _asgi_posts_in_loop(app, requests: list[tuple[int, bytes, str]]) -> li
         comms.append(comm)
     answers = []
     for comm in comms:
-        start = await comm.receive_output(20)
-        content = await comm.receive_output(20)
+        start = await comm.receive_output(60)
+        content = await comm.receive_output(60)
         answers.append((start["status"], json.loads(content["body"])))
+    # The pushes and compactions the answers started finish on this loop: left pending, they would be cancelled
+    # when async_to_sync closes it, half way through.
+    await asyncio.wait_for(app.commits.idle(), 60)
     return answers
 
 

@@ -1,6 +1,8 @@
 """Each parallel layout launched through the control plane: a run of the tiny preset on a local CPU cluster of the
 layout's size, followed by the watcher to success; its loss curve is stored and the run page draws it."""
 
+import os
+
 import pytest
 from django.test import override_settings
 
@@ -23,6 +25,15 @@ LAYOUTS = {
     "pp2_dp2": ({"pp": 2, "zero_stage": 1}, 4),
     "tp2_pp2_dp2": ({"tp": 2, "pp": 2, "zero_stage": 1}, 8),
 }
+# Each launch is a run of DeepSpeed processes (half a minute to two minutes on a 2-core machine). By default the suite
+# launches the 8-rank TP x PP x DP run, TP x EP and sequence parallelism, which together start every axis through the
+# backend; tests/jobs/train/test_layouts.py proves each layout's numbers. CP_LAYOUTS=all launches every one.
+CI_LAUNCHES = ("tp2_pp2_dp2", "tp2_ep2", "sp2")
+
+
+def _chosen() -> list[str]:
+    raw = os.environ.get("CP_LAYOUTS", "").split()
+    return list(LAYOUTS) if raw == ["all"] else [name for name in LAYOUTS if name in (raw or CI_LAUNCHES)]
 
 
 def _cluster(ranks: int) -> Cluster:
@@ -41,7 +52,7 @@ def _cluster(ranks: int) -> Cluster:
     return cluster
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", _chosen())
 def test_layout_run_launches_on_the_local_backend_and_its_curve_shows(seeded, operator, client, tmp_path, layout):
     from runs.models import DataMixRecipe
 

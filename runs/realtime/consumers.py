@@ -64,6 +64,9 @@ class _Base(JsonFrames):
     async def run_phase(self, event):
         await self.send_json(event)
 
+    async def run_attempt(self, event):
+        await self.send_json(event)
+
     async def artifact_update(self, event):
         await self.send_json(event)
 

@@ -65,6 +65,31 @@ async def test_viewer_receives_status_changes(seeded, viewer, operator):
     await comm.disconnect()
 
 
+async def test_every_message_the_services_send_to_a_run_page_reaches_it(seeded, viewer, operator):
+    """Each run-group message type the product broadcasts (found in its source) is forwarded by the page's consumer;
+    a type without a handler would close the socket with a server error."""
+    import re
+    from pathlib import Path
+
+    from channels.layers import get_channel_layer
+
+    from runs.realtime.broadcast import run_group
+
+    root = Path(__file__).resolve().parents[3] / "runs"
+    kinds = sorted({m for f in root.rglob("*.py") for m in re.findall(r'"type": "(run\.[a-z_]+)"', f.read_text())})
+    assert "run.attempt" in kinds and "run.points" in kinds
+    run = await database_sync_to_async(tiny_run)(owner=operator)
+    comm = _communicator(viewer, f"/ws/runs/{run.pk}/")
+    connected, _ = await comm.connect(timeout=3)
+    assert connected
+    layer = get_channel_layer()
+    for kind in kinds:
+        await layer.group_send(run_group(run.pk), {"type": kind, "run_id": run.pk})
+        message = await comm.receive_json_from(timeout=3)
+        assert message["type"] == kind
+    await comm.disconnect()
+
+
 async def test_session_cookie_is_required_by_the_real_stack(seeded):
     comm = WebsocketCommunicator(app, "/ws/runs/")
     connected, code = await comm.connect(timeout=3)

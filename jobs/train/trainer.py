@@ -614,9 +614,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.open_reporter()
         status = trainer.run()
         trainer.dist.barrier()
-        code = _finish(trainer, rank, status, EXIT_OK, run_dir)
-        trainer.dist.destroy_process_group()
-        return code
+        # The process group is not torn down: python -m jobs.train leaves with os._exit once this returns, and a
+        # teardown racing the other ranks' exits has aborted finished ranks (see jobs/train/__main__.py).
+        return _finish(trainer, rank, status, EXIT_OK, run_dir)
     except NonFiniteLoss as exc:
         status = {"status": "nan", "step": exc.step, "policy": "abort"}
         code = EXIT_NAN

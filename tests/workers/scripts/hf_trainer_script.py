@@ -44,6 +44,10 @@ def main():
     data = RandomTokens(model_args.samples, model_args.seq_len, model_args.vocab_size)
     trainer = Trainer(model=model, args=training_args, train_dataset=data)
     trainer.train()
+    if torch.distributed.is_initialized():
+        # Every rank reaches the end before any leaves: a rank whose peers had gone aborted in gloo's teardown.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

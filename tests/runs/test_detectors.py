@@ -242,11 +242,15 @@ def test_detector_state_lives_in_the_database(run):
 def test_alert_enqueues_the_webhook_task(run):
     from controlplane.celery import app
 
-    alert = alert_raise(run=run, kind="hang", severity="critical", step=5, message="no heartbeat", evidence={"s": 1})
-    assert alert is not None
     found = None
     with app.connection_for_read() as conn:
         queue = conn.SimpleQueue(settings.CELERY_TASK_DEFAULT_QUEUE)
+        # Earlier tests queue tasks that no worker takes here; without this, the webhook could lie past them.
+        queue.clear()
+        alert = alert_raise(
+            run=run, kind="hang", severity="critical", step=5, message="no heartbeat", evidence={"s": 1}
+        )
+        assert alert is not None
         try:
             for _ in range(50):
                 message = queue.get(timeout=5)

@@ -27,20 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jobs.common.run_rules import CHOICES as CHOICES
+from jobs.common.run_rules import MAX_GRAD_ACCUM as MAX_GRAD_ACCUM
+from jobs.common.run_rules import OOM_REMEDIES as OOM_REMEDIES
+from jobs.common.run_rules import RANGES as RANGES
+from jobs.common.run_rules import REQUIRED as REQUIRED
+from jobs.common.run_rules import ConfigError as ConfigError
+from jobs.common.run_rules import Range as Range
+from jobs.common.run_rules import check_value as check_value
+from jobs.common.run_rules import field_value, require_non_negative, require_positive, section_of
+from jobs.common.run_rules import range_key as range_key
+
 SCHEMA_VERSION = 1
 # The reference trainer owns this file (``python -m jobs.train --capabilities`` prints it); the control plane reads
 # the same file.
 CAPABILITIES_PATH = Path(__file__).resolve().parents[1] / "train" / "capabilities.json"
-REQUIRED: Any = dataclasses.MISSING
-
-
-class ConfigError(ValueError):
-    """run.json is malformed; ``field`` is the dotted name of the field to fix, and the message starts with it."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class FieldSpec(NamedTuple):
@@ -48,172 +49,6 @@ class FieldSpec(NamedTuple):
     kinds: tuple[type, ...]  # the JSON types accepted (an integer is accepted where a number is)
     default: Any  # REQUIRED when run.json must give it; None for an optional field left null
     default_from: str = ""  # for a default computed from other fields, how
-
-
-# --- the value rules: every choice and numeric range of run.json, one definition for the jobs and the control plane
-
-MAX_GRAD_ACCUM = 65_536
-# Every field with a fixed set of values; the loader refuses others and the control plane's form offers these.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.arch": ("moe", "dense"),
-    "model.attention": ("mla", "mha"),
-    "precision": ("fp32", "bf16"),
-    "optimizer.name": ("adamw",),
-    "optimizer.schedule": ("cosine", "constant"),
-    "training.nan_policy": ("abort", "skip"),
-    "cluster.backend": ("local", "slurm", "hostfile"),
-    "cluster.accelerator": ("cpu", "cuda"),
-    "remediation.on_spike": ("alert", "rollback"),
-}
-OOM_REMEDIES = ("halve_micro_batch", "activation_checkpointing", "offload_optimizer")
-
-
-@dataclass(frozen=True)
-class Range:
-    kind: type
-    lo: float
-    hi: float
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        above = value > self.lo if self.lo_open else value >= self.lo
-        below = value < self.hi if self.hi_open else value <= self.hi
-        return above and below
-
-    def describe(self) -> str:
-        lo = f"greater than {_num(self.lo)}" if self.lo_open else f"at least {_num(self.lo)}"
-        hi = f"less than {_num(self.hi)}" if self.hi_open else f"at most {_num(self.hi)}"
-        return f"{lo} and {hi}"
-
-
-def _num(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:g}"
-
-
-# Every numeric field and its allowed range; the form can use these for its inputs' min/max. A "*" stands for a
-# list index.
-RANGES: dict[str, Range] = {
-    "model.vocab_size": Range(int, 2, 1_048_576),
-    "model.hidden_size": Range(int, 1, 65_536),
-    "model.num_layers": Range(int, 1, 1024),
-    "model.num_heads": Range(int, 1, 1024),
-    "model.q_lora_rank": Range(int, 0, 65_536),
-    "model.kv_lora_rank": Range(int, 1, 65_536),
-    "model.qk_nope_head_dim": Range(int, 0, 1024),
-    "model.qk_rope_head_dim": Range(int, 2, 1024),
-    "model.v_head_dim": Range(int, 1, 1024),
-    "model.intermediate_size": Range(int, 1, 1_048_576),
-    "model.moe_intermediate_size": Range(int, 1, 1_048_576),
-    "model.num_routed_experts": Range(int, 1, 4096),
-    "model.num_shared_experts": Range(int, 0, 64),
-    "model.top_k": Range(int, 1, 4096),
-    "model.first_k_dense": Range(int, 0, 1024),
-    "model.aux_loss_coef": Range(float, 0.0, 1.0),
-    "model.rope_theta": Range(float, 0.0, 1e9, lo_open=True),
-    "model.max_seq_len": Range(int, 1, 1_048_576),
-    "parallel.tp": Range(int, 1, 1024),
-    "parallel.pp": Range(int, 1, 1024),
-    "parallel.ep": Range(int, 1, 4096),
-    "parallel.zero_stage": Range(int, 0, 3),
-    "batch.global_batch_tokens": Range(int, 1, 10_000_000_000),
-    "batch.micro_batch": Range(int, 1, 65_536),
-    "batch.grad_accum": Range(int, 1, MAX_GRAD_ACCUM),
-    "batch.seq_len": Range(int, 1, 1_048_576),
-    "batch.tolerance_pct": Range(float, 0.0, 50.0),
-    "optimizer.lr": Range(float, 0.0, 1.0, lo_open=True),
-    "optimizer.min_lr": Range(float, 0.0, 1.0),
-    "optimizer.betas.*": Range(float, 0.0, 1.0, hi_open=True),
-    "optimizer.eps": Range(float, 0.0, 0.1, lo_open=True),
-    "optimizer.weight_decay": Range(float, 0.0, 1.0),
-    "optimizer.grad_clip": Range(float, 0.0, 1e6),
-    "optimizer.warmup_steps": Range(int, 0, 1_000_000_000),
-    "curriculum.*.start_step": Range(int, 0, 1_000_000_000),
-    "curriculum.*.seq_len": Range(int, 1, 1_048_576),
-    "training.total_steps": Range(int, 1, 1_000_000_000),
-    "training.token_budget": Range(int, 1, 10**15),
-    # 0 saves only at the end of the run.
-    "training.checkpoint_interval": Range(int, 0, 1_000_000_000),
-    "training.keep_checkpoints": Range(int, 1, 1000),
-    "training.keep_every": Range(int, 0, 10_000_000),
-    "training.seed": Range(int, 0, 2**32 - 1),
-    "training.log_interval": Range(int, 1, 1_000_000),
-    "data.recipe.version": Range(int, 1, 1_000_000),
-    "data.recipe.sources.*.weight": Range(float, 0.0, 100.0, lo_open=True),
-    "alerts.loss_spike_z": Range(float, 0.0, 100.0, lo_open=True),
-    "alerts.grad_norm_max": Range(float, 0.0, 1e9, lo_open=True),
-    "alerts.hang_timeout_s": Range(float, 10.0, 604_800.0),
-    "alerts.throughput_drop_pct": Range(float, 0.0, 100.0, lo_open=True),
-    "remediation.max_attempts": Range(int, 0, 20),
-    "cluster.nodes": Range(int, 1, 100_000),
-    "cluster.gpus_per_node": Range(int, 1, 64),
-    "cluster.gpu_memory_gb": Range(float, 0.5, 4096.0),
-    "cluster.cpu_memory_gb_per_node": Range(float, 1.0, 1_000_000.0),
-}
-
-
-def range_key(name: str) -> str:
-    """The RANGES key of a field name: list indexes, dotted ("curriculum.1.seq_len") or bracketed
-    ("curriculum[1].seq_len"), become "*"."""
-    parts = name.replace("[", ".").replace("]", "").split(".")
-    return ".".join("*" if part.isdigit() else part for part in parts)
-
-
-def check_value(name: str, value: Any) -> None:
-    """The choice or range rule of field `name`, if it has one; raises ConfigError naming the field."""
-    options = CHOICES.get(name)
-    if options is not None and value not in options:
-        raise ConfigError(name, f"expected one of {', '.join(options)}, got {value!r}")
-    rng = RANGES.get(range_key(name))
-    if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not rng.contains(float(value)):
-            raise ConfigError(name, f"must be {rng.describe()}, got {value!r}")
-
-
-def _field(section: dict, path: str, key: str, kind: type | tuple, default: Any = REQUIRED) -> Any:
-    name = f"{path}.{key}"
-    if key not in section or section[key] is None:
-        if default is REQUIRED:
-            raise ConfigError(name, "required")
-        return default
-    value = section[key]
-    # bool is an int subclass; a stray true/false must not pass as a number.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(name, f"expected {_kind_name(kind)}, got {value!r}")
-    if kind is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise ConfigError(name, f"expected {_kind_name(kind)}, got {value!r}")
-    check_value(name, value)
-    return value
-
-
-def _kind_name(kind: type | tuple) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(
-        {int: "integer", float: "number", str: "string", bool: "boolean"}.get(k, k.__name__) for k in kinds
-    )
-
-
-def _positive(name: str, value: int | float) -> None:
-    if value <= 0:
-        raise ConfigError(name, f"must be > 0, got {value}")
-
-
-def _non_negative(name: str, value: int | float) -> None:
-    if value < 0:
-        raise ConfigError(name, f"must be >= 0, got {value}")
-
-
-def _section(raw: dict, key: str) -> dict:
-    value = raw.get(key)
-    if not isinstance(value, dict):
-        raise ConfigError(key, "required object")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,7 +302,7 @@ def _read(cls: type, section: dict, path: str, **given: Any) -> Any:
         if derived is not None:
             default = derived[1](values)
         kinds = _kinds(hints[f.name])
-        values[f.name] = _field(section, path, f.name, kinds[0] if len(kinds) == 1 else kinds, default)
+        values[f.name] = field_value(section, path, f.name, kinds[0] if len(kinds) == 1 else kinds, default)
     return cls(**values)
 
 
@@ -487,20 +322,20 @@ def _field_specs() -> dict[str, FieldSpec]:
 
 
 def _parse_model(raw: dict) -> ModelConfig:
-    m = _read(ModelConfig, _section(raw, "model"), "model")
+    m = _read(ModelConfig, section_of(raw, "model"), "model")
     if m.arch not in ("moe", "dense"):
         raise ConfigError("model.arch", f"expected 'moe' or 'dense', got {m.arch!r}")
     if m.attention not in ("mla", "mha"):
         raise ConfigError("model.attention", f"expected 'mla' or 'mha', got {m.attention!r}")
     for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_seq_len"):
-        _positive(f"model.{key}", getattr(m, key))
+        require_positive(f"model.{key}", getattr(m, key))
     for key in ("rope_theta", "rms_norm_eps"):
-        _positive(f"model.{key}", getattr(m, key))
-    _non_negative("model.init_std", m.init_std)
+        require_positive(f"model.{key}", getattr(m, key))
+    require_non_negative("model.init_std", m.init_std)
     if m.is_mla:
         for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            _positive(f"model.{key}", getattr(m, key))
-        _non_negative("model.q_lora_rank", m.q_lora_rank)
+            require_positive(f"model.{key}", getattr(m, key))
+        require_non_negative("model.q_lora_rank", m.q_lora_rank)
         if m.qk_rope_head_dim % 2:
             raise ConfigError("model.qk_rope_head_dim", f"must be even for rotary embeddings, got {m.qk_rope_head_dim}")
     else:
@@ -510,10 +345,10 @@ def _parse_model(raw: dict) -> ModelConfig:
             raise ConfigError("model.num_heads", f"head_dim hidden_size/num_heads = {m.head_dim} must be even")
     if m.is_moe:
         for key in ("moe_intermediate_size", "num_routed_experts", "top_k", "n_group", "topk_group"):
-            _positive(f"model.{key}", getattr(m, key))
-        _non_negative("model.num_shared_experts", m.num_shared_experts)
-        _non_negative("model.aux_loss_coef", m.aux_loss_coef)
-        _positive("model.routed_scaling_factor", m.routed_scaling_factor)
+            require_positive(f"model.{key}", getattr(m, key))
+        require_non_negative("model.num_shared_experts", m.num_shared_experts)
+        require_non_negative("model.aux_loss_coef", m.aux_loss_coef)
+        require_positive("model.routed_scaling_factor", m.routed_scaling_factor)
         if not 0 <= m.first_k_dense < m.num_layers:
             raise ConfigError("model.first_k_dense", f"must be in [0, num_layers), got {m.first_k_dense}")
         if m.num_routed_experts % m.n_group:
@@ -530,7 +365,7 @@ def _parse_model(raw: dict) -> ModelConfig:
 
 
 def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
-    par = _read(ParallelConfig, _section(raw, "parallel"), "parallel")
+    par = _read(ParallelConfig, section_of(raw, "parallel"), "parallel")
     caps = load_capabilities()
     if par.tp not in caps["tp"]:
         raise ConfigError("parallel.tp", f"{par.tp} not supported by the reference trainer ({caps['reasons']['tp']})")
@@ -540,7 +375,7 @@ def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
         raise ConfigError("parallel.sp", f"not supported by the reference trainer ({caps['reasons']['sp']})")
     if par.zero_stage not in caps["zero_stages"]:
         raise ConfigError("parallel.zero_stage", f"expected one of {caps['zero_stages']}, got {par.zero_stage}")
-    _positive("parallel.ep", par.ep)
+    require_positive("parallel.ep", par.ep)
     if par.tp > 1:
         _check_tp(par.tp, model)
     if par.sp and par.tp == 1:
@@ -554,7 +389,7 @@ def _parse_parallel(raw: dict, model: ModelConfig) -> ParallelConfig:
             raise ConfigError("parallel.zero_stage", caps["reasons"]["pp_zero"])
         if model.tie_embeddings:
             raise ConfigError("model.tie_embeddings", caps["reasons"]["pp_tied"])
-        nan_policy = _section(raw, "training").get("nan_policy", "abort")
+        nan_policy = section_of(raw, "training").get("nan_policy", "abort")
         if nan_policy != "abort":
             raise ConfigError("training.nan_policy", caps["reasons"]["pp_nan_skip"])
     if par.ep > 1:
@@ -588,16 +423,16 @@ def _check_tp(tp: int, model: ModelConfig) -> None:
 
 
 def _parse_batch(raw: dict) -> BatchConfig:
-    b = _read(BatchConfig, _section(raw, "batch"), "batch")
+    b = _read(BatchConfig, section_of(raw, "batch"), "batch")
     for key in ("global_batch_tokens", "micro_batch", "grad_accum", "seq_len"):
-        _positive(f"batch.{key}", getattr(b, key))
-    _non_negative("batch.tolerance_pct", b.tolerance_pct)
+        require_positive(f"batch.{key}", getattr(b, key))
+    require_non_negative("batch.tolerance_pct", b.tolerance_pct)
     return b
 
 
 def _parse_optimizer(raw: dict) -> OptimizerConfig:
-    s = _section(raw, "optimizer")
-    betas = _field(s, "optimizer", "betas", list, list(_default(OptimizerConfig, "betas")))
+    s = section_of(raw, "optimizer")
+    betas = field_value(s, "optimizer", "betas", list, list(_default(OptimizerConfig, "betas")))
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
         raise ConfigError("optimizer.betas", f"expected two numbers, got {betas!r}")
     if not all(0.0 <= b < 1.0 for b in betas):
@@ -605,10 +440,10 @@ def _parse_optimizer(raw: dict) -> OptimizerConfig:
     o = _read(OptimizerConfig, s, "optimizer", betas=(float(betas[0]), float(betas[1])))
     if o.name.lower() != "adamw":
         raise ConfigError("optimizer.name", f"only 'adamw' is supported, got {o.name!r}")
-    _positive("optimizer.lr", o.lr)
-    _positive("optimizer.eps", o.eps)
+    require_positive("optimizer.lr", o.lr)
+    require_positive("optimizer.eps", o.eps)
     for key in ("min_lr", "weight_decay", "grad_clip", "warmup_steps"):
-        _non_negative(f"optimizer.{key}", getattr(o, key))
+        require_non_negative(f"optimizer.{key}", getattr(o, key))
     if o.min_lr > o.lr:
         raise ConfigError("optimizer.min_lr", f"{o.min_lr} exceeds lr {o.lr}")
     if o.schedule not in ("cosine", "constant"):
@@ -625,7 +460,7 @@ def _parse_curriculum(raw: dict, batch: BatchConfig) -> tuple[CurriculumStage, .
         if not isinstance(st, dict):
             raise ConfigError(f"curriculum[{i}]", "expected an object")
         stage = _read(CurriculumStage, st, f"curriculum[{i}]")
-        _positive(f"curriculum[{i}].seq_len", stage.seq_len)
+        require_positive(f"curriculum[{i}].seq_len", stage.seq_len)
         if batch.seq_len % stage.seq_len:
             raise ConfigError(f"curriculum[{i}].seq_len", f"{stage.seq_len} must divide batch.seq_len {batch.seq_len}")
         if out and stage.start_step <= out[-1].start_step:
@@ -639,12 +474,12 @@ def _parse_curriculum(raw: dict, batch: BatchConfig) -> tuple[CurriculumStage, .
 
 
 def _parse_training(raw: dict) -> TrainingConfig:
-    t = _read(TrainingConfig, _section(raw, "training"), "training")
-    _positive("training.total_steps", t.total_steps)
-    _non_negative("training.checkpoint_interval", t.checkpoint_interval)
-    _positive("training.keep_checkpoints", t.keep_checkpoints)
-    _non_negative("training.keep_every", t.keep_every)
-    _positive("training.log_interval", t.log_interval)
+    t = _read(TrainingConfig, section_of(raw, "training"), "training")
+    require_positive("training.total_steps", t.total_steps)
+    require_non_negative("training.checkpoint_interval", t.checkpoint_interval)
+    require_positive("training.keep_checkpoints", t.keep_checkpoints)
+    require_non_negative("training.keep_every", t.keep_every)
+    require_positive("training.log_interval", t.log_interval)
     if t.nan_policy not in ("abort", "skip"):
         raise ConfigError("training.nan_policy", f"expected 'abort' or 'skip', got {t.nan_policy!r}")
     return t
@@ -652,9 +487,9 @@ def _parse_training(raw: dict) -> TrainingConfig:
 
 def _parse_reporter(raw: dict) -> ReporterConfig:
     r = _read(ReporterConfig, raw.get("reporter") or {}, "reporter")
-    _positive("reporter.every_n_steps", r.every_n_steps)
-    _positive("reporter.batch_size", r.batch_size)
-    _positive("reporter.flush_interval_s", r.flush_interval_s)
+    require_positive("reporter.every_n_steps", r.every_n_steps)
+    require_positive("reporter.batch_size", r.batch_size)
+    require_positive("reporter.flush_interval_s", r.flush_interval_s)
     return r
 
 
@@ -662,7 +497,7 @@ def _parse_relaunch(raw: dict) -> RelaunchConfig:
     section = raw.get("relaunch") or {}
     if not isinstance(section, dict):
         raise ConfigError("relaunch", "expected an object")
-    windows = _field(section, "relaunch", "skip_data", list, [])
+    windows = field_value(section, "relaunch", "skip_data", list, [])
     pairs: list[tuple[int, int]] = []
     for i, w in enumerate(windows):
         ok = isinstance(w, list) and len(w) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in w)
@@ -676,8 +511,8 @@ def _parse_relaunch(raw: dict) -> RelaunchConfig:
     r = _read(RelaunchConfig, section, "relaunch", skip_data=tuple(pairs))
     if not 0.0 < r.lr_cut_factor <= 1.0:
         raise ConfigError("relaunch.lr_cut_factor", f"must be in (0, 1], got {r.lr_cut_factor}")
-    _non_negative("relaunch.lr_cut_from_step", r.lr_cut_from_step)
-    _non_negative("relaunch.lr_cut_steps", r.lr_cut_steps)
+    require_non_negative("relaunch.lr_cut_from_step", r.lr_cut_from_step)
+    require_non_negative("relaunch.lr_cut_steps", r.lr_cut_steps)
     return r
 
 
@@ -686,7 +521,7 @@ def parse_own_script(raw: dict) -> OwnScriptConfig:
     section = raw.get("own_script") or {}
     if not isinstance(section, dict):
         raise ConfigError("own_script", "expected an object {ds_config_arg, ds_config_style, args}")
-    args = _field(section, "own_script", "args", list, [])
+    args = field_value(section, "own_script", "args", list, [])
     for i, arg in enumerate(args):
         if not isinstance(arg, str) or "\0" in arg:
             raise ConfigError(f"own_script.args[{i}]", f"expected a string without NUL bytes, got {arg!r}")
@@ -726,7 +561,7 @@ def parse_run_config(raw: dict) -> RunConfig:
                                   "parallelism splits every sequence evenly over the tensor-parallel ranks")  # fmt: skip
     training = _parse_training(raw)
     if training.token_budget is not None:
-        _positive("training.token_budget", training.token_budget)
+        require_positive("training.token_budget", training.token_budget)
     extra = {k: raw[k] for k in ("data", "alerts", "remediation", "cluster") if k in raw}
     return RunConfig(
         raw=raw,

@@ -27,5 +27,5 @@ typecheck: $(VENV)/.installed
 contracts: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
-# What CI (.ci/run) runs before the tests.
+# The rules .ci/run checks before the tests, for use before a commit.
 check: lint typecheck contracts

@@ -2,8 +2,8 @@
 
 multiprocessing's forkserver and its managers listen on a Unix socket under the temporary folder, and a socket path
 is limited to 107 bytes. The job's TMPDIR lies in its run directory, which can already be ~70 bytes deep (a pytest
-base folder, a cluster's scratch path), and `pymp-XXXXXXXX/listener-XXXXXXXX` adds ~35. Past that, the pool dies at
-start with "AF_UNIX path too long". Such a job gets a private folder (0700, made by mkdtemp) under /tmp instead,
+base folder, a cluster's scratch path), and multiprocessing's own folder and socket names add ~35. Past that, the
+pool dies at start with "AF_UNIX path too long". Such a job gets a private folder (0700, made by mkdtemp) under /tmp instead,
 removed when it exits.
 """
 
@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 SOCKET_PATH_MAX = 107
-SOCKET_SUFFIX = len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+SOCKET_SUFFIX = len("/pymp-") + 8 + len("/listener-") + 8  # multiprocessing names both with 8 random characters
 
 
 def ensure_socket_safe_tmpdir() -> str:

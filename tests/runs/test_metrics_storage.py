@@ -134,15 +134,21 @@ def test_envelope_of_raw_points_summarised_per_bucket_equals_envelope_of_the_poi
             assert np.array_equal(getattr(exact, field), getattr(summary, field), equal_nan=True), field
 
 
-def test_zoomed_out_read_is_an_envelope_with_every_spike(run):
-    n = 60_000
-    rng = np.random.default_rng(5)
+def _spiky_series_compacted(run, *, n: int, spikes: int, seed: int, batch: int) -> list[int]:
+    """An "mfu" series of n steps of noise around 2.0 with `spikes` spikes of 50, 51, ... at random steps, written in
+    batches and compacted; returns the spikes' steps in order."""
+    rng = np.random.default_rng(seed)
     values = 2.0 + 0.01 * rng.standard_normal(n)
-    spike_steps = sorted(rng.choice(n, 25, replace=False).tolist())
-    values[spike_steps] = 50.0 + np.arange(25)
-    write(run, range(n), values, key="mfu", batch=2000)
+    spike_steps = sorted(rng.choice(n, spikes, replace=False).tolist())
+    values[spike_steps] = 50.0 + np.arange(spikes)
+    write(run, range(n), values, key="mfu", batch=batch)
     for series in MetricSeries.objects.filter(run=run):
         metrics_compact(series_id=series.pk)
+    return spike_steps
+
+
+def test_zoomed_out_read_is_an_envelope_with_every_spike(run):
+    spike_steps = _spiky_series_compacted(run, n=60_000, spikes=25, seed=5, batch=2000)
     env = read(run, key="mfu", max_points=300)
     assert env["mode"] == "envelope" and len(env["steps"]) <= 300
     width = env["bucket"]
@@ -160,13 +166,7 @@ def test_a_chart_of_buckets_a_thousand_steps_wide_reads_mid_rollups_and_keeps_ev
     from runs.metrics import reads
 
     n = 160_000
-    rng = np.random.default_rng(6)
-    values = 2.0 + 0.01 * rng.standard_normal(n)
-    spike_steps = sorted(rng.choice(n, 20, replace=False).tolist())
-    values[spike_steps] = 50.0 + np.arange(20)
-    write(run, range(n), values, key="mfu", batch=5000)
-    for series in MetricSeries.objects.filter(run=run):
-        metrics_compact(series_id=series.pk)
+    spike_steps = _spiky_series_compacted(run, n=n, spikes=20, seed=6, batch=5000)
     series_id = MetricSeries.objects.get(run=run, key="mfu").pk
     merged = [b for b in reads._overlapping_blocks(series_id, None, None) if b.coarse is not None]
     width = -(-n // 120)
